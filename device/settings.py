@@ -1,0 +1,191 @@
+"""Device settings: one frozen dataclass, checked once at start-up and passed explicitly.
+
+Sources, lowest to highest precedence: field defaults, the `[device]` section of the shared TOML file,
+the `TADBOT_DEVICE__<KEY>` environment variables, then command-line flags. A bad value stops start-up with
+one line that names the key, the value and what is allowed, so a typo is obvious in `journalctl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device.errors import DeviceConfigError
+
+_LOGGER = logging.getLogger(__name__)
+
+SECTION = "device"
+ENV_PREFIX = "TADBOT_DEVICE__"
+DEFAULT_CONFIG_PATHS = (Path("/etc/tadbot/tadbot.toml"), Path("tadbot.toml"))
+SECRET_KEYS = frozenset({"token"})
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Everything the device daemon can be told; defaults suit a Pi talking to a server on the same box."""
+
+    server_url: str = field(default="http://127.0.0.1:8710", metadata=_doc("Base URL of the TADBot server."))
+    token: str = field(default="", metadata=_doc("Device bearer token from `tadbot admin add-device`."))
+    client: str = field(default="client", metadata=_doc("Pseudonym of the person; no real names."))
+    tts_voice: str = field(default="", metadata=_doc("TTS voice id or name; empty picks one for `language`."))
+    tts_rate: int = field(default=165, metadata=_doc("Speaking rate in words per minute; slower is calmer."))
+    tts_volume: float = field(default=1.0, metadata=_doc("TTS volume from 0.0 to 1.0."))
+    camera_index: int = field(default=0, metadata=_doc("Webcam index (/dev/videoN); -1 disables the camera."))
+    mic_index: int = field(default=-1, metadata=_doc("PortAudio microphone index; -1 is the default one."))
+    mic_calibration_s: float = field(
+        default=1.0, metadata=_doc("Seconds of room noise heard to set the threshold.")
+    )
+    max_utterance_s: float = field(
+        default=30.0, metadata=_doc("Longest utterance (s); longer speech is cut.")
+    )
+    request_timeout_s: float = field(
+        default=120.0, metadata=_doc("Seconds to wait for each part of an answer.")
+    )
+    language: str = field(default="en", metadata=_doc("Language tag (en, en-GB, ...) picking the TTS voice."))
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            check_value(spec.name, getattr(self, spec.name))
+
+
+# Per key: a predicate on the typed value and the words that say what is allowed.
+_LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
+_CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
+    "server_url": (lambda v: re.match(r"^https?://[^\s/]+", v) is not None, "an http:// or https:// URL"),
+    "token": (lambda v: not any(c.isspace() for c in v), "a token without spaces"),
+    "client": (lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None, "1-64 of A-Z a-z 0-9 _ . -"),
+    "tts_voice": (lambda v: True, "any voice id or name"),
+    "tts_rate": (lambda v: 50 <= v <= 400, "an integer from 50 to 400"),
+    "tts_volume": (lambda v: 0.0 <= v <= 1.0, "a number from 0.0 to 1.0"),
+    "camera_index": (lambda v: v >= -1, "an integer >= -1 (-1 disables the camera)"),
+    "mic_index": (lambda v: v >= -1, "an integer >= -1 (-1 is the default microphone)"),
+    "mic_calibration_s": (lambda v: 0.0 <= v <= 10.0, "a number of seconds from 0 to 10"),
+    "max_utterance_s": (lambda v: 1.0 <= v <= 300.0, "a number of seconds from 1 to 300"),
+    "request_timeout_s": (lambda v: 1.0 <= v <= 3600.0, "a number of seconds from 1 to 3600"),
+    "language": (lambda v: _LANGUAGE_RE.fullmatch(v) is not None, "a language tag such as en or en-GB"),
+}
+
+
+_TYPES: dict[str, type] = typing.get_type_hints(DeviceSettings)
+
+
+def _bad(key: str, value: object, allowed: str, source: str) -> DeviceConfigError:
+    shown = "***" if key in SECRET_KEYS else repr(value)
+    return DeviceConfigError(f"invalid [{SECTION}] {key} = {shown} (from {source}): expected {allowed}")
+
+
+def check_value(key: str, value: object, source: str = "settings") -> None:
+    """Raise DeviceConfigError unless `value` is allowed for `key` (already of the field's type)."""
+    predicate, allowed = _CHECKS[key]
+    if not predicate(value):
+        raise _bad(key, value, allowed, source)
+
+
+def _coerce(key: str, value: object, source: str) -> object:
+    """Give `value` the field's type: env strings are parsed, TOML values must already fit."""
+    kind = _TYPES[key]
+    allowed = _CHECKS[key][1]
+    if isinstance(value, str) and kind is not str:
+        try:
+            return kind(value.strip())
+        except ValueError:
+            raise _bad(key, value, allowed, source) from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise _bad(key, value, allowed, source)
+    return value
+
+
+def find_config_file(explicit: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The file to read: `explicit`, else $TADBOT_CONFIG, else the first default path that exists.
+
+    A file named explicitly (flag or env) must exist: silently running on defaults after a typo would hide it.
+    """
+    env = os.environ if env is None else env
+    named = explicit if explicit is not None else env.get("TADBOT_CONFIG") or None
+    if named is not None:
+        path = Path(named)
+        if not path.is_file():
+            raise DeviceConfigError(
+                f"config file {path} does not exist (named by --config or $TADBOT_CONFIG)"
+            )
+        return path
+    return next((path for path in DEFAULT_CONFIG_PATHS if path.is_file()), None)
+
+
+def _read_section(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DeviceConfigError(f"cannot read config file {path}: {exc}") from exc
+    section = document.get(SECTION, {})
+    if not isinstance(section, dict):
+        raise DeviceConfigError(f"[{SECTION}] in {path} must be a table")
+    return section
+
+
+def _unknown_key(key: str, source: str) -> DeviceConfigError:
+    known = ", ".join(_CHECKS)
+    return DeviceConfigError(f"unknown [{SECTION}] key {key!r} (from {source}); known keys: {known}")
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> DeviceSettings:
+    """Merge defaults, the TOML file, `TADBOT_DEVICE__*` env vars and `overrides` (CLI flags), in that order.
+
+    `overrides` values of None mean "flag not given". Any bad value raises DeviceConfigError naming the key.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, tuple[object, str]] = {}
+    path = find_config_file(config_path, env)
+    if path is not None:
+        _LOGGER.info("reading [%s] from %s", SECTION, path)
+        for key, value in _read_section(path).items():
+            if key not in _CHECKS:
+                raise _unknown_key(key, str(path))
+            values[key] = (value, str(path))
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX) :].lower()
+            if key not in _CHECKS:
+                raise _unknown_key(key, name)
+            values[key] = (value, name)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = (value, "the command line")
+    typed: dict[str, object] = {}
+    for key, (value, source) in values.items():
+        typed[key] = _coerce(key, value, source)
+        check_value(key, typed[key], source)
+    return DeviceSettings(**typed)  # type: ignore[arg-type]
+
+
+def settings_to_toml(settings: DeviceSettings) -> str:
+    """The effective settings as a `[device]` TOML section, secrets masked, each key's doc as a comment."""
+    lines = [f"[{SECTION}]"]
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if spec.name in SECRET_KEYS and value:
+            value = "********"
+        lines.append(f"# {spec.metadata['doc']}")
+        # A JSON string is a valid TOML basic string; ints and finite floats print the same in both.
+        lines.append(f"{spec.name} = {json.dumps(value, ensure_ascii=False)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""The device's API: sessions, turns (an NDJSON stream), frames between turns, and the end."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from server.api.auth import require
+from server.app import companion
+from server.engine import TurnInput
+from server.errors import BadRequest, TadbotError
+from server.records import SessionRow
+
+bp = Blueprint("device", __name__, url_prefix="/api/v1/sessions")
+
+CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+MAX_FRAMES_PER_TURN = 8
+
+
+@bp.before_request
+def _authenticate() -> None:
+    require("devices")
+
+
+@bp.post("")
+def start_session() -> tuple[Response, int]:
+    body = request.get_json(silent=True)
+    client = body.get("client") if isinstance(body, dict) else None
+    if not isinstance(client, str) or not CLIENT_PATTERN.match(client):
+        raise BadRequest(
+            "bad_client",
+            'send JSON {"client": "<pseudonym>"}: 1-64 letters, digits, or _ . @ -, '
+            "starting with a letter or digit",
+        )
+    return jsonify(companion().start_session(client, g.caller["id"])), 201
+
+
+@bp.post("/<session_id>/turns")
+def turn(session_id: str) -> Response:
+    session = _open_session(session_id)
+    engine = companion()
+    audio_file = request.files.get("audio")
+    text = request.form.get("text")
+    if (audio_file is None) == (text is None):
+        raise BadRequest(
+            "bad_turn", "send exactly one of: an 'audio' part (WAV, PCM16 mono) or a 'text' field"
+        )
+    audio = None
+    if audio_file is not None:
+        if engine.components.transcriber is None:
+            raise TadbotError("stt_unavailable", _unavailable("stt"), 503)
+        from server.stt import read_wav
+
+        audio = read_wav(audio_file.read(), max_seconds=engine.settings.server.max_audio_s)
+    elif text is not None and not text.strip():
+        raise BadRequest("bad_turn", "the 'text' field is empty")
+    given = TurnInput(audio=audio, text=text, frames=_frames(engine.components.fer is not None))
+    return Response(
+        _ndjson(engine.turn(session, given)),
+        mimetype="application/x-ndjson",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@bp.post("/<session_id>/frames")
+def frame(session_id: str) -> Response:
+    session = _open_session(session_id)
+    engine = companion()
+    if engine.components.fer is None:
+        raise TadbotError("fer_unavailable", _unavailable("fer"), 503)
+    frames = _frames(True)
+    if len(frames) != 1:
+        raise BadRequest("bad_frame", "send exactly one 'frame' part (JPEG or PNG)")
+    return jsonify(engine.read_frame(session, frames[0]))
+
+
+@bp.post("/<session_id>/end")
+def end(session_id: str) -> Response:
+    session = _own_session(session_id)
+    return jsonify(companion().end_session(session))
+
+
+def _own_session(session_id: str) -> SessionRow:
+    session = companion().records.session(session_id)
+    if session.device_id != g.caller["id"]:
+        raise TadbotError("unknown_session", f"no session {session_id!r} for this device", 404)
+    return session
+
+
+def _open_session(session_id: str) -> SessionRow:
+    session = _own_session(session_id)
+    if session.ended_at is not None:
+        raise TadbotError(
+            "session_ended", "this session has ended; start a new one with POST /api/v1/sessions", 409
+        )
+    return session
+
+
+def _frames(decode: bool) -> list[Any]:
+    """Frames are decoded in memory before the stream starts, so a bad one is a 4xx, not a broken stream."""
+    parts = request.files.getlist("frame")
+    if len(parts) > MAX_FRAMES_PER_TURN:
+        raise BadRequest("too_many_frames", f"send at most {MAX_FRAMES_PER_TURN} frames per turn")
+    if not decode:
+        return []
+    from server.fer import decode_image
+
+    return [decode_image(part.read()) for part in parts]
+
+
+def _unavailable(component: str) -> str:
+    status = companion().components.status.get(component)
+    detail = status.detail if status else ""
+    return f"{component} is not available on this server: {detail} (see GET /api/v1/health)"
+
+
+def _ndjson(events: Iterator[dict[str, Any]]) -> Iterator[str]:
+    for item in events:
+        yield json.dumps(item, ensure_ascii=False) + "\n"

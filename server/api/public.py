@@ -1,0 +1,44 @@
+"""Unauthenticated endpoints: health for supervisors and the API description."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata, resources
+
+from flask import Blueprint, Response, jsonify
+
+from server.app import companion
+from server.components import ComponentStatus
+
+bp = Blueprint("public", __name__, url_prefix="/api/v1")
+
+
+def version() -> str:
+    try:
+        return metadata.version("tadbot")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@bp.get("/health")
+def health() -> Response:
+    components = companion().components
+    status = dict(components.status)
+    try:
+        components.records.check()
+    except Exception as exc:  # the answer must still come back, saying what is wrong
+        status["db"] = ComponentStatus("error", str(exc), "server.data_dir")
+    return jsonify(
+        {
+            "status": "ok" if all(s.status == "ok" for s in status.values()) else "degraded",
+            "components": {name: s.as_json() for name, s in status.items()},
+            "version": version(),
+        }
+    )
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    spec = json.loads(resources.files("server.api").joinpath("openapi.json").read_text(encoding="utf-8"))
+    spec["info"]["version"] = version()
+    return jsonify(spec)

@@ -1,0 +1,53 @@
+"""The Flask app factory: engines are built once here and kept on `app.extensions`."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import IO
+
+from flask import Flask, Request
+
+from server.components import Components, build_components
+from server.config import Settings, load_settings
+from server.engine import Companion
+from server.prompt import Prompts
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class InMemoryRequest(Request):
+    """Uploads stay in memory: Werkzeug would otherwise spool large files to a temp file on disk."""
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
+    from server.api import device, errors, public, therapist
+
+    settings = settings or load_settings()
+    prompts = Prompts.load(settings.persona.name, settings.persona.prompt_file)
+    components = components or build_components(settings)
+    app = Flask("server", static_folder=None)
+    app.request_class = InMemoryRequest
+    max_bytes = int(settings.server.max_upload_mb * 1024 * 1024)
+    app.config.update(MAX_CONTENT_LENGTH=max_bytes, MAX_FORM_MEMORY_SIZE=max_bytes, JSON_SORT_KEYS=False)
+    app.extensions["tadbot"] = Companion(components, settings, prompts)
+    errors.register(app)
+    for bp in (public.bp, device.bp, therapist.bp):
+        app.register_blueprint(bp)
+    return app
+
+
+def companion() -> Companion:
+    from flask import current_app
+
+    engine: Companion = current_app.extensions["tadbot"]
+    return engine

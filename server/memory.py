@@ -1,0 +1,179 @@
+"""Per-client vector memory of past turns and session summaries, kept in an embedded chromadb.
+
+The conversation engine recalls what a client said in earlier sessions so the companion can
+refer back to it. Everything stays on this machine: telemetry is off, and the embedding
+function is the caller's offline embedder, so chromadb never fetches its default ONNX model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from server.errors import MemoryStoreError, TadbotError
+
+if TYPE_CHECKING:
+    from server.embedding import MiniLMEmbedder
+
+_LOGGER = logging.getLogger(__name__)
+
+COLLECTION = "memories"
+_OVERFETCH = 3
+"""Recall asks chromadb for k * _OVERFETCH hits so that k remain after dropping repeated texts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recollection:
+    """One remembered turn or summary, with its cosine distance to the query (0 = same meaning)."""
+
+    text: str
+    role: str
+    session_id: str
+    kind: str
+    ts: float
+    distance: float
+
+
+class Memory:
+    """The `memories` collection: one document per turn or summary, tagged with client and session."""
+
+    def __init__(self, path: pathlib.Path, embedder: MiniLMEmbedder) -> None:
+        import chromadb
+        from chromadb.config import Settings
+        from chromadb.utils.embedding_functions import register_embedding_function
+
+        try:
+            # chromadb rebuilds the collection's embedding function from its persisted name on every
+            # add, and warns where the name is unknown; its docs ask custom functions to register.
+            register_embedding_function(type(embedder))
+            path.mkdir(parents=True, exist_ok=True)
+            self._client = chromadb.PersistentClient(
+                path=str(path), settings=Settings(anonymized_telemetry=False, allow_reset=False)
+            )
+            self._collection = self._client.get_or_create_collection(
+                name=COLLECTION,
+                embedding_function=embedder,  # type: ignore[arg-type]
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+            self._max_batch = self._client.get_max_batch_size()
+        except Exception as exc:
+            raise _store_error("open", exc) from exc
+        _LOGGER.info("Memory opened at %s: %d items", path, self.count())
+
+    def add(
+        self, *, client: str, session_id: str, role: str, text: str, kind: str = "turn", ts: float
+    ) -> str:
+        """Store one text and return its id; `kind` is "turn" or "summary"."""
+        item_id = uuid.uuid4().hex
+        metadata: dict[str, str | float] = {
+            "client": client,
+            "session_id": session_id,
+            "role": role,
+            "kind": kind,
+            "ts": ts,
+        }
+        try:
+            self._collection.add(ids=[item_id], documents=[text], metadatas=[metadata])
+        except TadbotError:
+            raise
+        except Exception as exc:
+            raise _store_error("add", exc) from exc
+        return item_id
+
+    def recall(
+        self,
+        *,
+        client: str,
+        query: str,
+        k: int,
+        exclude_session: str | None = None,
+        max_distance: float | None = None,
+    ) -> list[Recollection]:
+        """Return up to k of this client's memories closest to `query`, nearest first, each text once.
+
+        `exclude_session` leaves out the session in progress: its turns are already in the prompt.
+        """
+        if k <= 0 or not query.strip():
+            return []
+        where: dict[str, Any] = {"client": client}
+        if exclude_session is not None:
+            where = {"$and": [where, {"session_id": {"$ne": exclude_session}}]}
+        started = time.perf_counter()
+        try:
+            # chromadb returns fewer hits, without complaint, when fewer items match the filter.
+            result = self._collection.query(
+                query_texts=[query],
+                n_results=k * _OVERFETCH,
+                where=where,
+                include=["documents", "metadatas", "distances"],
+            )
+        except TadbotError:
+            raise
+        except Exception as exc:
+            raise _store_error("recall", exc) from exc
+        found: list[Recollection] = []
+        seen: set[str] = set()
+        documents = (result["documents"] or [[]])[0]
+        metadatas = (result["metadatas"] or [[]])[0]
+        distances = (result["distances"] or [[]])[0]
+        for text, meta, distance in zip(documents, metadatas, distances, strict=True):
+            key = " ".join(text.split()).casefold()
+            if key in seen or (max_distance is not None and distance > max_distance):
+                continue
+            seen.add(key)
+            found.append(
+                Recollection(
+                    text=text,
+                    role=str(meta["role"]),
+                    session_id=str(meta["session_id"]),
+                    kind=str(meta["kind"]),
+                    ts=float(meta["ts"]),  # type: ignore[arg-type]
+                    distance=float(distance),
+                )
+            )
+            if len(found) == k:
+                break
+        _LOGGER.debug(
+            "Recall for %s: %d of %d hits kept in %.1f ms",
+            client,
+            len(found),
+            len(documents),
+            (time.perf_counter() - started) * 1000,
+        )
+        return found
+
+    def forget_client(self, client: str) -> int:
+        """Delete everything remembered about a client (the right to erasure); returns how many items went."""
+        try:
+            ids = self._collection.get(where={"client": client}, include=[])["ids"]
+            for start in range(0, len(ids), self._max_batch):
+                self._collection.delete(ids=ids[start : start + self._max_batch])
+        except Exception as exc:
+            raise _store_error("forget", exc) from exc
+        _LOGGER.info("Forgot client %s: %d memories deleted", client, len(ids))
+        return len(ids)
+
+    def count(self, client: str | None = None) -> int:
+        """How many items are stored, for one client or in all."""
+        try:
+            if client is None:
+                return self._collection.count()
+            return len(self._collection.get(where={"client": client}, include=[])["ids"])
+        except Exception as exc:
+            raise _store_error("count", exc) from exc
+
+
+def _store_error(action: str, exc: Exception) -> MemoryStoreError:
+    """chromadb raises many exception types (its own, ValueError, sqlite3, Rust bindings); callers get one.
+
+    The cause goes to the log, not into the message, which may reach an HTTP client.
+    """
+    _LOGGER.error("Memory %s failed: %s: %s", action, type(exc).__name__, exc)
+    return MemoryStoreError(
+        "memory_unavailable",
+        f"The vector memory failed to {action}; see the server log, check the data dir and its free space.",
+    )

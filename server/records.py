@@ -1,0 +1,261 @@
+"""The therapist's record: SQLite in WAL mode, readable SQL, committed before anything is acknowledged.
+
+One short-lived connection per call keeps this safe under gunicorn's threads without a pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from server.errors import BadRequest, NotFound
+
+_LOGGER = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "tdb_"
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: str
+    client: str
+    device_id: int | None
+    started_at: float
+    ended_at: float | None
+    summary: str | None
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256-bit random, so a plain SHA-256 is enough; only the hash is stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Records:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = resources.files("server").joinpath("schema.sql").read_text(encoding="utf-8")
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(schema)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def check(self) -> None:
+        with self._connect() as db:
+            db.execute("SELECT 1").fetchone()
+
+    # Credentials -------------------------------------------------------------------------------
+
+    def add_credential(self, table: str, name: str, *, replace: bool = False) -> str:
+        """Create a device or therapist and return its bearer token (shown once, stored hashed)."""
+        if table not in ("devices", "therapists"):
+            raise ValueError(table)
+        if not name.strip():
+            raise BadRequest("bad_name", "give a non-empty name")
+        token = new_token()
+        with self._connect() as db:
+            if replace:
+                db.execute(
+                    f"INSERT INTO {table} (name, token_hash, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash",
+                    (name, hash_token(token), time.time()),
+                )
+            else:
+                try:
+                    db.execute(
+                        f"INSERT INTO {table} (name, token_hash, created_at) VALUES (?, ?, ?)",
+                        (name, hash_token(token), time.time()),
+                    )
+                except sqlite3.IntegrityError:
+                    raise BadRequest(
+                        "name_taken", f"{table[:-1]} {name!r} already exists; pick another name"
+                    ) from None
+            self._audit(db, "admin", f"add_{table[:-1]}", name)
+        return token
+
+    def who(self, table: str, token: str) -> sqlite3.Row | None:
+        if table not in ("devices", "therapists"):
+            raise ValueError(table)
+        with self._connect() as db:
+            row: sqlite3.Row | None = db.execute(
+                f"SELECT id, name FROM {table} WHERE token_hash = ?", (hash_token(token),)
+            ).fetchone()
+            return row
+
+    # Sessions and turns ------------------------------------------------------------------------
+
+    def start_session(self, client: str, device_id: int | None) -> str:
+        session_id = uuid.uuid4().hex
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO clients (pseudonym, created_at) VALUES (?, ?) "
+                "ON CONFLICT (pseudonym) DO NOTHING",
+                (client, now),
+            )
+            (client_id,) = db.execute("SELECT id FROM clients WHERE pseudonym = ?", (client,)).fetchone()
+            db.execute(
+                "INSERT INTO sessions (id, client_id, device_id, started_at) VALUES (?, ?, ?, ?)",
+                (session_id, client_id, device_id, now),
+            )
+        return session_id
+
+    def session(self, session_id: str) -> SessionRow:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT s.id, c.pseudonym AS client, s.device_id, s.started_at, s.ended_at, s.summary "
+                "FROM sessions s JOIN clients c ON c.id = s.client_id WHERE s.id = ?",
+                (session_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(
+                "unknown_session", f"no session {session_id!r}; start one with POST /api/v1/sessions"
+            )
+        return SessionRow(**dict(row))
+
+    def add_turn(self, session_id: str, role: str, text: str, timings: dict[str, Any] | None = None) -> int:
+        with self._connect() as db:
+            cur = db.execute(
+                "INSERT INTO turns (session_id, role, text, created_at, timings) VALUES (?, ?, ?, ?, ?)",
+                (session_id, role, text, time.time(), json.dumps(timings or {})),
+            )
+            return int(cur.lastrowid or 0)
+
+    def recent_turns(self, session_id: str, limit: int) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT role, text FROM turns WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                (session_id, limit),
+            ).fetchall()
+        return [dict(r) for r in reversed(rows)]
+
+    def add_emotion_sample(
+        self, session_id: str, source: str, faces: int, top3: list[dict[str, Any]]
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO emotion_samples (session_id, t, source, faces, top3) VALUES (?, ?, ?, ?, ?)",
+                (session_id, time.time(), source, faces, json.dumps(top3)),
+            )
+
+    def end_session(self, session_id: str, summary: str) -> int:
+        """Close the session (idempotent) and return how many exchanges it held."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE sessions SET ended_at = COALESCE(ended_at, ?), summary = ? WHERE id = ?",
+                (time.time(), summary, session_id),
+            )
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM turns WHERE session_id = ? AND role = 'user'", (session_id,)
+            ).fetchone()
+        return int(count)
+
+    # The therapist's view ---------------------------------------------------------------------
+
+    def list_sessions(self, client: str | None = None) -> list[dict[str, Any]]:
+        query = (
+            "SELECT s.id, c.pseudonym AS client, s.started_at, s.ended_at, "
+            "(SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id AND t.role = 'user') AS turns, "
+            "(SELECT COUNT(*) FROM safety_events e WHERE e.session_id = s.id) AS safety_events "
+            "FROM sessions s JOIN clients c ON c.id = s.client_id"
+        )
+        params: tuple[Any, ...] = ()
+        if client is not None:
+            query += " WHERE c.pseudonym = ?"
+            params = (client,)
+        with self._connect() as db:
+            return [dict(r) for r in db.execute(query + " ORDER BY s.started_at DESC", params)]
+
+    def session_log(self, session_id: str) -> dict[str, Any]:
+        """Everything a therapist reads about one session."""
+        head = self.session(session_id)
+        with self._connect() as db:
+            turns = [
+                {**dict(r), "timings": json.loads(r["timings"])}
+                for r in db.execute(
+                    "SELECT id, role, text, created_at, timings FROM turns WHERE session_id = ? ORDER BY id",
+                    (session_id,),
+                )
+            ]
+            emotions = [
+                {**dict(r), "top3": json.loads(r["top3"])}
+                for r in db.execute(
+                    "SELECT t, source, faces, top3 FROM emotion_samples WHERE session_id = ? ORDER BY t, id",
+                    (session_id,),
+                )
+            ]
+            safety = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT turn_id, t, level, trigger, message FROM safety_events "
+                    "WHERE session_id = ? ORDER BY t, id",
+                    (session_id,),
+                )
+            ]
+        return {
+            "session_id": head.id,
+            "client": head.client,
+            "started_at": head.started_at,
+            "ended_at": head.ended_at,
+            "summary": head.summary,
+            "turns": turns,
+            "emotion_samples": emotions,
+            "safety_events": safety,
+        }
+
+    def audit(self, actor: str, action: str, target: str = "") -> None:
+        with self._connect() as db:
+            self._audit(db, actor, action, target)
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, actor: str, action: str, target: str) -> None:
+        db.execute(
+            "INSERT INTO audit_log (t, actor, action, target) VALUES (?, ?, ?, ?)",
+            (time.time(), actor, action, target),
+        )
+
+    def require_client(self, client: str) -> None:
+        with self._connect() as db:
+            if db.execute("SELECT 1 FROM clients WHERE pseudonym = ?", (client,)).fetchone() is None:
+                raise NotFound("unknown_client", f"no client {client!r}")
+
+    def delete_client(self, client: str, actor: str) -> dict[str, int]:
+        """Erase a client and, through the cascades, every session, turn, sample and event of theirs."""
+        with self._connect() as db:
+            row = db.execute("SELECT id FROM clients WHERE pseudonym = ?", (client,)).fetchone()
+            if row is None:
+                raise NotFound("unknown_client", f"no client {client!r}")
+            (sessions,) = db.execute(
+                "SELECT COUNT(*) FROM sessions WHERE client_id = ?", (row["id"],)
+            ).fetchone()
+            db.execute("DELETE FROM clients WHERE id = ?", (row["id"],))
+            # The audit line records that an erasure happened, not who was erased.
+            self._audit(db, actor, "delete_client", f"{sessions} sessions")
+        _LOGGER.info("erased a client: %d sessions", sessions)
+        return {"sessions": int(sessions)}

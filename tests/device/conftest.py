@@ -1,0 +1,80 @@
+"""Fixtures for the device tests: a loopback contract server, a clean config environment, test media."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.device.loopback import Loopback, serve
+
+
+@pytest.fixture
+def loopback() -> Iterator[Loopback]:
+    """The contract server with close-delimited turn bodies, the framing that defeats naive line readers."""
+    yield from serve(chunked=False)
+
+
+@pytest.fixture(params=[False, True], ids=["close-delimited", "chunked"])
+def any_loopback(request: pytest.FixtureRequest) -> Iterator[Loopback]:
+    """The contract server once per body framing a real server may use."""
+    yield from serve(chunked=request.param)
+
+
+@pytest.fixture(autouse=True)
+def clean_config_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No config file or TADBOT_* variable from the machine running the tests may leak in."""
+    for name in list(os.environ):
+        if name.startswith("TADBOT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def wav_bytes(samples: np.ndarray, rate: int, width: int = 2) -> bytes:
+    """A PCM WAV of float samples shaped (n,) or (n, channels), at any standard sample width."""
+    frames = samples if samples.ndim == 2 else samples[:, None]
+    if width == 1:
+        data = np.round(frames * 127 + 128).astype(np.uint8).tobytes()
+    elif width == 3:
+        ints = np.round(frames * (2**23 - 1)).astype("<i4")
+        data = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        data = np.round(frames * (2 ** (8 * width - 1) - 1)).astype(f"<i{width}").tobytes()
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(frames.shape[1])
+        writer.setsampwidth(width)
+        writer.setframerate(rate)
+        writer.writeframes(data)
+    return out.getvalue()
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return amplitude * np.sin(2 * np.pi * freq * t)
+
+
+@pytest.fixture
+def face_png(tmp_path: Path) -> Path:
+    """A small synthetic picture; the device only re-encodes frames, it never looks for faces."""
+    import cv2
+
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    image[:, :32] = (0, 0, 255)
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A port nothing listens on: bound once to pick it, then released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

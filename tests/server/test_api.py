@@ -1,0 +1,288 @@
+"""The HTTP contract against the real server under gunicorn: auth, bad input, and that it keeps serving."""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import LiveServer, start_server, stop_server
+from tests.speech import pcm16_wav, speak
+
+
+def _session(server: LiveServer, client: str = "api-client") -> str:
+    answer = requests.post(
+        f"{server.url}/api/v1/sessions", headers=server.device_headers(), json={"client": client}, timeout=30
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["session_id"])
+
+
+def _error(answer: requests.Response, status: int, code: str) -> str:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["Content-Type"].startswith("application/json")
+    body = answer.json()
+    assert body["error"]["code"] == code, body
+    assert len(body["error"]["message"]) > 10
+    return str(body["error"]["message"])
+
+
+def _png(width: int, height: int) -> bytes:
+    ok, encoded = cv2.imencode(".png", np.zeros((height, width, 3), dtype=np.uint8))
+    assert ok
+    return encoded.tobytes()
+
+
+def _stereo_wav() -> bytes:
+    return pcm16_wav(np.zeros(16000 * 2, dtype="<i2").tobytes(), 16000, channels=2)
+
+
+def _eight_bit_wav() -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(16000)
+        w.writeframes(b"\x80" * 16000)
+    return out.getvalue()
+
+
+BAD_TURNS = [
+    pytest.param(
+        {"audio": ("u.wav", b"RIFF\x00\x00not a wav at all", "audio/wav")}, 400, "bad_audio", id="corrupt"
+    ),
+    pytest.param({"audio": ("u.wav", _stereo_wav(), "audio/wav")}, 415, "unsupported_audio", id="stereo"),
+    pytest.param({"audio": ("u.wav", _eight_bit_wav(), "audio/wav")}, 415, "unsupported_audio", id="8-bit"),
+    pytest.param(
+        {"text": (None, "hi"), "frame": ("f.jpg", b"this is not an image", "image/jpeg")},
+        415,
+        "bad_image",
+        id="non-image-frame",
+    ),
+    pytest.param(
+        {"text": (None, "hi"), "frame": ("f.png", _png(5000, 8), "image/png")},
+        413,
+        "image_too_large",
+        id="huge-frame",
+    ),
+    pytest.param({"frame": ("f.png", _png(8, 8), "image/png")}, 400, "bad_turn", id="no-audio-no-text"),
+]
+
+
+@pytest.mark.parametrize(("files", "status", "code"), BAD_TURNS)
+def test_bad_turn_input_is_a_clear_4xx(
+    live_server: LiveServer, files: dict[str, tuple[str | None, object, str]], status: int, code: str
+) -> None:
+    session_id = _session(live_server)
+    answer = requests.post(
+        f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+        headers=live_server.device_headers(),
+        files=files,
+        timeout=30,
+    )
+    _error(answer, status, code)
+    assert requests.get(f"{live_server.url}/api/v1/health", timeout=10).status_code == 200
+
+
+def test_a_50_mb_upload_is_refused_and_the_server_keeps_serving(live_server: LiveServer) -> None:
+    session_id = _session(live_server)
+    huge = b"\0" * (50 * 1024 * 1024)
+    try:
+        answer = requests.post(
+            f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+            headers=live_server.device_headers(),
+            files={"audio": ("u.wav", huge, "audio/wav")},
+            timeout=60,
+        )
+    except requests.ConnectionError:
+        pytest.fail("the server dropped the connection instead of answering 413")
+    message = _error(answer, 413, "request_entity_too_large")
+    assert "max_upload_mb" in message
+    assert requests.get(f"{live_server.url}/api/v1/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/v1/sessions"),
+        ("post", "/api/v1/sessions/x/turns"),
+        ("post", "/api/v1/sessions/x/frames"),
+        ("post", "/api/v1/sessions/x/end"),
+        ("get", "/api/v1/sessions"),
+        ("get", "/api/v1/sessions/x"),
+        ("get", "/api/v1/sessions/x/export"),
+        ("delete", "/api/v1/clients/x"),
+    ],
+)
+def test_protected_endpoints_need_the_right_token(live_server: LiveServer, method: str, path: str) -> None:
+    url = live_server.url + path
+    _error(requests.request(method, url, timeout=10), 401, "missing_token")
+    _error(
+        requests.request(method, url, headers={"Authorization": "Bearer tdb_wrong"}, timeout=10),
+        401,
+        "bad_token",
+    )
+    # A device token is not a therapist token, and the other way round.
+    therapist_only = method != "post"
+    other = live_server.device_headers() if therapist_only else live_server.therapist_headers()
+    _error(requests.request(method, url, headers=other, timeout=10), 401, "bad_token")
+
+
+def test_unknown_and_foreign_sessions_are_404(live_server: LiveServer) -> None:
+    answer = requests.post(
+        f"{live_server.url}/api/v1/sessions/nope/turns",
+        headers=live_server.device_headers(),
+        data={"text": "hello"},
+        timeout=10,
+    )
+    _error(answer, 404, "unknown_session")
+    _error(
+        requests.get(
+            f"{live_server.url}/api/v1/sessions/nope", headers=live_server.therapist_headers(), timeout=10
+        ),
+        404,
+        "unknown_session",
+    )
+
+
+def test_bad_client_name_and_ended_session(live_server: LiveServer) -> None:
+    answer = requests.post(
+        f"{live_server.url}/api/v1/sessions",
+        headers=live_server.device_headers(),
+        json={"client": "../etc/passwd"},
+        timeout=10,
+    )
+    _error(answer, 400, "bad_client")
+    session_id = _session(live_server, "ender")
+    ended = requests.post(
+        f"{live_server.url}/api/v1/sessions/{session_id}/end",
+        headers=live_server.device_headers(),
+        timeout=10,
+    )
+    assert ended.status_code == 200 and ended.json()["turns"] == 0
+    answer = requests.post(
+        f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+        headers=live_server.device_headers(),
+        data={"text": "hello"},
+        timeout=10,
+    )
+    _error(answer, 409, "session_ended")
+
+
+def test_text_turn_and_silence(live_server: LiveServer) -> None:
+    session_id = _session(live_server, "texter")
+    answer = requests.post(
+        f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+        headers=live_server.device_headers(),
+        data={"text": "my heart is racing"},
+        timeout=60,
+    )
+    events = [json.loads(line) for line in answer.text.splitlines()]
+    assert events[0] == {"type": "transcript", "text": "my heart is racing"}
+    assert events[-1]["type"] == "done" and "emotions" not in [e["type"] for e in events]
+    silence = pcm16_wav(np.zeros(16000, dtype="<i2").tobytes(), 16000)
+    answer = requests.post(
+        f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+        headers=live_server.device_headers(),
+        files={"audio": ("s.wav", silence, "audio/wav")},
+        timeout=60,
+    )
+    events = [json.loads(line) for line in answer.text.splitlines()]
+    assert [e["type"] for e in events] == ["transcript", "error"]
+    assert events[1]["code"] == "no_speech"
+
+
+def test_delete_client_erases_records_and_memory(live_server: LiveServer) -> None:
+    session_id = _session(live_server, "leaver")
+    requests.post(
+        f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+        headers=live_server.device_headers(),
+        data={"text": "I panic on trains"},
+        timeout=60,
+    ).raise_for_status()
+    answer = requests.delete(
+        f"{live_server.url}/api/v1/clients/leaver", headers=live_server.therapist_headers(), timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    erased = answer.json()["erased"]
+    assert erased["sessions"] == 1
+    health = requests.get(f"{live_server.url}/api/v1/health", timeout=10).json()
+    if health["components"]["memory"]["status"] == "ok":
+        assert erased["memories"] == 2
+    _error(
+        requests.get(
+            f"{live_server.url}/api/v1/sessions/{session_id}",
+            headers=live_server.therapist_headers(),
+            timeout=10,
+        ),
+        404,
+        "unknown_session",
+    )
+    _error(
+        requests.delete(
+            f"{live_server.url}/api/v1/clients/leaver", headers=live_server.therapist_headers(), timeout=10
+        ),
+        404,
+        "unknown_client",
+    )
+
+
+def test_openapi_lists_exactly_the_served_routes(live_server: LiveServer, tmp_path: Path) -> None:
+    from server.app import create_app
+    from server.components import Components
+    from server.config import load_settings
+    from server.records import Records
+
+    spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
+    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    empty = tmp_path / "tadbot.toml"
+    empty.write_text("", encoding="utf-8")
+    settings = load_settings(empty, env={"TADBOT_DATA_DIR": str(tmp_path)})
+    app = create_app(settings, Components(records=Records(tmp_path / "db.sqlite3")))
+    served = {
+        (rule.rule.replace("<", "{").replace(">", "}"), method)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    assert documented == served
+
+
+def test_missing_models_leave_the_server_up_and_degraded(tmp_path: Path) -> None:
+    server = start_server(tmp_path, llm=tmp_path / "absent.gguf", fer=tmp_path / "absent.onnx")
+    try:
+        health = requests.get(f"{server.url}/api/v1/health", timeout=10).json()
+        assert health["status"] == "degraded"
+        assert health["components"]["llm"]["status"] == "missing"
+        assert health["components"]["llm"]["key"] == "llm.model_path"
+        assert "absent.gguf" in health["components"]["llm"]["detail"]
+        assert health["components"]["fer"]["key"] == "fer.model_path"
+        assert health["components"]["stt"]["status"] == "ok"
+        session_id = _session(server, "degraded")
+        answer = requests.post(
+            f"{server.url}/api/v1/sessions/{session_id}/turns",
+            headers=server.device_headers(),
+            files={"audio": ("u.wav", speak("hello I feel anxious today"), "audio/wav")},
+            timeout=60,
+        )
+        events = [json.loads(line) for line in answer.text.splitlines()]
+        assert [e["type"] for e in events] == ["transcript", "error"]
+        assert events[1]["code"] == "llm_unavailable"
+        _error(
+            requests.post(
+                f"{server.url}/api/v1/sessions/{session_id}/frames",
+                headers=server.device_headers(),
+                files={"frame": ("f.png", _png(8, 8), "image/png")},
+                timeout=10,
+            ),
+            503,
+            "fer_unavailable",
+        )
+    finally:
+        stop_server(server)

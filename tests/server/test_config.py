@@ -1,0 +1,87 @@
+"""Config: TOML < env < flags, documented defaults, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import describe, load_settings, resolve_data_dir
+from server.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tadbot.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_match_the_documented_fixed_keys(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, ""), env={})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8710)
+    assert settings.llm.backend == "llama_cpp" and settings.llm.model_path == "models/llm.gguf"
+    assert settings.llm.base_url == ""
+    assert settings.fer.model_path == "models/fer.onnx"
+    assert settings.stt.engine == "sphinx"
+
+
+def test_file_then_env_then_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[server]\nport = 9000\nhost = "0.0.0.0"\n[llm]\nmodel_path = "a.gguf"\n')
+    env = {
+        "TADBOT_SERVER__PORT": "9100",
+        "TADBOT_LLM__MODEL_PATH": "b.gguf",
+        "TADBOT_LLM__TEMPERATURE": "0.2",
+    }
+    settings = load_settings(path, env=env, overrides={"server": {"port": 9200}})
+    assert settings.server.port == 9200
+    assert settings.server.host == "0.0.0.0"
+    assert settings.llm.model_path == "b.gguf"
+    assert settings.llm.temperature == 0.2
+
+
+def test_data_dir_resolution(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    assert load_settings(path, env={"TADBOT_DATA_DIR": "/srv/x"}).data_path == Path("/srv/x")
+    assert load_settings(
+        path, env={"TADBOT_SERVER__DATA_DIR": "/srv/y", "TADBOT_DATA_DIR": "/srv/x"}
+    ).data_path == Path("/srv/y")
+    assert resolve_data_dir("", env={"STATE_DIRECTORY": "/var/lib/tadbot"}) == Path("/var/lib/tadbot")
+    assert resolve_data_dir("", env={}) == Path("data")
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ('[server]\nport = "eighty"\n', {}, "server.port = 'eighty': expected an integer"),
+        ("[server]\nport = 70000\n", {}, "server.port = 70000: must be between 1 and 65535"),
+        ('[llm]\nbackend = "gpt"\n', {}, "llm.backend = 'gpt': allowed values are llama_cpp, openai"),
+        ("[llm]\ncolour = 1\n", {}, "llm.colour: unknown key"),
+        ("[nonsense]\n", {}, "[nonsense]: unknown config section"),
+        ("", {"TADBOT_LLM__N_CTX": "lots"}, "llm.n_ctx = 'lots': expected an integer"),
+        ("[server\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(
+    tmp_path: Path, text: str, env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, text), env=env)
+    assert named in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_missing_config_named_by_env_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TADBOT_CONFIG"):
+        load_settings(env={"TADBOT_CONFIG": str(tmp_path / "absent.toml")})
+
+
+def test_the_device_section_belongs_to_the_device(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, '[device]\ntoken = "x"\n'), env={})
+    assert settings.server.port == 8710
+
+
+def test_describe_prints_every_section_with_docs(tmp_path: Path) -> None:
+    shown = describe(load_settings(_write(tmp_path, "[llm]\nn_ctx = 1024\n"), env={}))
+    for section in ("[server]", "[llm]", "[fer]", "[stt]", "[memory]", "[persona]"):
+        assert section in shown
+    assert "n_ctx = 1024  # Context window" in shown
