@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from server.config import Settings
@@ -92,20 +91,22 @@ def _build_stt(settings: Settings) -> Any:
 
 def _build_fer(settings: Settings) -> Any:
     from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+    from server.models import resolve_model_path
 
-    classifier = EmotionClassifier(Path(settings.fer.model_path), threads=settings.fer.threads)
+    classifier = EmotionClassifier(resolve_model_path(settings.fer.model_path), threads=settings.fer.threads)
     return FerPipeline(FaceDetector(), classifier)
 
 
 def _build_llm(settings: Settings) -> Any:
     from server.llm import get_chat_model
+    from server.models import resolve_model_path
 
     llm = settings.llm
     if llm.backend == "openai":
         return get_chat_model("openai", base_url=llm.base_url, model=llm.model, timeout_s=llm.timeout_s)
     return get_chat_model(
         "llama_cpp",
-        model_path=llm.model_path,
+        model_path=resolve_model_path(llm.model_path),
         n_ctx=llm.n_ctx,
         n_threads=llm.n_threads,
         n_batch=llm.n_batch,
@@ -114,10 +115,9 @@ def _build_llm(settings: Settings) -> Any:
 
 
 def _build_memory(settings: Settings) -> Any:
-    from server.memory import Memory
-
     from server.embedding import MiniLMEmbedder, find_embedder_dir
     from server.errors import ModelError
+    from server.memory import Memory
     from server.models import models_dir
 
     found = find_embedder_dir(settings.memory.embedder_path, models_dir())

@@ -159,6 +159,8 @@ class Companion:
 
     def _read_faces(self, session: SessionRow, frames: Sequence[Any]) -> tuple[int, list[dict[str, Any]]]:
         """Every frame goes to the timeline; the turn's reading averages the frames that showed a face."""
+        from server.fer import rank_top3
+
         faces = 0
         totals: dict[str, float] = {}
         seen = 0
@@ -170,8 +172,8 @@ class Companion:
                 seen += 1
                 for label, p in reading.probs.items():
                     totals[label] = totals.get(label, 0.0) + p
-        ranked = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:3]
-        return faces, [{"label": label, "score": round(total / seen, 3)} for label, total in ranked]
+        averaged_probs = {label: total / seen for label, total in totals.items()}
+        return faces, _top3_json(rank_top3(averaged_probs))
 
     def _recall(self, session: SessionRow, text: str) -> list[str]:
         memory = self.components.memory

@@ -1,292 +1,30 @@
 """Facial emotion recognition: find the face in a frame, classify its expression, keep the top three.
 
-Frames are decoded, read and dropped in memory; nothing here writes to disk, since raw images are never kept.
-Any ONNX classifier can be swapped in: the manifest JSON beside it says how to feed it and what it outputs.
+Frames arrive decoded in memory (server.images) and nothing here writes to disk: raw images are never kept.
+The classifier is fed as the manifest beside it says (server.fer_manifest), so models swap without code.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import struct
+import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.errors import FerError, ModelError
+from server.errors import ModelError
+from server.fer_manifest import VOCABULARY, Manifest, bad_manifest, load_manifest
 
 if TYPE_CHECKING:
     import numpy as np
 
 _LOGGER = logging.getLogger(__name__)
 
-VOCABULARY = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
-
-_LABELS_FILE = Path(__file__).with_name("data") / "emotion_labels.json"
-_MANIFEST_KEYS = (
-    "labels",
-    "input_size",
-    "color",
-    "layout",
-    "normalize",
-    "output",
-    "aligned",
-    "source",
-    "license",
-)
-_COLORS = ("gray", "rgb", "bgr")
-_LAYOUTS = ("NCHW", "NHWC")
-_OUTPUTS = ("logits", "probs")
 _POLICIES = ("largest",)
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 and CC (DAC) share the range but do not.
-_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
-_JPEG_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8)))
-
-
-# --- labels -------------------------------------------------------------------------------------------------
-
-
-def _label_key(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
-@functools.cache
-def _aliases() -> dict[str, str]:
-    with _LABELS_FILE.open(encoding="utf-8") as fh:
-        aliases: dict[str, str] = json.load(fh)["aliases"]
-    return {_label_key(name): label for name, label in aliases.items()}
-
-
-def normalize_label(name: str) -> str:
-    """Map a model's or dataset's emotion name onto VOCABULARY ("Anger" -> "angry").
-
-    Models and datasets spell emotions differently; records must compare across them. Raises ValueError for a
-    name the label map does not know.
-    """
-    label = _aliases().get(_label_key(name))
-    if label is None:
-        raise ValueError(
-            f"unknown emotion label {name!r}: use one of {VOCABULARY} or map it in {_LABELS_FILE}"
-        )
-    return label
-
-
-# --- manifest -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """How to feed one ONNX classifier; it lives in the JSON beside the model, so models swap without code."""
-
-    path: Path
-    labels: tuple[str, ...]
-    """The model's outputs in order, already normalised to VOCABULARY."""
-    input_size: tuple[int, int]
-    """(width, height) of the face crop the model takes."""
-    color: str
-    """The channel order the model was trained on: gray, rgb or bgr."""
-    layout: str
-    """NCHW or NHWC."""
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    """Pixels become (x * scale - mean) / std, per channel in `color` order (one value applies to all)."""
-    output: str
-    """logits (softmax is applied here) or probs (the model already ends in a softmax)."""
-    aligned: bool
-    """True if the model was trained on landmark-aligned faces; a box-only detector then costs accuracy."""
-    source: str
-    license: str
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color == "gray" else 3
-
-
-def _bad_manifest(path: Path, key: str, problem: str) -> ModelError:
-    return ModelError("bad_manifest", f"FER model manifest {path}: key {key!r} {problem}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _choice(raw: dict[str, Any], path: Path, key: str, choices: tuple[str, ...]) -> str:
-    value = raw[key]
-    if value not in choices:
-        raise _bad_manifest(path, key, f"is {value!r}; expected one of {', '.join(choices)}")
-    return str(value)
-
-
-def _text(raw: dict[str, Any], path: Path, key: str) -> str:
-    value = raw[key]
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_manifest(path, key, "must be a non-empty string")
-    return value
-
-
-def _labels(raw: dict[str, Any], path: Path) -> tuple[str, ...]:
-    value = raw["labels"]
-    if not isinstance(value, list) or not value or not all(isinstance(name, str) for name in value):
-        raise _bad_manifest(path, "labels", "must be a non-empty list of strings")
-    try:
-        labels = tuple(normalize_label(name) for name in value)
-    except ValueError as exc:
-        raise _bad_manifest(path, "labels", str(exc)) from exc
-    if len(set(labels)) != len(labels):
-        raise _bad_manifest(path, "labels", f"names one emotion twice after normalising: {labels}")
-    return labels
-
-
-def _input_size(raw: dict[str, Any], path: Path) -> tuple[int, int]:
-    value = raw["input_size"]
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in value)
-    ):
-        raise _bad_manifest(path, "input_size", f"is {value!r}; expected [width, height] in positive pixels")
-    return value[0], value[1]
-
-
-def _per_channel(norm: dict[str, Any], path: Path, key: str, channels: int) -> tuple[float, ...]:
-    value = norm.get(key)
-    if (
-        not isinstance(value, list)
-        or len(value) not in (1, channels)
-        or not all(_is_number(item) for item in value)
-    ):
-        raise _bad_manifest(path, f"normalize.{key}", f"is {value!r}; expected 1 or {channels} numbers")
-    return tuple(float(item) for item in value)
-
-
-def load_manifest(path: Path) -> Manifest:
-    """Read and check a model manifest; a bad one stops start-up with the file and key named."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelError(
-            "bad_manifest",
-            f"FER model manifest {path} is missing; it belongs beside the model (`tadbot models pull`)",
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise ModelError("bad_manifest", f"FER model manifest {path} is not readable JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ModelError("bad_manifest", f"FER model manifest {path} must hold a JSON object")
-    for key in _MANIFEST_KEYS:
-        if key not in raw:
-            raise _bad_manifest(path, key, "is missing")
-
-    color = _choice(raw, path, "color", _COLORS)
-    channels = 1 if color == "gray" else 3
-    norm = raw["normalize"]
-    if not isinstance(norm, dict):
-        raise _bad_manifest(path, "normalize", 'must be {"scale": number, "mean": [...], "std": [...]}')
-    if not _is_number(norm.get("scale")):
-        raise _bad_manifest(path, "normalize.scale", f"is {norm.get('scale')!r}; expected a number")
-    std = _per_channel(norm, path, "std", channels)
-    if any(value == 0 for value in std):
-        raise _bad_manifest(path, "normalize.std", "must not contain 0")
-    if not isinstance(raw["aligned"], bool):
-        raise _bad_manifest(path, "aligned", f"is {raw['aligned']!r}; expected true or false")
-    return Manifest(
-        path=path,
-        labels=_labels(raw, path),
-        input_size=_input_size(raw, path),
-        color=color,
-        layout=_choice(raw, path, "layout", _LAYOUTS),
-        scale=float(norm["scale"]),
-        mean=_per_channel(norm, path, "mean", channels),
-        std=std,
-        output=_choice(raw, path, "output", _OUTPUTS),
-        aligned=raw["aligned"],
-        source=_text(raw, path, "source"),
-        license=_text(raw, path, "license"),
-    )
-
-
-# --- decoding -----------------------------------------------------------------------------------------------
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame segment, walking segment lengths from the SOI marker."""
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-        elif marker in _JPEG_STANDALONE:
-            pos += 2
-        elif marker in _JPEG_SOF:
-            if pos + 9 > end:
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
-        elif marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
-            return None
-        else:
-            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            if length < 2:
-                return None
-            pos += 2 + length
-    return None
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG IHDR or a JPEG SOF header; None if the bytes are neither."""
-    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
-    if data.startswith(b"\xff\xd8\xff"):
-        return _jpeg_size(data)
-    return None
-
-
-def _check_side(width: int, height: int, max_side: int) -> None:
-    if max(width, height) > max_side:
-        raise FerError(
-            "image_too_large",
-            f"The image is {width}x{height} pixels; the longest side may be {max_side}. Send a smaller one.",
-            413,
-        )
-
-
-def decode_image(data: bytes, *, max_bytes: int = 10 * 1024 * 1024, max_side: int = 4096) -> np.ndarray:
-    """Decode a JPEG or PNG frame in memory into a BGR uint8 array; nothing touches disk.
-
-    The size is read from the file header before decoding, so a small file that claims a huge image (a
-    decompression bomb) is refused before it can allocate gigabytes on a 4 GB Pi. Only JPEG and PNG pass: the
-    API promises those, and it keeps OpenCV's rarer decoders (TIFF, JPEG 2000, ...) away from network input.
-    """
-    if len(data) > max_bytes:
-        raise FerError(
-            "image_too_large",
-            f"The image is {len(data)} bytes; the limit is {max_bytes}. Send a smaller JPEG or PNG.",
-            413,
-        )
-    size = _header_size(data)
-    if size is None or 0 in size:
-        raise FerError("bad_image", "The frame is not a readable image: send a JPEG or PNG.", 415)
-    _check_side(*size, max_side)
-
-    import cv2
-    import numpy as np
-
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FerError("bad_image", "The frame could not be decoded: send a complete JPEG or PNG.", 415)
-    # The header parser and the decoder could disagree on a crafted file; the decoded size is what counts.
-    _check_side(image.shape[1], image.shape[0], max_side)
-    return image
 
 
 # --- detection ----------------------------------------------------------------------------------------------
@@ -409,13 +147,13 @@ def _check_io(manifest: Manifest, model_path: Path, session: Any) -> tuple[str, 
         f"{manifest.layout}, color {manifest.color}, input_size {list(manifest.input_size)}"
     )
     if len(shape) != 4:
-        raise _bad_manifest(manifest.path, "layout", problem)
+        raise bad_manifest(manifest.path, "layout", problem)
     for (key, want), got in zip(wanted, shape[1:], strict=True):
         if isinstance(got, int) and got != want:
-            raise _bad_manifest(manifest.path, key, problem)
+            raise bad_manifest(manifest.path, key, problem)
     classes = outputs[0].shape[-1] if outputs[0].shape else None
     if isinstance(classes, int) and classes != len(manifest.labels):
-        raise _bad_manifest(
+        raise bad_manifest(
             manifest.path,
             "labels",
             f"lists {len(manifest.labels)} labels but model {model_path} gives {classes} outputs",
@@ -437,6 +175,8 @@ class EmotionClassifier:
             )
         self.manifest = load_manifest(model_path.with_suffix(".json"))
 
+        # onnxruntime's telemetry writes a session file to TMPDIR on import; nothing may be left on disk.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -494,7 +234,7 @@ class EmotionClassifier:
         (raw,) = self._session.run([self._output], {self._input: self.preprocess(face)})
         scores = np.asarray(raw, dtype=np.float64).reshape(-1)
         if scores.size != len(self.manifest.labels):
-            raise _bad_manifest(
+            raise bad_manifest(
                 self.manifest.path,
                 "labels",
                 f"lists {len(self.manifest.labels)} labels but the model gave {scores.size} scores",
@@ -517,6 +257,17 @@ class Emotion:
 
     label: str
     score: float
+
+
+def rank_top3(probs: Mapping[str, float]) -> tuple[Emotion, ...]:
+    """The three most probable emotions, highest first, each rounded down to 3 decimals.
+
+    Rounded down, not to nearest: three scores rounded up could sum past 1, and readers would wonder.
+    Ties keep the order of `probs`.
+    """
+    ranked = sorted(probs.items(), key=lambda item: item[1], reverse=True)
+    # The epsilon keeps a score that already has 3 decimals (0.3 is 299.99999... thousandths) as it is.
+    return tuple(Emotion(label, math.floor(score * 1000 + 1e-6) / 1000) for label, score in ranked[:3])
 
 
 @dataclass(frozen=True)
@@ -551,9 +302,7 @@ class FerPipeline:
             return FaceReading(0, (), {})
         box = boxes[0]
         probs = self.classifier.classify(image[box.y : box.y + box.h, box.x : box.x + box.w])
-        ranked = sorted(probs.items(), key=lambda item: item[1], reverse=True)
-        # Rounded down, not to nearest: three scores rounded up could sum past 1, and readers would wonder.
-        top3 = tuple(Emotion(label, math.floor(score * 1000) / 1000) for label, score in ranked[:3])
+        top3 = rank_top3(probs)
         _LOGGER.debug(
             "FER read: faces=%d top=%s detect_ms=%.1f classify_ms=%.1f",
             len(boxes),

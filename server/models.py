@@ -122,6 +122,15 @@ def models_dir() -> Path:
     return Path(os.environ.get("TADBOT_MODELS_DIR") or "models")
 
 
+def resolve_model_path(configured: str) -> Path:
+    """A relative path under `models/` (as the defaults are) follows $TADBOT_MODELS_DIR, so moving the
+    models dir never leaves the config pointing at the old place."""
+    path = Path(configured)
+    if not path.is_absolute() and path.parts[:1] == ("models",):
+        return models_dir().joinpath(*path.parts[1:])
+    return path
+
+
 def load_catalogue(path: Path | None = None) -> Catalogue:
     """The catalogue in the models dir if one is there, else the one shipped in the wheel, else the one in
     the source tree (an editable install does not copy it into the package)."""

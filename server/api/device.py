@@ -107,7 +107,7 @@ def _frames(decode: bool) -> list[Any]:
         raise BadRequest("too_many_frames", f"send at most {MAX_FRAMES_PER_TURN} frames per turn")
     if not decode:
         return []
-    from server.fer import decode_image
+    from server.images import decode_image
 
     return [decode_image(part.read()) for part in parts]
 

@@ -1,4 +1,4 @@
-"""Facial emotion recognition: manifest checks, safe decoding, detection and the reading of real faces."""
+"""Facial emotion recognition: the classifier and its model, detection, ranking, and reading real faces."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from server import fer
-from server.errors import FerError, ModelError
+from server.errors import ModelError
+from server.fer_manifest import VOCABULARY, load_manifest
+from server.images import decode_image
 from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx
 
 ROOT = Path(__file__).parents[2]
@@ -47,7 +49,7 @@ def faces() -> dict[str, str]:
 
 
 def photo(name: str) -> np.ndarray:
-    return fer.decode_image((FACES_DIR / "images" / name).read_bytes())
+    return decode_image((FACES_DIR / "images" / name).read_bytes())
 
 
 def rewrite_manifest(model: Path, **changes: object) -> None:
@@ -61,12 +63,6 @@ def rewrite_manifest(model: Path, **changes: object) -> None:
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
-def encode(image: np.ndarray, ext: str) -> bytes:
-    ok, buf = cv2.imencode(ext, image)
-    assert ok
-    return buf.tobytes()
-
-
 def test_import_is_cheap() -> None:
     """The CLI and the API import this module; OpenCV, numpy and onnxruntime load only with a model."""
     code = "import sys, server.fer; print(sorted({'cv2', 'numpy', 'onnxruntime'} & set(sys.modules)))"
@@ -76,82 +72,7 @@ def test_import_is_cheap() -> None:
     assert done.stdout.strip() == "[]"
 
 
-# --- labels -------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "label"),
-    [
-        ("anger", "angry"),
-        ("Fearful", "fear"),
-        ("happiness", "happy"),
-        ("sadness", "sad"),
-        ("Surprised", "surprise"),
-        ("disgusted", "disgust"),
-        ("contempt", "contempt"),
-        ("Neutral ", "neutral"),
-    ],
-)
-def test_labels_normalise_into_the_vocabulary(name: str, label: str) -> None:
-    assert fer.normalize_label(name) == label
-
-
-def test_label_map_targets_only_the_vocabulary_and_covers_it() -> None:
-    aliases = json.loads((Path(fer.__file__).parent / "data" / "emotion_labels.json").read_text())["aliases"]
-    assert set(aliases.values()) == set(fer.VOCABULARY)
-
-
-def test_unknown_label_is_refused() -> None:
-    with pytest.raises(ValueError, match="bored"):
-        fer.normalize_label("bored")
-
-
-# --- manifest -----------------------------------------------------------------------------------------------
-
-
-def test_manifest_loads(tiny_model: Path) -> None:
-    manifest = fer.load_manifest(tiny_model.with_suffix(".json"))
-    assert manifest.labels == FER2013_LABELS
-    assert (manifest.input_size, manifest.color, manifest.layout) == ((48, 48), "gray", "NCHW")
-    assert manifest.channels == 1
-
-
-@pytest.mark.parametrize(
-    "key", ["labels", "input_size", "color", "layout", "normalize", "output", "aligned", "source", "license"]
-)
-def test_manifest_missing_key_is_named(tmp_path: Path, key: str) -> None:
-    model = build_tiny_fer_onnx(tmp_path / "m.onnx")
-    rewrite_manifest(model, **{key: None})
-    with pytest.raises(ModelError) as info:
-        fer.EmotionClassifier(model)
-    assert info.value.code == "bad_manifest"
-    assert repr(key) in info.value.message
-    assert str(model.with_suffix(".json")) in info.value.message
-
-
-@pytest.mark.parametrize(
-    ("changes", "key"),
-    [
-        ({"labels": ["angry", "disgust", "fear", "happyish", "sad", "surprise", "neutral"]}, "labels"),
-        ({"labels": ["angry", "anger", "fear", "happy", "sad", "surprise", "neutral"]}, "labels"),
-        ({"color": "yuv"}, "color"),
-        ({"layout": "CHW"}, "layout"),
-        ({"input_size": [48]}, "input_size"),
-        ({"output": "softmax"}, "output"),
-        ({"aligned": "no"}, "aligned"),
-        ({"license": ""}, "license"),
-        ({"normalize": {"scale": 1, "mean": [0], "std": [0]}}, "normalize.std"),
-        ({"normalize": {"scale": 1, "mean": [0, 0], "std": [1]}}, "normalize.mean"),
-        ({"normalize": {"mean": [0], "std": [1]}}, "normalize.scale"),
-    ],
-)
-def test_manifest_invalid_value_is_named(tmp_path: Path, changes: dict[str, object], key: str) -> None:
-    model = build_tiny_fer_onnx(tmp_path / "m.onnx")
-    rewrite_manifest(model, **changes)
-    with pytest.raises(ModelError) as info:
-        fer.load_manifest(model.with_suffix(".json"))
-    assert info.value.code == "bad_manifest"
-    assert repr(key) in info.value.message
+# --- the model and its manifest -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -168,22 +89,14 @@ def test_manifest_that_disagrees_with_the_model_is_named(
 ) -> None:
     model = build_tiny_fer_onnx(tmp_path / "m.onnx")
     rewrite_manifest(model, **changes)
-    fer.load_manifest(model.with_suffix(".json"))  # valid on its own; only the model shows the mismatch
+    load_manifest(model.with_suffix(".json"))  # valid on its own; only the model shows the mismatch
     with pytest.raises(ModelError) as info:
         fer.EmotionClassifier(model)
     assert info.value.code == "bad_manifest"
     assert repr(key) in info.value.message
 
 
-def test_manifest_that_is_not_json(tmp_path: Path) -> None:
-    model = build_tiny_fer_onnx(tmp_path / "m.onnx")
-    model.with_suffix(".json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(ModelError, match="not readable JSON") as info:
-        fer.EmotionClassifier(model)
-    assert info.value.code == "bad_manifest"
-
-
-def test_missing_manifest(tmp_path: Path) -> None:
+def test_classifier_needs_its_manifest_beside_it(tmp_path: Path) -> None:
     model = build_tiny_fer_onnx(tmp_path / "m.onnx")
     model.with_suffix(".json").unlink()
     with pytest.raises(ModelError, match="beside the model") as info:
@@ -208,75 +121,12 @@ def test_corrupt_model(tmp_path: Path) -> None:
     assert info.value.code == "model_corrupt"
 
 
-# --- decoding -----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("ext", [".jpg", ".png"])
-def test_decode_round_trip(ext: str) -> None:
-    image = np.full((30, 40, 3), (255, 0, 0), np.uint8)
-    decoded = fer.decode_image(encode(image, ext))
-    assert decoded.shape == (30, 40, 3)
-    assert decoded.dtype == np.uint8
-    assert decoded[15, 20, 0] > 200 and decoded[15, 20, 2] < 50  # still blue: BGR order kept
-
-
-def test_decode_gray_jpeg_gives_three_channels() -> None:
-    assert fer.decode_image(encode(np.zeros((8, 8), np.uint8), ".jpg")).shape == (8, 8, 3)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        np.random.default_rng(0).bytes(5000),
-        b"\xff\xd8\xff\xe0" + np.random.default_rng(1).bytes(5000),  # JPEG magic, garbage after
-        b"RIFF\x00\x00\x00\x00WEBPVP8 ",  # a real format, but not one the API accepts
-    ],
-)
-def test_undecodable_bytes_are_415(data: bytes) -> None:
-    with pytest.raises(FerError) as info:
-        fer.decode_image(data)
-    assert (info.value.code, info.value.status) == ("bad_image", 415)
-    assert "JPEG or PNG" in info.value.message
-
-
-def test_truncated_png_is_415() -> None:
-    data = encode(np.zeros((20, 20, 3), np.uint8), ".png")
-    with pytest.raises(FerError) as info:
-        fer.decode_image(data[:40])
-    assert (info.value.code, info.value.status) == ("bad_image", 415)
-
-
-@pytest.mark.parametrize(("ext", "shape"), [(".png", (10, 5000, 3)), (".jpg", (5000, 10, 3))])
-def test_too_many_pixels_is_413(ext: str, shape: tuple[int, int, int]) -> None:
-    with pytest.raises(FerError) as info:
-        fer.decode_image(encode(np.zeros(shape, np.uint8), ext))
-    assert (info.value.code, info.value.status) == ("image_too_large", 413)
-    assert "5000" in info.value.message
-
-
-def test_size_is_checked_from_the_header_before_decoding() -> None:
-    """A PNG header claiming 100000x100000 (30 GB decoded) must be refused without decoding anything."""
-    header = encode(np.zeros((1, 1, 3), np.uint8), ".png")
-    bomb = bytearray(header)
-    bomb[16:24] = (100_000).to_bytes(4, "big") * 2
-    with pytest.raises(FerError) as info:
-        fer.decode_image(bytes(bomb))
-    assert info.value.status == 413
-
-
-def test_too_many_bytes_is_413() -> None:
-    with pytest.raises(FerError) as info:
-        fer.decode_image(b"\xff\xd8\xff" + bytes(11 * 1024 * 1024))
-    assert (info.value.code, info.value.status) == ("image_too_large", 413)
-
-
 # --- classification -----------------------------------------------------------------------------------------
 
 
 def test_classifier_gives_probabilities_in_vocabulary_order(tiny_model: Path) -> None:
     probs = fer.EmotionClassifier(tiny_model).classify(np.full((100, 80, 3), 120, np.uint8))
-    assert list(probs) == [label for label in fer.VOCABULARY if label in FER2013_LABELS]
+    assert list(probs) == [label for label in VOCABULARY if label in FER2013_LABELS]
     assert math.isclose(sum(probs.values()), 1.0, rel_tol=1e-6)
     assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probs.values())
 
@@ -309,6 +159,45 @@ def test_nhwc_gray_input_shape(tmp_path: Path) -> None:
     assert tensor.dtype == np.float32
 
 
+# --- ranking ------------------------------------------------------------------------------------------------
+
+
+def test_rank_top3_orders_by_probability() -> None:
+    probs = {"angry": 0.1, "happy": 0.45, "neutral": 0.25, "sad": 0.2}
+    assert [e.label for e in fer.rank_top3(probs)] == ["happy", "neutral", "sad"]
+
+
+def test_rank_top3_ties_keep_the_given_order() -> None:
+    assert [e.label for e in fer.rank_top3({"sad": 0.3, "fear": 0.3, "angry": 0.4})] == [
+        "angry",
+        "sad",
+        "fear",
+    ]
+
+
+def test_rank_top3_rounds_down_to_3_decimals() -> None:
+    top3 = fer.rank_top3({"happy": 2 / 3, "sad": 0.2229, "fear": 0.1105})
+    assert [(e.label, e.score) for e in top3] == [("happy", 0.666), ("sad", 0.222), ("fear", 0.11)]
+    exact = fer.rank_top3({"neutral": 0.3, "sad": 0.29, "fear": 0.57})
+    assert [e.score for e in exact] == [0.57, 0.3, 0.29]
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 7])
+def test_rank_top3_keeps_at_most_three(size: int) -> None:
+    probs = dict(zip(VOCABULARY, [1 / max(size, 1)] * size, strict=False))
+    assert len(fer.rank_top3(probs)) == min(size, 3)
+
+
+def test_rank_top3_never_sums_past_one() -> None:
+    """Three scores just over a third would reach 1.001 rounded to nearest; rounded down they cannot."""
+    assert sum(e.score for e in fer.rank_top3({"happy": 0.3335, "sad": 0.3335, "fear": 0.333})) <= 1.0
+    rng = np.random.default_rng(3)
+    for concentration in (0.05, 0.3, 1.0, 5.0):
+        for probs in rng.dirichlet(np.full(len(VOCABULARY), concentration), size=500):
+            top3 = fer.rank_top3(dict(zip(VOCABULARY, probs.tolist(), strict=True)))
+            assert sum(e.score for e in top3) <= 1.0
+
+
 # --- pipeline -----------------------------------------------------------------------------------------------
 
 
@@ -326,7 +215,7 @@ def test_real_faces_are_read(pipeline: fer.FerPipeline, faces: dict[str, str]) -
     assert len(found) >= len(sample) - 2, f"faces found in {len(found)} of {len(sample)}"
     for reading in found:
         assert len(reading.top3) == 3
-        assert all(emotion.label in fer.VOCABULARY for emotion in reading.top3)
+        assert all(emotion.label in VOCABULARY for emotion in reading.top3)
         scores = [emotion.score for emotion in reading.top3]
         assert scores == sorted(scores, reverse=True)
         assert all(0.0 <= score <= 1.0 for score in scores)

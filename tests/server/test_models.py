@@ -305,3 +305,14 @@ def test_shipped_catalogue_is_complete() -> None:
     keys = {"labels", "input_size", "color", "layout", "normalize", "aligned", "output", "source", "license"}
     assert keys <= manifest.keys()
     assert manifest["labels"] == ["angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"]
+
+
+def test_default_model_paths_follow_the_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from server.models import resolve_model_path
+
+    monkeypatch.delenv("TADBOT_MODELS_DIR", raising=False)
+    assert resolve_model_path("models/llm.gguf") == Path("models/llm.gguf")
+    monkeypatch.setenv("TADBOT_MODELS_DIR", str(tmp_path))
+    assert resolve_model_path("models/llm.gguf") == tmp_path / "llm.gguf"
+    assert resolve_model_path("/srv/x.gguf") == Path("/srv/x.gguf")
+    assert resolve_model_path("elsewhere/x.gguf") == Path("elsewhere/x.gguf")

@@ -1,0 +1,102 @@
+"""The `tadbot` command line as a user meets it: tokens on the last line, one-line errors, masked secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tadbot
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    config = tmp_path / "tadbot.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\n[device]\ntoken = "tdb_secret"\n', "utf-8"
+    )
+    return {**os.environ, "TADBOT_CONFIG": str(config), "TADBOT_MODELS_DIR": str(tmp_path / "models")}
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("action", ["add-device", "add-therapist"])
+def test_admin_prints_the_token_alone_on_the_last_line(env: dict[str, str], action: str) -> None:
+    done = tadbot("admin", action, "someone", env=env)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"tdb_[A-Za-z0-9_-]{43}", done.stdout.splitlines()[-1])
+    again = tadbot("admin", action, "someone", env=env)
+    assert again.returncode == 1
+    assert "already exists" in _one_line_error(again.stderr)
+
+
+def test_config_show_masks_secrets(env: dict[str, str]) -> None:
+    done = tadbot("config", "show", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "tdb_secret" not in done.stdout
+    assert 'token = "********"' in done.stdout
+    assert "[server]" in done.stdout and "[device]" in done.stdout and "port = 8710" in done.stdout
+
+
+def test_a_bad_config_value_stops_serve_with_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    Path(env["TADBOT_CONFIG"]).write_text('[llm]\nbackend = "magic"\n', "utf-8")
+    done = tadbot("serve", env=env, timeout=60)
+    assert done.returncode == 2
+    line = _one_line_error(done.stderr)
+    assert "llm.backend = 'magic'" in line and "llama_cpp, openai" in line
+
+
+def test_an_unavailable_stt_engine_stops_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Path(env["TADBOT_CONFIG"]).write_text(
+        f'[server]\nport = {port}\ndata_dir = "{tmp_path / "data"}"\n[stt]\nengine = "vosk"\n', "utf-8"
+    )
+    done = tadbot("serve", env=env, timeout=120)
+    assert done.returncode != 0
+    assert "stt.engine = 'vosk' is not available" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_models_pull_offline_names_file_url_and_key(env: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    models = Path(env["TADBOT_MODELS_DIR"])
+    models.mkdir()
+    url = f"http://127.0.0.1:{port}/fer.onnx"
+    (models / "catalogue.toml").write_text(
+        f"""
+[[models]]
+name = "test-fer"
+role = "fer"
+default = true
+description = "a test entry"
+license = "MIT"
+config_key = "fer.model_path"
+
+[[models.files]]
+url = "{url}"
+sha256 = "{"0" * 64}"
+size = 10
+dest = "fer.onnx"
+""",
+        "utf-8",
+    )
+    done = tadbot("models", "pull", env=env)
+    assert done.returncode == 1
+    line = _one_line_error(done.stderr)
+    assert url in line and "fer.model_path" in line and str(models / "fer.onnx") in line
+    listed = tadbot("models", "list", env=env)
+    assert listed.returncode == 0 and "test-fer" in listed.stdout
+    verified = tadbot("models", "verify", env=env)
+    assert verified.returncode == 1 and "missing" in verified.stdout
