@@ -16,10 +16,8 @@ run: system-deps $(VENV)/.installed-run
 	$(BIN)/tadbot models pull
 	$(BIN)/tadbot run
 
-# Inside tests every warning is an error (pyproject); this -W only quiets llama_cpp's two /dev/null handles
-# that it opens at import and never closes, reported after pytest's summary at interpreter exit.
 test: system-deps $(VENV)/.installed-test lint
-	$(BIN)/python -W ignore::ResourceWarning -m pytest
+	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

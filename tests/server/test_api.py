@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, start_server, stop_server, tadbot
 from tests.speech import pcm16_wav, speak
 
 
 def _session(server: LiveServer, client: str = "api-client") -> str:
-    answer = requests.post(
-        f"{server.url}/api/v1/sessions", headers=server.device_headers(), json={"client": client}, timeout=30
-    )
-    assert answer.status_code == 201, answer.text
-    return str(answer.json()["session_id"])
+    return server.start_session(client)["session_id"]
 
 
 def _error(answer: requests.Response, status: int, code: str) -> str:
@@ -135,20 +131,22 @@ def test_protected_endpoints_need_the_right_token(live_server: LiveServer, metho
 
 
 def test_unknown_and_foreign_sessions_are_404(live_server: LiveServer) -> None:
-    answer = requests.post(
-        f"{live_server.url}/api/v1/sessions/nope/turns",
-        headers=live_server.device_headers(),
-        data={"text": "hello"},
-        timeout=10,
-    )
-    _error(answer, 404, "unknown_session")
+    def turn(session_id: str, headers: dict[str, str]) -> requests.Response:
+        url = f"{live_server.url}/api/v1/sessions/{session_id}/turns"
+        return requests.post(url, headers=headers, data={"text": "hello"}, timeout=30)
+
+    _error(turn("nope", live_server.device_headers()), 404, "unknown_session")
+    therapist = live_server.therapist_headers()
     _error(
-        requests.get(
-            f"{live_server.url}/api/v1/sessions/nope", headers=live_server.therapist_headers(), timeout=10
-        ),
+        requests.get(f"{live_server.url}/api/v1/sessions/nope", headers=therapist, timeout=10),
         404,
         "unknown_session",
     )
+    # Another device may not speak into this device's session.
+    other = tadbot("admin", "add-device", "other-pi", env=live_server.env)
+    assert other.returncode == 0, other.stderr
+    other_headers = {"Authorization": f"Bearer {other.stdout.splitlines()[-1]}"}
+    _error(turn(_session(live_server, "owned"), other_headers), 404, "unknown_session")
 
 
 def test_bad_client_name_and_ended_session(live_server: LiveServer) -> None:

