@@ -7,6 +7,7 @@ Server commands run here; `tadbot device` hands over to the device package in it
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import subprocess
@@ -33,8 +34,25 @@ def _settings(args: argparse.Namespace, **server: object) -> Settings:
     return load_settings(Path(args.config) if args.config else None, overrides=overrides)
 
 
+EXTRAS = {
+    "server": ("flask", "gunicorn", "llama_cpp", "onnxruntime", "cv2", "chromadb", "speech_recognition"),
+    "device": ("numpy", "requests", "cv2", "pyttsx3", "speech_recognition"),
+}
+
+
+def _require(extra: str) -> None:
+    """A missing extra is one clear line, not an ImportError traceback from deep inside a module."""
+    missing = [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TadbotError(
+            "missing_dependencies",
+            f"the {extra} needs {', '.join(missing)}: install it with pip install 'tadbot[{extra}]'",
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
+    _require("server")
     from server.serve import serve
 
     serve(settings)
@@ -42,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_device(args: argparse.Namespace) -> int:
+    _require("device")
     config = ["--config", args.config] if args.config else []
     os.execv(sys.executable, [sys.executable, "-m", "device", *config, *args.rest])
 
@@ -49,6 +68,8 @@ def cmd_device(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Server and device on one box: start the server, wait for it, then run the device against it."""
     settings = _settings(args, host=args.host, port=args.port)
+    _require("server")
+    _require("device")
     from server.records import Records
 
     token = Records(settings.data_path / "tadbot.sqlite3").add_credential(

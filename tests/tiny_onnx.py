@@ -70,3 +70,14 @@ def build_tiny_fer_onnx(
     }
     path.with_suffix(".json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return path
+
+
+def rewrite_manifest(path: Path, **changes: object) -> None:
+    """Change manifest keys in place; a value of None removes the key."""
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            del manifest[key]
+        else:
+            manifest[key] = value
+    path.write_text(json.dumps(manifest), encoding="utf-8")

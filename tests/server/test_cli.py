@@ -100,3 +100,15 @@ dest = "fer.onnx"
     assert listed.returncode == 0 and "test-fer" in listed.stdout
     verified = tadbot("models", "verify", env=env)
     assert verified.returncode == 1 and "missing" in verified.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server import cli
+
+    monkeypatch.setitem(cli.EXTRAS, "device", ("numpy", "no_such_module_for_tadbot"))
+    assert cli.main(["device", "--help"]) == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert "no_such_module_for_tadbot" in line and "pip install 'tadbot[device]'" in line
+    assert "numpy" not in line

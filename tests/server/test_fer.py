@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from server.errors import ModelError
 from server.fer_manifest import VOCABULARY, load_manifest
 from server.images import decode_image
 from tests.conftest import FACES
-from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx
+from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx, rewrite_manifest
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +47,6 @@ def photo(name: str) -> np.ndarray:
     return decode_image((FACES / "images" / name).read_bytes())
 
 
-def rewrite_manifest(model: Path, **changes: object) -> None:
-    manifest_path = model.with_suffix(".json")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    for key, value in changes.items():
-        if value is None:
-            del manifest[key]
-        else:
-            manifest[key] = value
-    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-
-
 # --- the model and its manifest -----------------------------------------------------------------------------
 
 
@@ -75,7 +63,7 @@ def test_manifest_that_disagrees_with_the_model_is_named(
     tmp_path: Path, changes: dict[str, object], key: str
 ) -> None:
     model = build_tiny_fer_onnx(tmp_path / "m.onnx")
-    rewrite_manifest(model, **changes)
+    rewrite_manifest(model.with_suffix(".json"), **changes)
     load_manifest(model.with_suffix(".json"))  # valid on its own; only the model shows the mismatch
     with pytest.raises(ModelError) as info:
         fer.EmotionClassifier(model)

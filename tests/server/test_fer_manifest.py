@@ -9,23 +9,13 @@ import pytest
 
 from server import fer_manifest
 from server.errors import ModelError
-from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx
+from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx, rewrite_manifest
 
 
 @pytest.fixture
 def manifest_path(tmp_path: Path) -> Path:
     """The manifest of a freshly built tiny model, free for a test to rewrite."""
     return build_tiny_fer_onnx(tmp_path / "m.onnx").with_suffix(".json")
-
-
-def rewrite_manifest(path: Path, **changes: object) -> None:
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    for key, value in changes.items():
-        if value is None:
-            del manifest[key]
-        else:
-            manifest[key] = value
-    path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
 # --- labels -------------------------------------------------------------------------------------------------
