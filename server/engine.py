@@ -118,12 +118,19 @@ class Companion:
                     timings["first_sentence_ms"] = _ms(started)
                 sentences.append(sentence)
                 yield event(EventType.SENTENCE, text=sentence)
+            if not sentences:
+                yield event(
+                    EventType.ERROR,
+                    code="empty_reply",
+                    message="The language model produced nothing to say; the device should fall back.",
+                )
+                return
             reply = " ".join(sentences)
             timings["total_ms"] = _ms(started)
             turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
             self._remember(session, "assistant", reply)
             _LOGGER.info(
-                "turn %d in session %s: %s",
+                "reply %d in session %s: %s",
                 turn_id,
                 session.id,
                 " ".join(f"{k}={v:.0f}" for k, v in timings.items()),

@@ -15,6 +15,7 @@ from server.llm import LlamaCppChat
 from server.memory import Memory
 from server.prompt import Prompts
 from server.records import Records
+from tests.tiny_gguf import build_tiny_gemma2_gguf
 
 
 class RecordingChat:
@@ -33,17 +34,18 @@ class RecordingChat:
         return self.inner.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
 
 
-@pytest.fixture
-def companion(tmp_path: Path, tiny_gguf: Path, embedder: Any) -> Companion:
+def _companion(tmp_path: Path, chat: Any, memory: Memory | None = None) -> Companion:
     config = tmp_path / "tadbot.toml"
     config.write_text("[llm]\nmax_tokens = 16\nn_ctx = 2048\n", encoding="utf-8")
     settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
-    components = Components(
-        records=Records(tmp_path / "db.sqlite3"),
-        chat=RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3)),
-        memory=Memory(tmp_path / "memory", embedder),
-    )
+    components = Components(records=Records(tmp_path / "db.sqlite3"), chat=chat, memory=memory)
     return Companion(components, settings, Prompts.load("Tad"))
+
+
+@pytest.fixture
+def companion(tmp_path: Path, tiny_gguf: Path, embedder: Any) -> Companion:
+    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3))
+    return _companion(tmp_path, chat, Memory(tmp_path / "memory", embedder))
 
 
 def _say(companion: Companion, client: str, text: str) -> tuple[str, list[dict[str, Any]]]:
@@ -97,3 +99,12 @@ def test_forgetting_a_client_erases_records_and_memory(companion: Companion) -> 
     assert companion.components.memory.count("dan") == 0
     assert companion.components.memory.count("eve") == 2
     assert [s["client"] for s in companion.records.list_sessions()] == ["eve"]
+
+
+def test_an_empty_reply_ends_with_an_error_not_silence(tmp_path: Path) -> None:
+    mute = build_tiny_gemma2_gguf(tmp_path / "mute.gguf", favour_end_of_turn=True)
+    companion = _companion(tmp_path, LlamaCppChat(mute, n_ctx=2048, n_threads=1, seed=3))
+    session_id, events = _say(companion, "fay", "hello?")
+    assert [e["type"] for e in events] == ["transcript", "error"]
+    assert events[-1]["code"] == "empty_reply"
+    assert [t["role"] for t in companion.records.session_log(session_id)["turns"]] == ["user"]
