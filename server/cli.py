@@ -25,6 +25,8 @@ _LOGGER = logging.getLogger(__name__)
 
 # Before anything imports NumPy: its BLAS threads fight llama.cpp and each other for a Pi's four cores.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Before anything imports onnxruntime: its telemetry uploader must never start in a private appliance.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 LOCAL_DEVICE = "local"
 

@@ -6,10 +6,11 @@ The engine receives ready components and never builds its own. Every turn stream
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +81,11 @@ class Companion:
             top3: list[dict[str, Any]] = []
             if given.frames and self.components.fer is not None:
                 t0 = time.perf_counter()
-                faces, top3 = self._read_faces(session, given.frames)
+                read = self._read_faces(session, given.frames)
                 timings["fer_ms"] = _ms(t0)
-                yield event(EventType.EMOTIONS, faces=faces, top3=top3)
+                if read is not None:
+                    faces, top3 = read
+                    yield event(EventType.EMOTIONS, faces=faces, top3=top3)
 
             if not text.strip():
                 yield event(
@@ -112,30 +115,7 @@ class Companion:
             messages = build_messages(
                 self.prompts, history=history, memories=memories, user_text=text, top3=top3
             )
-            sentences: list[str] = []
-            for sentence in self._reply(messages):
-                if not sentences:
-                    timings["first_sentence_ms"] = _ms(started)
-                sentences.append(sentence)
-                yield event(EventType.SENTENCE, text=sentence)
-            if not sentences:
-                yield event(
-                    EventType.ERROR,
-                    code="empty_reply",
-                    message="The language model produced nothing to say; the device should fall back.",
-                )
-                return
-            reply = " ".join(sentences)
-            timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
-            self._remember(session, "assistant", reply)
-            _LOGGER.info(
-                "reply %d in session %s: %s",
-                turn_id,
-                session.id,
-                " ".join(f"{k}={v:.0f}" for k, v in timings.items()),
-            )
-            yield event(EventType.DONE, turn_id=turn_id, timings=timings)
+            yield from self._speak(session, messages, started, timings)
         except TadbotError as exc:
             _LOGGER.warning("turn failed in session %s: %s (%s)", session.id, exc.code, exc.message)
             yield event(EventType.ERROR, code=exc.code, message=exc.message)
@@ -147,32 +127,92 @@ class Companion:
                 message="The server failed while answering; the error is in its log.",
             )
 
-    def _reply(self, messages: list[dict[str, str]]) -> Iterator[str]:
+    def _speak(
+        self, session: SessionRow, messages: list[dict[str, str]], started: float, timings: dict[str, float]
+    ) -> Iterator[dict[str, Any]]:
+        """Stream the reply sentence by sentence and commit it before `done`.
+
+        If the device hangs up or the model fails mid-reply, what was already sent is still recorded, marked
+        interrupted: the therapist reads what the person actually heard.
+        """
+        sentences: list[str] = []
+        committed = False
+        try:
+            with contextlib.closing(self._reply(messages)) as replies:
+                for sentence in replies:
+                    if not sentences:
+                        timings["first_sentence_ms"] = _ms(started)
+                    sentences.append(sentence)
+                    yield event(EventType.SENTENCE, text=sentence)
+            if not sentences:
+                yield event(
+                    EventType.ERROR,
+                    code="empty_reply",
+                    message="The language model produced nothing to say; the device should fall back.",
+                )
+                return
+            reply = " ".join(sentences)
+            timings["total_ms"] = _ms(started)
+            turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
+            committed = True
+            self._remember(session, "assistant", reply)
+            _LOGGER.info(
+                "reply %d in session %s: %s",
+                turn_id,
+                session.id,
+                " ".join(f"{k}={v:.0f}" for k, v in timings.items()),
+            )
+            yield event(EventType.DONE, turn_id=turn_id, timings=timings)
+        finally:
+            if sentences and not committed:
+                self._record_interrupted(session, sentences)
+
+    def _record_interrupted(self, session: SessionRow, sentences: list[str]) -> None:
+        _LOGGER.warning("reply in session %s cut off after %d sentences", session.id, len(sentences))
+        try:
+            self.records.add_turn(session.id, "assistant", " ".join(sentences), {"interrupted": True})
+        except Exception:
+            # Runs while the turn is already unwinding (a hang-up, or the client being erased).
+            _LOGGER.exception("could not record the cut-off reply in session %s", session.id)
+
+    def _reply(self, messages: list[dict[str, str]]) -> Generator[str]:
         from server.sentences import SentenceSplitter, clean_for_speech
 
         splitter = SentenceSplitter()
         llm = self.settings.llm
-        for piece in self.components.chat.stream_chat(
+        pieces = self.components.chat.stream_chat(
             messages, max_tokens=llm.max_tokens, temperature=llm.temperature
-        ):
-            for sentence in splitter.feed(piece):
-                spoken = clean_for_speech(sentence)
-                if spoken:
-                    yield spoken
+        )
+        # Closing the model's stream at once frees the model lock when the device hangs up mid-reply.
+        with contextlib.closing(pieces):
+            for piece in pieces:
+                for sentence in splitter.feed(piece):
+                    spoken = clean_for_speech(sentence)
+                    if spoken:
+                        yield spoken
         rest = splitter.flush()
         spoken = clean_for_speech(rest) if rest else ""
         if spoken:
             yield spoken
 
-    def _read_faces(self, session: SessionRow, frames: Sequence[Any]) -> tuple[int, list[dict[str, Any]]]:
-        """Every frame goes to the timeline; the turn's reading averages the frames that showed a face."""
+    def _read_faces(
+        self, session: SessionRow, frames: Sequence[Any]
+    ) -> tuple[int, list[dict[str, Any]]] | None:
+        """Every frame goes to the timeline; the turn's reading averages the frames that showed a face.
+
+        A face that cannot be read must not cost the person their reply: the turn goes on without emotions.
+        """
         from server.fer import rank_top3
 
         faces = 0
         totals: dict[str, float] = {}
         seen = 0
         for image in frames:
-            reading = self.components.fer.read(image)
+            try:
+                reading = self.components.fer.read(image)
+            except Exception:
+                _LOGGER.exception("FER failed in session %s; answering without the face", session.id)
+                return None
             self.records.add_emotion_sample(session.id, "turn", reading.faces, _top3_json(reading.top3))
             faces = max(faces, reading.faces)
             if reading.faces:
@@ -227,7 +267,12 @@ class Companion:
             )
         self.records.require_client(client)
         memories = memory.forget_client(client) if memory is not None else 0
-        return {**self.records.delete_client(client, actor), "memories": memories}
+        deleted = self.records.delete_client(client, actor)
+        if memory is not None:
+            # A turn that was mid-reply during the first sweep may have written once more; with the records
+            # gone it cannot write again, so a second sweep leaves nothing behind.
+            memories += memory.forget_client(client)
+        return {**deleted, "memories": memories}
 
 
 def _top3_json(top3: Sequence[Any]) -> list[dict[str, Any]]:

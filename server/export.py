@@ -35,7 +35,8 @@ def to_csv(log: dict[str, Any]) -> tuple[str, str]:
     writer.writerow(["time", "kind", "role_or_source", "text", "faces", "emotions", "safety_level"])
     for t, kind, row in _timeline(log):
         if kind == "turn":
-            writer.writerow([_when(t), kind, row["role"], row["text"], "", "", ""])
+            cut = " [cut off]" if row["timings"].get("interrupted") else ""
+            writer.writerow([_when(t), kind, row["role"], row["text"] + cut, "", "", ""])
         elif kind == "emotion":
             writer.writerow([_when(t), kind, row["source"], "", row["faces"], _emotions(row["top3"]), ""])
         else:
@@ -54,7 +55,8 @@ def to_text(log: dict[str, Any]) -> tuple[str, str]:
         stamp = _when(t)[11:19]
         if kind == "turn":
             who = "client" if row["role"] == "user" else "companion"
-            lines.append(f"[{stamp}] {who}: {row['text']}")
+            cut = " [cut off]" if row["timings"].get("interrupted") else ""
+            lines.append(f"[{stamp}] {who}: {row['text']}{cut}")
         elif kind == "emotion":
             face = _emotions(row["top3"]) if row["faces"] else "no face seen"
             lines.append(f"[{stamp}]   face ({row['source']}): {face}")

@@ -175,7 +175,8 @@ class EmotionClassifier:
             )
         self.manifest = load_manifest(model_path.with_suffix(".json"))
 
-        # onnxruntime's telemetry writes a session file to TMPDIR on import; nothing may be left on disk.
+        # Also set by the CLI at start; repeated here for library use. Without it onnxruntime starts its
+        # telemetry uploader and leaves a session file in TMPDIR.
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime
 

@@ -92,3 +92,19 @@ def decode_image(data: bytes, *, max_bytes: int = 10 * 1024 * 1024, max_side: in
     # The header parser and the decoder could disagree on a crafted file; the decoded size is what counts.
     _check_side(image.shape[1], image.shape[0], max_side)
     return image
+
+
+def shrink(image: np.ndarray, longest: int = 1280) -> np.ndarray:
+    """Scale a frame down so its longest side is at most `longest`.
+
+    A turn may carry several frames; kept at full size, eight 4096-pixel frames would hold 400 MB of a Pi's
+    memory until the reply ends. Face reading needs far fewer pixels than that.
+    """
+    height, width = image.shape[:2]
+    if max(height, width) <= longest:
+        return image
+    import cv2
+
+    scale = longest / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

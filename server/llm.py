@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -33,8 +33,11 @@ class ChatModel(Protocol):
 
     def stream_chat(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> Iterator[str]:
-        """Yield the reply in pieces as they decode; raise `LlmError` if no reply can be made."""
+    ) -> Generator[str]:
+        """Yield the reply in pieces as they decode; raise `LlmError` if no reply can be made.
+
+        A generator, so that closing it early (the device hung up) frees the model at once.
+        """
         ...
 
 
@@ -128,7 +131,7 @@ class LlamaCppChat:
 
     def stream_chat(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> Iterator[str]:
+    ) -> Generator[str]:
         """Stream one reply; the lock is held until the generator finishes or is closed."""
         turns = fold_system(messages)
         if not self._lock.acquire(timeout=self._busy_timeout_s):
@@ -210,7 +213,7 @@ class OpenAICompatChat:
 
     def stream_chat(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> Iterator[str]:
+    ) -> Generator[str]:
         """Stream one reply from the engine, parsing its server-sent events as they arrive."""
         body: dict[str, Any] = {
             "messages": fold_system(messages),

@@ -19,6 +19,8 @@ bp = Blueprint("device", __name__, url_prefix="/api/v1/sessions")
 
 CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MAX_FRAMES_PER_TURN = 8
+# About three minutes of speech: longer typed text would crowd the history out of the model's context.
+MAX_TEXT_CHARS = 2000
 
 
 @bp.before_request
@@ -58,6 +60,10 @@ def turn(session_id: str) -> Response:
         audio = read_wav(audio_file.read(), max_seconds=engine.settings.server.max_audio_s)
     elif text is not None and not text.strip():
         raise BadRequest("bad_turn", "the 'text' field is empty")
+    elif text is not None and len(text) > MAX_TEXT_CHARS:
+        raise TadbotError(
+            "text_too_long", f"the 'text' field has {len(text)} characters; send at most {MAX_TEXT_CHARS}", 413
+        )
     given = TurnInput(audio=audio, text=text, frames=_frames(engine.components.fer is not None))
     return Response(
         _ndjson(engine.turn(session, given)),
@@ -107,9 +113,9 @@ def _frames(decode: bool) -> list[Any]:
         raise BadRequest("too_many_frames", f"send at most {MAX_FRAMES_PER_TURN} frames per turn")
     if not decode:
         return []
-    from server.images import decode_image
+    from server.images import decode_image, shrink
 
-    return [decode_image(part.read()) for part in parts]
+    return [shrink(decode_image(part.read())) for part in parts]
 
 
 def _unavailable(component: str) -> str:

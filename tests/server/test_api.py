@@ -68,6 +68,7 @@ BAD_TURNS = [
         id="huge-frame",
     ),
     pytest.param({"frame": ("f.png", _png(8, 8), "image/png")}, 400, "bad_turn", id="no-audio-no-text"),
+    pytest.param({"text": (None, "I feel " * 300)}, 413, "text_too_long", id="text-too-long"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,8 @@ import pytest
 from server.components import Components
 from server.config import load_settings
 from server.engine import Companion, TurnInput
+from server.errors import LlmError
+from server.fer import EmotionClassifier, FaceDetector, FerPipeline
 from server.llm import LlamaCppChat
 from server.memory import Memory
 from server.prompt import Prompts
@@ -55,7 +57,15 @@ def _say(companion: Companion, client: str, text: str) -> tuple[str, list[dict[s
 
 
 def test_a_text_turn_is_recorded_before_done(companion: Companion) -> None:
-    session_id, events = _say(companion, "ana", "my chest feels tight")
+    session_id = companion.start_session("ana", None)["session_id"]
+    session = companion.records.session(session_id)
+    events = []
+    for item in companion.turn(session, TurnInput(text="my chest feels tight")):
+        if item["type"] == "done":
+            # Read the record while the stream is paused at `done`, before the engine runs another line.
+            recorded = [t["role"] for t in companion.records.session_log(session_id)["turns"]]
+            assert recorded == ["user", "assistant"]
+        events.append(item)
     assert events[0] == {"type": "transcript", "text": "my chest feels tight"}
     assert events[-1]["type"] == "done"
     reply = " ".join(e["text"] for e in events if e["type"] == "sentence")
@@ -108,3 +118,76 @@ def test_an_empty_reply_ends_with_an_error_not_silence(tmp_path: Path) -> None:
     assert [e["type"] for e in events] == ["transcript", "error"]
     assert events[-1]["code"] == "empty_reply"
     assert [t["role"] for t in companion.records.session_log(session_id)["turns"]] == ["user"]
+
+
+class ScriptedChat:
+    """Known sentences, then the real model or a failure: the only way to stop a reply at a chosen point."""
+
+    name = "scripted"
+
+    def __init__(self, sentences: list[str], then: Any) -> None:
+        self.sentences = sentences
+        self.then = then
+        self.closed = False
+
+    def stream_chat(
+        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+    ) -> Generator[str]:
+        try:
+            yield from self.sentences
+            if isinstance(self.then, Exception):
+                raise self.then
+            yield from self.then.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
+        finally:
+            self.closed = True
+
+
+def test_a_hang_up_mid_reply_records_what_was_said_and_frees_the_model(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    inner = LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3)
+    chat = ScriptedChat(["You are safe here. ", "Breathe in slowly. ", "Now out. "], inner)
+    companion = _companion(tmp_path, chat)
+    session_id = companion.start_session("gus", None)["session_id"]
+    stream = companion.turn(companion.records.session(session_id), TurnInput(text="I can't breathe"))
+    heard = [next(stream) for _ in range(3)]
+    assert [e["type"] for e in heard] == ["transcript", "sentence", "sentence"]
+    stream.close()  # what the WSGI server does when the device hangs up
+    assert chat.closed, "the model's stream was left open after the hang-up"
+    turns = companion.records.session_log(session_id)["turns"]
+    assert [(t["role"], t["text"]) for t in turns] == [
+        ("user", "I can't breathe"),
+        ("assistant", "You are safe here. Breathe in slowly."),
+    ]
+    assert turns[1]["timings"] == {"interrupted": True}
+    from server.export import to_text
+
+    assert "Breathe in slowly. [cut off]" in to_text(companion.records.session_log(session_id))[0]
+
+
+def test_a_model_failure_mid_reply_ends_with_an_error_and_keeps_what_was_said(tmp_path: Path) -> None:
+    failure = LlmError("llm_failed", "the model stopped")
+    companion = _companion(tmp_path, ScriptedChat(["You are safe here. ", "Breathe in. "], failure))
+    session_id, events = _say(companion, "hal", "my heart is racing")
+    assert [e["type"] for e in events] == ["transcript", "sentence", "sentence", "error"]
+    assert events[-1]["code"] == "llm_failed"
+    turns = companion.records.session_log(session_id)["turns"]
+    assert turns[-1]["text"] == "You are safe here. Breathe in."
+    assert turns[-1]["timings"] == {"interrupted": True}
+
+
+def test_a_frame_that_cannot_be_read_does_not_cost_the_reply(
+    tmp_path: Path, tiny_gguf: Path, tiny_fer: Path
+) -> None:
+    import numpy as np
+
+    companion = _companion(tmp_path, LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3))
+    fer = FerPipeline(FaceDetector(), EmotionClassifier(tiny_fer))
+    companion.components = Components(records=companion.records, chat=companion.components.chat, fer=fer)
+    session_id = companion.start_session("ida", None)["session_id"]
+    unreadable = np.zeros((0, 0, 3), dtype=np.uint8)  # OpenCV's detector raises on an empty image
+    events = list(
+        companion.turn(companion.records.session(session_id), TurnInput(text="hi", frames=[unreadable]))
+    )
+    assert [e["type"] for e in events if e["type"] != "sentence"] == ["transcript", "done"]
+    assert "fer_ms" in events[-1]["timings"]

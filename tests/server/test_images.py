@@ -25,6 +25,15 @@ def test_decode_round_trip(ext: str) -> None:
     assert decoded[15, 20, 0] > 200 and decoded[15, 20, 2] < 50  # still blue: BGR order kept
 
 
+def test_shrink_keeps_small_frames_and_scales_big_ones_keeping_the_aspect() -> None:
+    small = np.zeros((480, 640, 3), np.uint8)
+    assert images.shrink(small) is small
+    big = np.full((3000, 4000, 3), 200, np.uint8)
+    shrunk = images.shrink(big)
+    assert shrunk.shape == (960, 1280, 3)
+    assert shrunk.dtype == np.uint8 and int(shrunk[480, 640, 0]) == 200
+
+
 def test_decode_gray_jpeg_gives_three_channels() -> None:
     assert images.decode_image(encode(np.zeros((8, 8), np.uint8), ".jpg")).shape == (8, 8, 3)
 
