@@ -1,7 +1,8 @@
 """`tadbot device`: build the settings and components once, then run one conversation.
 
-Exit codes: 0 done, 1 runtime failure (server unreachable, a turn failed, no microphone), 2 bad usage or
-config, 130 interrupted. Every failure is one line on stderr, so the journal shows the cause at a glance.
+Exit codes: 0 done or stopped by SIGTERM, 1 runtime failure (server unreachable for a one-shot turn, a
+turn failed), 2 bad usage or config (including a device token the server refuses), 130 interrupted.
+Every failure is one line on stderr, so the journal shows the cause at a glance.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import contextlib
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import NoReturn
 
 from device.audio import AudioSource
+from device.backoff import Backoff
 from device.camera import CameraSource, FrameSource, ImageFileSource
 from device.client import ServerClient
 from device.errors import DeviceConfigError, DeviceError
+from device.lines import load_lines
 from device.session import Conversation, Utterance
 from device.settings import DeviceSettings, load_settings, settings_to_toml
 from device.speaker import Pyttsx3Speaker, Speaker, WavFileSpeaker
@@ -72,10 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _utterances(args: argparse.Namespace, settings: DeviceSettings) -> Iterable[Utterance]:
-    """The person's side: one typed or recorded turn, or the microphone until interrupted."""
+def _utterances(args: argparse.Namespace, settings: DeviceSettings) -> Iterator[Utterance]:
+    """The person's side: one typed or recorded turn, or the microphone until stopped.
+
+    The source is built here, before the session opens, so a bad file or a missing PyAudio fails first.
+    """
     if args.text is not None:
-        return [Utterance(text=args.text)]
+        return iter([Utterance(text=args.text)])
     source: AudioSource
     if args.audio_file is not None:
         from device.wavfile import WavFileSource
@@ -89,7 +94,14 @@ def _utterances(args: argparse.Namespace, settings: DeviceSettings) -> Iterable[
             calibration_s=settings.mic_calibration_s,
             max_utterance_s=settings.max_utterance_s,
         )
-    return (Utterance(audio=wav) for wav in source.utterances())
+    return _heard(source)
+
+
+def _heard(source: AudioSource) -> Iterator[Utterance]:
+    """Each utterance `source` hears; closing this closes the source's generator, and the microphone."""
+    with contextlib.closing(source.utterances()) as wavs:
+        for wav in wavs:
+            yield Utterance(audio=wav)
 
 
 def _frames(args: argparse.Namespace, settings: DeviceSettings) -> FrameSource | None:
@@ -118,6 +130,8 @@ class _Terminated(Exception):
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Stop whatever the main thread is doing; a second SIGTERM must not cut the clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Terminated
 
 
@@ -126,8 +140,10 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
         raise DeviceConfigError(
             "no device token: pass --token, or set [device] token or TADBOT_DEVICE__TOKEN"
         )
+    one_shot = args.text is not None or args.audio_file is not None
+    lines = load_lines()
     with contextlib.ExitStack() as stack:  # closed in reverse: client, speaker (writes --tts-out), camera
-        utterances = _utterances(args, settings)
+        utterances = _utterances(args, settings)  # not started yet: the conversation closes it
         frames = _frames(args, settings)
         if frames is not None:
             stack.callback(frames.close)
@@ -135,7 +151,11 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
         stack.callback(speaker.close)
         client = ServerClient(settings.server_url, settings.token, settings.request_timeout_s)
         stack.callback(client.close)
-        failed = Conversation(client, speaker, frames).run(settings.client, utterances)
+        # The daemon waits for a server that is not up yet; a one-shot turn reports it and exits 1.
+        conversation = Conversation(
+            client, speaker, frames, lines=lines, backoff=None if one_shot else Backoff()
+        )
+        failed = conversation.run(settings.client, utterances)
     if failed:
         return _fail(f"{failed} turn(s) failed; see the lines above", 1)
     return 0
@@ -159,9 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "client": args.client,
         "camera_index": args.camera,
     }
-    # Signal handlers can only be set from the main thread (`tadbot run` may start the device in another).
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # `tadbot device|run` run this in its own process
     try:
         settings = load_settings(args.config, overrides=overrides)
         if args.print_config:
@@ -178,8 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _LOGGER.info("stopped by SIGTERM")
         return 0
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +24,7 @@ _PCM_WIDTHS = {1: "8-bit", 2: "16-bit", 3: "24-bit", 4: "32-bit"}
 class AudioSource(Protocol):
     """Something that hears the person: each item is one utterance, a complete 16 kHz mono PCM16 WAV."""
 
-    def utterances(self) -> Iterator[bytes]:
+    def utterances(self) -> Generator[bytes, None, None]:
         """Yield utterances until the source runs out (a file) or the generator is closed (a microphone)."""
         ...
 
@@ -68,10 +68,12 @@ def encode_wav(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
     return buffer.getvalue()
 
 
-def to_pcm16_mono_16k(data: bytes, name: str) -> bytes:
+def to_pcm16_mono_16k(data: bytes, name: str, max_seconds: float | None = None) -> bytes:
     """Convert any PCM WAV (8/16/24/32-bit, any rate, any channel count) to 16 kHz mono PCM16 WAV bytes.
 
-    `name` only labels errors, so the person knows which file to fix.
+    `name` only labels errors, so the person knows which file to fix. `max_seconds` cuts the end off: the
+    server refuses audio over its limit, and SpeechRecognition's phrase limit leaves out the half second
+    of lead-in it keeps, so a capped phrase can still run over.
     """
     try:
         with wave.open(io.BytesIO(data), "rb") as reader:
@@ -89,5 +91,8 @@ def to_pcm16_mono_16k(data: bytes, name: str) -> bytes:
     usable = len(frames) - len(frames) % (width * channels)
     if usable == 0:
         raise AudioInputError("bad_audio", f"{name} contains no audio samples")
-    samples = _pcm_to_float(frames[:usable], width).reshape(-1, channels).mean(axis=1)
-    return encode_wav(_resample(samples, rate, SAMPLE_RATE))
+    mono = _pcm_to_float(frames[:usable], width).reshape(-1, channels).mean(axis=1)
+    samples = _resample(mono, rate, SAMPLE_RATE)
+    if max_seconds is not None:
+        samples = samples[: int(max_seconds * SAMPLE_RATE)]
+    return encode_wav(samples)

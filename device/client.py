@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from device.errors import ServerError
@@ -40,38 +40,62 @@ def _root_cause(exc: BaseException) -> str:
     return reason
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line, so a log or stderr line stays one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class ServerClient:
     """A thin, blocking client: one method per endpoint the device uses; every failure is a ServerError."""
 
     def __init__(self, base_url: str, token: str, timeout: float = 120.0) -> None:
         import requests
 
-        self._requests = requests
         self.base_url = base_url.rstrip("/")
         self._timeout = (min(timeout, _CONNECT_TIMEOUT_S), timeout)
         self._http = requests.Session()
+        # Private audio goes to `base_url` and nowhere else: no proxy from HTTP(S)_PROXY/ALL_PROXY, and no
+        # credentials from ~/.netrc replacing the device token.
+        self._http.trust_env = False
         self._http.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self._http.close()
 
     def _post(self, path: str, *, stream: bool = False, **kwargs: Any) -> Any:
-        """POST and return the response, mapping transport failures and error answers to ServerError."""
-        requests = self._requests
+        """POST and return the response, mapping every transport failure and error answer to ServerError."""
+        import urllib3
+        from requests import exceptions as failed
+
         url = f"{self.base_url}{API}{path}"
         try:
             response = self._http.post(url, timeout=self._timeout, stream=stream, **kwargs)
-        except requests.ConnectionError as exc:
+            if response.status_code >= 400:
+                raise self._error_from(response)
+        except (
+            failed.InvalidURL,
+            failed.MissingSchema,
+            failed.InvalidSchema,
+            urllib3.exceptions.LocationValueError,  # urllib3's own parser, on hosts requests let through
+        ) as exc:
+            raise ServerError(
+                "bad_url",
+                f"the server URL {self.base_url} is not valid ({_one_line(exc)}); fix [device] server_url",
+            ) from exc
+        except failed.ConnectionError as exc:
             raise ServerError(
                 "server_unreachable", f"cannot reach the server at {self.base_url}: {_root_cause(exc)}"
             ) from exc
-        except requests.Timeout as exc:
+        except failed.Timeout as exc:
             raise ServerError(
                 "server_timeout",
                 f"the server at {self.base_url} did not answer within {self._timeout[1]:g} s",
             ) from exc
-        if response.status_code >= 400:
-            raise self._error_from(response)
+        # Anything else (a redirect loop, a body that will not decode) is one line too, never a traceback.
+        except (failed.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise ServerError(
+                "request_failed", f"POST {API}{path} to {self.base_url} failed: {_one_line(exc)}"
+            ) from exc
         return response
 
     @staticmethod
@@ -115,7 +139,7 @@ class ServerClient:
         audio: bytes | None = None,
         text: str | None = None,
         frames: Sequence[bytes] = (),
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Send one utterance (WAV `audio` or typed `text`) with frames; yield each event as it arrives.
 
         The stream must end with a `done` or `error` event: a stream cut short raises ServerError instead of

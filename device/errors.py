@@ -34,6 +34,10 @@ class SpeakerError(DeviceError):
     """Text-to-speech cannot start or could not write its output."""
 
 
+_TRANSIENT_CODES = frozenset({"server_unreachable", "server_timeout", "stream_broken", "stream_truncated"})
+"""Transport failures that a server coming back up cures by itself."""
+
+
 class ServerError(DeviceError):
     """The server refused a request, broke a stream, or could not be reached.
 
@@ -43,3 +47,10 @@ class ServerError(DeviceError):
     def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(code, message)
         self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: the server is down, restarting or overloaded, not refusing this device."""
+        if self.status is None:
+            return self.code in _TRANSIENT_CODES
+        return self.status >= 500

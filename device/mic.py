@@ -10,18 +10,15 @@ import contextlib
 import logging
 import os
 import sys
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from device.audio import to_pcm16_mono_16k
+from device.backoff import Backoff
 from device.errors import AudioInputError
 
 _LOGGER = logging.getLogger(__name__)
-
-_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-"""Back-off between attempts to reopen a microphone that failed (unplugged, busy); never spin."""
 
 _NO_PYAUDIO = (
     "the microphone needs PyAudio, which is not installed: run `sudo apt install portaudio19-dev` then "
@@ -54,46 +51,68 @@ def _speech_recognition() -> Any:
 
 
 class MicrophoneSource:
-    """Yields one WAV per utterance, listening only between turns so the device never hears itself speak."""
+    """Yields one WAV per utterance, listening only between turns so the device never hears itself speak.
+
+    A microphone that is missing, unplugged or busy is not fatal: the daemon logs one line and tries again
+    with growing waits, so plugging the microphone back in is all it takes.
+    """
 
     def __init__(
-        self, device_index: int | None = None, calibration_s: float = 1.0, max_utterance_s: float = 30.0
+        self,
+        device_index: int | None = None,
+        calibration_s: float = 1.0,
+        max_utterance_s: float = 30.0,
+        backoff: Backoff | None = None,
     ) -> None:
         try:
-            import pyaudio
+            import pyaudio  # noqa: F401  (here to fail early and clearly; SpeechRecognition uses it)
         except ImportError as exc:
             raise AudioInputError("no_microphone", _NO_PYAUDIO) from exc
         self._sr = _speech_recognition()
         self._device_index = device_index
+        self._where = "default" if device_index is None else f"index {device_index}"
         self._calibration_s = calibration_s
         self._max_utterance_s = max_utterance_s
+        self._backoff = backoff or Backoff()
         self._recognizer = self._sr.Recognizer()
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[Any]:
+        """The microphone, open, or AudioInputError.
+
+        SpeechRecognition 3.17's `Microphone.__enter__` swallows a failed open and returns a source whose
+        stream is None: listening on it then fails with AssertionError, and its `__exit__` with
+        AttributeError. So the open is checked here, and `__exit__` is only called on an open microphone.
+        """
         with _quiet_native_stderr():
-            audio = pyaudio.PyAudio()
-        try:
-            if device_index is None:
-                info = audio.get_default_input_device_info()
-            else:
-                info = audio.get_device_info_by_index(device_index)
-            if int(info.get("maxInputChannels", 0)) < 1:
-                raise OSError(f"{info.get('name', '?')} has no input channels")
-        except (OSError, ValueError) as exc:
+            try:
+                microphone = self._sr.Microphone(device_index=self._device_index)
+            except (AssertionError, OSError) as exc:  # AssertionError: "Device index out of range"
+                raise AudioInputError(
+                    "no_microphone",
+                    f"no microphone found ({self._where}): {exc}; list devices with `arecord -l`",
+                ) from exc
+            source = microphone.__enter__()
+        if source.stream is None:
             raise AudioInputError(
                 "no_microphone",
-                f"no microphone found (index {'default' if device_index is None else device_index}): {exc}; "
-                "list devices with `arecord -l`, or use --audio-file/--text",
-            ) from exc
+                f"cannot open the microphone ({self._where}): unplugged, busy, or not an input; "
+                "list devices with `arecord -l`",
+            )
+        _LOGGER.info("microphone open (%s, %d Hz)", self._where, source.SAMPLE_RATE)
+        try:
+            yield source
         finally:
-            audio.terminate()
-        _LOGGER.info("microphone: %s", info.get("name", "?"))
+            try:
+                microphone.__exit__(None, None, None)
+            except OSError as exc:  # an unplugged device can fail to close; it is released either way
+                _LOGGER.debug("closing the microphone: %s", exc)
 
-    def utterances(self) -> Iterator[bytes]:
-        failures = 0
+    def utterances(self) -> Generator[bytes, None, None]:
+        """Listen until closed; a failing microphone is reopened after a back-off, never raised."""
         while True:
             try:
-                with contextlib.ExitStack() as stack:
-                    with _quiet_native_stderr():
-                        source = stack.enter_context(self._sr.Microphone(device_index=self._device_index))
+                with self._opened() as source:
                     if self._calibration_s > 0:
                         self._recognizer.adjust_for_ambient_noise(source, duration=self._calibration_s)
                         _LOGGER.info(
@@ -101,10 +120,16 @@ class MicrophoneSource:
                         )
                     while True:
                         audio = self._recognizer.listen(source, phrase_time_limit=self._max_utterance_s)
-                        failures = 0
-                        yield to_pcm16_mono_16k(audio.get_wav_data(), "microphone")
-            except OSError as exc:
-                delay = _RETRY_S[min(failures, len(_RETRY_S) - 1)]
-                failures += 1
-                _LOGGER.warning("microphone failed (%s); retrying in %.0f s", exc, delay)
-                time.sleep(delay)
+                        self._backoff.reset()
+                        yield to_pcm16_mono_16k(
+                            audio.get_wav_data(), "microphone", max_seconds=self._max_utterance_s
+                        )
+            except (AudioInputError, OSError) as exc:
+                delay = self._backoff.failed()
+                if self._backoff.worth_logging:
+                    reason = exc.message if isinstance(exc, AudioInputError) else f"microphone failed: {exc}"
+                    _LOGGER.warning(
+                        "%s; retrying in %g s (failure %d in a row)", reason, delay, self._backoff.failures
+                    )
+                if not self._backoff.wait(delay):
+                    return

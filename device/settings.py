@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class DeviceSettings:
         default=1.0, metadata=_doc("Seconds of room noise heard to set the threshold.")
     )
     max_utterance_s: float = field(
-        default=30.0, metadata=_doc("Longest utterance (s); longer speech is cut.")
+        default=30.0, metadata=_doc("Longest utterance (s), at most the server's 60; longer speech is cut.")
     )
     request_timeout_s: float = field(
         default=120.0, metadata=_doc("Seconds to wait for each part of an answer.")
@@ -60,11 +61,30 @@ class DeviceSettings:
             check_value(spec.name, getattr(self, spec.name))
 
 
+SERVER_MAX_AUDIO_S = 60.0
+"""The server's default cap on one utterance ([server] max_audio_s); longer audio is refused with 413."""
+
+
+def _is_server_url(value: str) -> bool:
+    """http(s), a host, and a port that parses: what requests can reach, checked before anything is sent."""
+    if any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number from 0 to 65535)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 # Per key: a predicate on the typed value and the words that say what is allowed.
 _LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
-    "server_url": (lambda v: re.match(r"^https?://[^\s/]+", v) is not None, "an http:// or https:// URL"),
-    "token": (lambda v: not any(c.isspace() for c in v), "a token without spaces"),
+    "server_url": (_is_server_url, "an http:// or https:// URL with a host and a valid port"),
+    "token": (
+        lambda v: v.isascii() and not any(c.isspace() for c in v),
+        "a token of ASCII characters without spaces",
+    ),
     "client": (lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None, "1-64 of A-Z a-z 0-9 _ . -"),
     "tts_voice": (lambda v: True, "any voice id or name"),
     "tts_rate": (lambda v: 50 <= v <= 400, "an integer from 50 to 400"),
@@ -72,7 +92,10 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "camera_index": (lambda v: v >= -1, "an integer >= -1 (-1 disables the camera)"),
     "mic_index": (lambda v: v >= -1, "an integer >= -1 (-1 is the default microphone)"),
     "mic_calibration_s": (lambda v: 0.0 <= v <= 10.0, "a number of seconds from 0 to 10"),
-    "max_utterance_s": (lambda v: 1.0 <= v <= 300.0, "a number of seconds from 1 to 300"),
+    "max_utterance_s": (
+        lambda v: 1.0 <= v <= SERVER_MAX_AUDIO_S,
+        f"a number of seconds from 1 to {SERVER_MAX_AUDIO_S:g} (the server refuses longer audio)",
+    ),
     "request_timeout_s": (lambda v: 1.0 <= v <= 3600.0, "a number of seconds from 1 to 3600"),
     "language": (lambda v: _LANGUAGE_RE.fullmatch(v) is not None, "a language tag such as en or en-GB"),
 }

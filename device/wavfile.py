@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from device.audio import to_pcm16_mono_16k
@@ -24,5 +24,5 @@ class WavFileSource:
         self._wav = to_pcm16_mono_16k(data, str(self.path))
         _LOGGER.info("audio file %s: %d bytes as 16 kHz mono PCM16", self.path, len(self._wav))
 
-    def utterances(self) -> Iterator[bytes]:
+    def utterances(self) -> Generator[bytes, None, None]:
         yield self._wav

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.device import fake_pyaudio
 from tests.device.loopback import Loopback, serve
 
 
@@ -78,3 +80,26 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+MIC_RATE = 44_100
+"""A common USB microphone rate: the device resamples it to 16 kHz."""
+
+
+def spoken_wav(tone_s: float = 1.0, lead_s: float = 0.3) -> bytes:
+    """A real WAV as a microphone hears it: room silence, then a 440 Hz "voice" loud enough to be speech."""
+    samples = np.concatenate([np.zeros(round(lead_s * MIC_RATE)), tone(440, tone_s, MIC_RATE)])
+    return wav_bytes(samples, MIC_RATE)
+
+
+@pytest.fixture
+def fake_mic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyAudio replaced by `fake_pyaudio` (there is no microphone here), hearing `spoken_wav()`.
+
+    Tests change the scene through that module's attributes; all are restored afterwards.
+    """
+    for name in ("rate", "pcm", "plugged", "open_failures", "after"):
+        monkeypatch.setattr(fake_pyaudio, name, getattr(fake_pyaudio, name))
+    monkeypatch.setattr(fake_pyaudio, "log", [])
+    fake_pyaudio.load(spoken_wav())
+    monkeypatch.setitem(sys.modules, "pyaudio", fake_pyaudio)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import email.parser
 import json
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,18 +33,30 @@ class Part:
 
 @dataclass
 class Loopback:
+    """The server's state, as a test sets and reads it.
+
+    Sessions are named s1, s2, ... in the order they are opened. `turn_status` makes the turns of a
+    session fail with that HTTP status (404: the server lost it, 409: it ended, 401: the token was revoked).
+    """
+
     url: str
     script: list[Any] = field(default_factory=list)
     chunked: bool = False
     gate: threading.Event = field(default_factory=threading.Event)
     gate_timed_out: bool = False
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
+    turn_status: dict[str, int] = field(default_factory=dict)
 
     def turn_parts(self) -> list[Part]:
         """The multipart parts of the last turn request."""
         _, _, headers, body = next(r for r in reversed(self.requests) if r[1].endswith("/turns"))
         return parse_multipart(headers["Content-Type"], body)
+
+    def paths(self) -> list[str]:
+        """The path of every request so far, in order."""
+        return [path for _, path, _, _ in self.requests]
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[Part]:
@@ -60,6 +73,10 @@ def parse_multipart(content_type: str, body: bytes) -> list[Part]:
         for part in message.walk()
         if not part.is_multipart()
     ]
+
+
+_CODES = {401: "bad_token", 403: "forbidden", 404: "unknown_session", 409: "session_ended", 503: "overloaded"}
+"""The error code the real server sends with each status."""
 
 
 def _error(code: str, message: str) -> bytes:
@@ -84,23 +101,36 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         state.requests.append(("POST", self.path, dict(self.headers), body))
+        match = re.fullmatch(r"/api/v1/sessions/([^/]+)/(turns|frames|end)", self.path)
+        session, action = match.groups() if match else ("", "")
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             self._send(
-                401, _error("bad_token", "this device token is not known; create one with tadbot admin")
+                401, _error(_CODES[401], "this device token is not known; create one with tadbot admin")
             )
         elif self.path == "/api/v1/sessions":
-            self._send(201, json.dumps({"session_id": "s1", "greeting": GREETING}).encode())
-        elif self.path == "/api/v1/sessions/s1/turns":
-            self._stream(state)
-        elif self.path == "/api/v1/sessions/s1/frames":
-            self._send(200, json.dumps({"faces": 1, "top3": [{"label": "neutral", "score": 0.9}]}).encode())
-        elif self.path == "/api/v1/sessions/s1/end":
-            state.ended.append("s1")
-            self._send(200, json.dumps({"session_id": "s1", "turns": 1, "summary": "calmer"}).encode())
-        elif self.path == "/api/v1/sessions/proxy/turns":
+            state.opened.append(f"s{len(state.opened) + 1}")
+            self._send(201, json.dumps({"session_id": state.opened[-1], "greeting": GREETING}).encode())
+        elif session == "proxy":
             self._send(502, b"<html>Bad Gateway</html>", "text/html")
+        elif session == "loop":  # a misconfigured reverse proxy that redirects to itself
+            self.send_response(307)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif session not in {"s1", *state.opened}:  # s1 is known from the start, for the client's tests
+            self._send(404, _error(_CODES[404], f"no session at {self.path}; start one first"))
+        elif session in state.ended:
+            self._send(409, _error(_CODES[409], "this session has ended; start a new one"))
+        elif action == "turns" and session in state.turn_status:
+            status = state.turn_status[session]
+            self._send(status, _error(_CODES[status], f"turns of {session} are refused with {status}"))
+        elif action == "turns":
+            self._stream(state)
+        elif action == "frames":
+            self._send(200, json.dumps({"faces": 1, "top3": [{"label": "neutral", "score": 0.9}]}).encode())
         else:
-            self._send(404, _error("session_not_found", f"no session at {self.path}; start one first"))
+            state.ended.append(session)
+            self._send(200, json.dumps({"session_id": session, "turns": 1, "summary": "calmer"}).encode())
 
     def _stream(self, state: Loopback) -> None:
         self.send_response(200)
@@ -111,15 +141,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")  # the body ends when the connection closes
             self.close_connection = True
         self.end_headers()
-        for item in state.script:
-            if item == GATE:
-                state.gate_timed_out = not state.gate.wait(timeout=5)
-            elif isinstance(item, float):
-                time.sleep(item)
-            else:
-                self._write((json.dumps(item) + "\n").encode() if isinstance(item, dict) else item)
-        if state.chunked:
-            self.wfile.write(b"0\r\n\r\n")
+        try:
+            for item in state.script:
+                if item == GATE:
+                    state.gate_timed_out = not state.gate.wait(timeout=5)
+                elif isinstance(item, float):
+                    time.sleep(item)
+                else:
+                    self._write((json.dumps(item) + "\n").encode() if isinstance(item, dict) else item)
+            if state.chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the device hung up mid-reply (stopped, or gave up on the turn)
 
     def _write(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if self.server.state.chunked else data)
@@ -131,9 +164,9 @@ class _Server(ThreadingHTTPServer):
     state: Loopback
 
 
-def serve(chunked: bool = False) -> Iterator[Loopback]:
+def serve(chunked: bool = False, port: int = 0) -> Generator[Loopback, None, None]:
     """Run the server in a thread for one test; turn bodies are chunked, or end when the connection closes."""
-    server = _Server(("127.0.0.1", 0), _Handler)
+    server = _Server(("127.0.0.1", port), _Handler)
     server.state = Loopback(url=f"http://127.0.0.1:{server.server_address[1]}", chunked=chunked)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

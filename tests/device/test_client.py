@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from device.client import ServerClient
 from device.errors import ServerError
-from tests.device.loopback import GATE, GREETING, TOKEN, Loopback
+from tests.device.loopback import GATE, GREETING, TOKEN, Loopback, serve
 
 EVENTS = [
     {"type": "transcript", "text": "I feel tight in my chest"},
@@ -98,7 +99,7 @@ def test_garbage_line_is_a_bad_response(loopback: Loopback) -> None:
 def test_error_json_becomes_server_error_with_the_servers_message(loopback: Loopback) -> None:
     with pytest.raises(ServerError) as caught:
         list(_client(loopback).turn("gone", text="hi"))
-    assert (caught.value.code, caught.value.status) == ("session_not_found", 404)
+    assert (caught.value.code, caught.value.status) == ("unknown_session", 404)
     assert caught.value.message == "no session at /api/v1/sessions/gone/turns; start one first"
     with pytest.raises(ServerError) as caught:
         _client(loopback, token="wrong").start_session("anon")
@@ -119,3 +120,49 @@ def test_unreachable_server(unused_port: int) -> None:
         ServerClient(url, TOKEN, timeout=5).start_session("anon")
     assert caught.value.code == "server_unreachable" and caught.value.status is None
     assert caught.value.message == f"cannot reach the server at {url}: Connection refused"
+
+
+@pytest.fixture
+def proxy() -> Iterator[Loopback]:
+    """A second server that records whatever reaches it: the proxy that audio must never go through."""
+    yield from serve()
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_proxy_variables_never_route_audio_elsewhere(
+    loopback: Loopback, proxy: Loopback, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, proxy.url)
+    loopback.script = [EVENTS[-1]]
+    client = _client(loopback)
+    session, _ = client.start_session("anon")
+    assert list(client.turn(session, audio=b"RIFF private audio", frames=[b"\xff\xd8\xff face"])) == [
+        EVENTS[-1]
+    ]
+    assert proxy.requests == [], "the proxy saw the request, the token and the audio"
+    assert loopback.paths() == ["/api/v1/sessions", "/api/v1/sessions/s1/turns"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999", "http://:8710", "http://[::1", "http://exa_mple..com:8710", "ftp://pi.local"],
+)
+def test_a_bad_url_is_one_line_not_a_traceback(url: str) -> None:
+    with pytest.raises(ServerError) as caught:
+        ServerClient(url, TOKEN, timeout=5).start_session("anon")
+    assert caught.value.code == "bad_url" and caught.value.status is None
+    assert caught.value.message.startswith(f"the server URL {url} is not valid (")
+    assert caught.value.message.endswith("); fix [device] server_url") and "\n" not in caught.value.message
+
+
+def test_any_other_requests_failure_is_one_line(loopback: Loopback) -> None:
+    # A reverse proxy that redirects to itself: requests gives up with TooManyRedirects.
+    with pytest.raises(ServerError) as caught:
+        _client(loopback).end_session("loop")
+    assert (caught.value.code, caught.value.status) == ("request_failed", None)
+    assert caught.value.message == (
+        f"POST /api/v1/sessions/loop/end to {loopback.url} failed: Exceeded 30 redirects."
+    )
+    assert not caught.value.transient

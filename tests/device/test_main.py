@@ -1,20 +1,25 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
 import wave
+from collections.abc import Generator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
 
 from device.__main__ import main
-from tests.device.conftest import tone, wav_bytes
-from tests.device.loopback import GATE, GREETING, TOKEN, Loopback
+from device.lines import load_lines
+from tests.device import fake_pyaudio
+from tests.device.conftest import spoken_wav, tone, wav_bytes
+from tests.device.loopback import GATE, GREETING, TOKEN, Loopback, serve
 from tests.device.test_speaker import needs_espeak
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +37,18 @@ def _errors(capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 def _base(server: Loopback) -> list[str]:
     return ["--server", server.url, "--token", TOKEN, "--client", "anon-1"]
+
+
+def _read_lines(stream: IO[str], into: queue.Queue[str]) -> None:
+    """Hand over a child's stdout line by line, so the test can wait for one with a timeout."""
+    for line in stream:
+        into.put(line.rstrip("\n"))
+
+
+def _rms(path: Path) -> float:
+    with wave.open(str(path)) as reader:
+        samples = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2)))
 
 
 @needs_espeak
@@ -52,9 +69,7 @@ def test_text_turn_speaks_into_a_wav_and_exits_0(
     assert [p.name for p in loopback.turn_parts()] == ["text", "frame"]
     assert loopback.turn_parts()[1].data.startswith(b"\xff\xd8\xff"), "the PNG is sent as a JPEG"
     assert loopback.ended == ["s1"]
-    with wave.open(str(reply)) as reader:
-        samples = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2").astype(np.float64)
-    assert np.sqrt(np.mean(samples**2)) > 500
+    assert _rms(reply) > 500
 
 
 @needs_espeak
@@ -107,6 +122,7 @@ def test_unreachable_server_exits_1_with_one_line(
         (["--volume", "3"], "unrecognized arguments: --volume 3"),
         (["--text", "hi"], "no device token"),
         (["--token", "t", "--server", "pi.local"], "server_url = 'pi.local'"),
+        (["--token", "t", "--server", "http://127.0.0.1:99999"], "server_url = 'http://127.0.0.1:99999'"),
         (["--config", "missing.toml", "--print-config"], "missing.toml does not exist"),
     ],
 )
@@ -165,49 +181,140 @@ def test_module_help_uses_the_tadbot_device_name() -> None:
         assert flag in done.stdout
 
 
-def test_main_runs_outside_the_main_thread(capsys: pytest.CaptureFixture[str]) -> None:
-    """`tadbot run` may start the device in a thread, where signal handlers cannot be installed."""
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(main(["--print-config"])))
-    thread.start()
-    thread.join(timeout=30)
-    assert codes == [0]
-    assert "[device]" in capsys.readouterr().out
+@needs_espeak
+def test_a_bad_server_url_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It passes the config check (a host name and a port), but urllib3 cannot parse the host.
+    url = "http://exa_mple..com:8710"
+    argv = [
+        "--server",
+        url,
+        "--token",
+        "t",
+        "--text",
+        "hi",
+        "--camera=-1",
+        "--tts-out",
+        str(tmp_path / "r.wav"),
+    ]
+    assert main(argv) == 1
+    (line,) = _errors(capsys)
+    assert line.startswith(f"tadbot device: error: the server URL {url} is not valid (")
+    assert line.endswith("; fix [device] server_url")
 
 
 @needs_espeak
-def test_sigterm_ends_the_session_and_exits_0(loopback: Loopback, tmp_path: Path) -> None:
-    """systemd stops the unit with SIGTERM: the session must still be ended on the server."""
-    loopback.script = [REPLY[0], GATE, *REPLY[1:]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    device = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "device",
-            *_base(loopback),
-            "--text",
-            "hi",
-            "--camera=-1",
-            "--tts-out",
-            "r.wav",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.mark.usefixtures("fake_mic")
+def test_a_refused_token_stops_the_daemon_at_once(
+    loopback: Loopback, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong token would be wrong on every retry: say so once, aloud and on stderr, and stop (exit 2)."""
+    reply = tmp_path / "reply.wav"
+    argv = ["--server", loopback.url, "--token", "not-the-token", "--camera=-1", "--tts-out", str(reply)]
+    assert main(argv) == 2
+    (line,) = _errors(capsys)
+    assert line.startswith("tadbot device: error: the server refused this device (401 bad_token: ")
+    assert "`tadbot admin add-device NAME`" in line
+    assert loopback.paths() == ["/api/v1/sessions"], "no retries hammering the server"
+    assert fake_pyaudio.log == [], "the microphone was never opened"
+    assert _rms(reply) > 500, "the person heard why the device stopped"
+
+
+@needs_espeak
+@pytest.mark.usefixtures("fake_mic")
+def test_the_daemon_waits_for_a_server_that_starts_late(
+    unused_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TADBOT_DEVICE__MIC_CALIBRATION_S", "0")
+    fake_pyaudio.after = "interrupt"  # Ctrl-C while listening for the second utterance
+    servers: list[Generator[Loopback, None, None]] = []
+    started: list[Loopback] = []
+
+    def start_server() -> None:
+        servers.append(serve(port=unused_port))
+        started.append(next(servers[0]))
+        started[0].script = REPLY
+
+    timer = threading.Timer(0.3, start_server)  # the daemon's first retry is after 1 s
+    timer.start()
     try:
-        deadline = time.monotonic() + 30
-        while not any(path.endswith("/turns") for _, path, _, _ in loopback.requests):
-            assert device.poll() is None and time.monotonic() < deadline, device.communicate()
-            time.sleep(0.05)
-        time.sleep(0.3)  # let it read the first event and block on the held stream
-        device.send_signal(signal.SIGTERM)
-        out, err = device.communicate(timeout=30)
+        url, reply = f"http://127.0.0.1:{unused_port}", str(tmp_path / "reply.wav")
+        code = main(["--server", url, "--token", TOKEN, "--camera=-1", "--tts-out", reply])
+        timer.join(timeout=5)
     finally:
-        device.kill()
-    assert device.returncode == 0, err
-    assert "you: hello" in out
+        timer.cancel()
+        for running in servers:
+            running.close()
+    assert code == 130
+    assert capsys.readouterr().out.splitlines() == [
+        f"bot: {load_lines().waiting_for_server}",
+        f"bot: {GREETING}",
+        "you: hello",
+        "face: neutral 0.80",
+        "bot: Hello, it is good to hear you.",
+    ]
+    (server,) = started
+    assert server.paths() == ["/api/v1/sessions", "/api/v1/sessions/s1/turns", "/api/v1/sessions/s1/end"]
+    (audio,) = server.turn_parts()
+    assert audio.name == "audio" and audio.data[22:28] == b"\x01\x00\x80\x3e\x00\x00"  # 16 kHz mono
+    assert fake_pyaudio.log == ["open", "close"]
+    assert _rms(tmp_path / "reply.wav") > 500
+
+
+@needs_espeak
+def test_sigterm_stops_the_daemon_mid_turn_ends_the_session_and_exits_0(
+    loopback: Loopback, tmp_path: Path
+) -> None:
+    """systemd stops the unit with SIGTERM: the loop stops at once, the microphone is released and the
+    session is ended on the server. The reply is held open, so only a real SIGTERM stop can pass."""
+    loopback.script = [REPLY[0], GATE, *REPLY[1:]]
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    (fakes / "pyaudio.py").write_text(
+        "import importlib, sys\n"
+        "sys.modules[__name__] = importlib.import_module('tests.device.fake_pyaudio')\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "speech.wav").write_bytes(spoken_wav())
+    mic_log, stderr_path = tmp_path / "mic.log", tmp_path / "stderr.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(fakes), str(ROOT)]),
+        "FAKE_MIC_WAV": str(tmp_path / "speech.wav"),
+        "FAKE_MIC_LOG": str(mic_log),
+        "TADBOT_DEVICE__MIC_CALIBRATION_S": "0",
+    }
+    argv = [sys.executable, "-m", "device", *_base(loopback), "--camera=-1", "--tts-out", "r.wav", "-v"]
+    lines: queue.Queue[str] = queue.Queue()
+    out: list[str] = []
+    with (
+        stderr_path.open("w", encoding="utf-8") as stderr,
+        subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        ) as device,
+    ):
+        reader = threading.Thread(target=_read_lines, args=(device.stdout, lines))
+        reader.start()
+        try:
+            while "you: hello" not in out:  # the turn is under way, its reply held at the gate
+                out.append(lines.get(timeout=30))
+            sent = time.monotonic()
+            device.send_signal(signal.SIGTERM)
+            code = device.wait(timeout=30)
+            stopped_s = time.monotonic() - sent
+            reader.join(timeout=10)
+        finally:
+            device.kill()
+    out += list(lines.queue)
+    errors = stderr_path.read_text(encoding="utf-8")
+    assert code == 0, errors
+    assert stopped_s < 4, "it waited for the held reply instead of stopping"
+    assert out == [f"bot: {GREETING}", "you: hello"], "nothing after the SIGTERM"
+    assert loopback.paths() == ["/api/v1/sessions", "/api/v1/sessions/s1/turns", "/api/v1/sessions/s1/end"]
     assert loopback.ended == ["s1"]
+    assert mic_log.read_text(encoding="utf-8").split() == ["open", "close"], "the microphone was released"
+    assert "stopped by SIGTERM" in errors and "Traceback" not in errors

@@ -1,23 +1,42 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+import logging
+import threading
+from collections.abc import Generator, Iterable, Iterator
 
 import pytest
 
+from device.backoff import Backoff
 from device.client import ServerClient
-from device.session import APOLOGY, Conversation, Utterance, describe_faces
-from tests.device.loopback import GREETING, TOKEN, Loopback
+from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError, SpeakerError
+from device.lines import load_lines
+from device.session import Conversation, Utterance, describe_faces
+from tests.device.loopback import GREETING, TOKEN, Loopback, serve
+
+LINES = load_lines()
+REPLY = [
+    {"type": "transcript", "text": "my heart is racing"},
+    {"type": "sentence", "text": "I'm here."},
+    {"type": "sentence", "text": "Breathe out slowly."},
+    {"type": "done", "turn_id": 1, "timings": {"total_ms": 10}},
+]
 
 
 class RecordingSpeaker:
-    """Stands in for the loudspeaker (absent here); implements the real Speaker protocol."""
+    """Stands in for the loudspeaker (absent here); implements the real Speaker protocol.
 
-    def __init__(self) -> None:
+    It fails, as a real one can (espeak-ng gone, the sound card busy), on every text in `fails_on`.
+    """
+
+    def __init__(self, fails_on: Iterable[str] = ()) -> None:
         self.said: list[str] = []
+        self.fails_on = set(fails_on)
         self.closed = False
 
     def say(self, text: str) -> None:
+        if text in self.fails_on:
+            raise SpeakerError("tts_failed", f"pyttsx3 did not write speech for {text!r}")
         self.said.append(text)
 
     def close(self) -> None:
@@ -34,25 +53,41 @@ class OneFrame:
         """Nothing to release."""
 
 
-def _run(server: Loopback, utterances: Iterable[Utterance]) -> tuple[int, str, RecordingSpeaker]:
-    out, speaker = io.StringIO(), RecordingSpeaker()
-    failed = Conversation(ServerClient(server.url, TOKEN, 10), speaker, OneFrame(), out=out).run(
-        "anon", utterances
+class BrokenCamera:
+    """A FrameSource whose camera fails, as `CameraSource` does when OpenCV cannot encode a frame."""
+
+    def latest(self) -> bytes | None:
+        raise CameraError("bad_image", "OpenCV could not encode a frame as JPEG")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _run(
+    server: Loopback | str,
+    utterances: Iterable[Utterance],
+    speaker: RecordingSpeaker | None = None,
+    frames: OneFrame | BrokenCamera | None = None,
+    backoff: Backoff | None = None,
+) -> tuple[int, str, RecordingSpeaker]:
+    out, speaker = io.StringIO(), speaker or RecordingSpeaker()
+    url = server if isinstance(server, str) else server.url
+    conversation = Conversation(
+        ServerClient(url, TOKEN, 10), speaker, frames or OneFrame(), lines=LINES, backoff=backoff, out=out
     )
+    failed = conversation.run("anon", utterances)
     return failed, out.getvalue(), speaker
 
 
 def test_a_turn_is_printed_and_each_sentence_spoken(loopback: Loopback) -> None:
     loopback.script = [
-        {"type": "transcript", "text": "my heart is racing"},
+        REPLY[0],
         {
             "type": "emotions",
             "faces": 1,
             "top3": [{"label": "fear", "score": 0.61}, {"label": "sad", "score": 0.2}],
         },
-        {"type": "sentence", "text": "I'm here."},
-        {"type": "sentence", "text": "Breathe out slowly."},
-        {"type": "done", "turn_id": 1, "timings": {"total_ms": 10}},
+        *REPLY[1:],
     ]
     failed, out, speaker = _run(loopback, [Utterance(text="my heart is racing")])
     assert failed == 0
@@ -68,13 +103,183 @@ def test_a_turn_is_printed_and_each_sentence_spoken(loopback: Loopback) -> None:
     assert loopback.ended == ["s1"]
 
 
-def test_an_error_event_is_printed_and_apologised_for(loopback: Loopback) -> None:
-    loopback.script = [{"type": "error", "code": "llm_failed", "message": "the model is not loaded"}]
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [
+        ("no_speech", "I didn't catch that — take your time and say it again."),
+        ("llm_unavailable", LINES.errors["llm_unavailable"]),
+        ("stt_failed", LINES.errors["stt_failed"]),
+        ("something_new", LINES.errors["default"]),
+    ],
+)
+def test_an_error_event_is_printed_and_answered_with_its_own_line(
+    loopback: Loopback, code: str, line: str
+) -> None:
+    loopback.script = [{"type": "error", "code": code, "message": "the server's reason"}]
     failed, out, speaker = _run(loopback, [Utterance(text="hello")])
     assert failed == 1
-    assert "error: llm_failed: the model is not loaded" in out.splitlines()
-    assert speaker.said == [GREETING, APOLOGY]
+    assert out.splitlines()[-2:] == [f"error: {code}: the server's reason", f"bot: {line}"]
+    assert speaker.said == [GREETING, line]
     assert loopback.ended == ["s1"]
+
+
+def test_a_safety_message_is_spoken_before_the_reply(loopback: Loopback) -> None:
+    crisis = "If you are in danger right now, please call 988 or your local emergency number."
+    loopback.script = [REPLY[0], {"type": "safety", "level": "crisis", "message": crisis}, *REPLY[1:]]
+    failed, out, speaker = _run(loopback, [Utterance(text="my heart is racing")])
+    assert failed == 0
+    assert f"safety: crisis: {crisis}" in out.splitlines()
+    assert speaker.said == [GREETING, crisis, "I'm here.", "Breathe out slowly."]
+
+
+def test_a_broken_camera_sends_the_turn_without_a_frame(
+    loopback: Loopback, caplog: pytest.LogCaptureFixture
+) -> None:
+    loopback.script = REPLY
+    with caplog.at_level(logging.WARNING, logger="device.session"):
+        failed, _, speaker = _run(loopback, [Utterance(text="hello")], frames=BrokenCamera())
+    assert failed == 0
+    assert [p.name for p in loopback.turn_parts()] == ["text"]
+    assert speaker.said[-1] == "Breathe out slowly."
+    (warning,) = caplog.records
+    assert (
+        warning.getMessage() == "no frame for this turn (bad_image: OpenCV could not encode a frame as JPEG)"
+    )
+
+
+def test_a_broken_speaker_is_logged_once_and_the_conversation_goes_on(
+    loopback: Loopback, caplog: pytest.LogCaptureFixture
+) -> None:
+    loopback.script = REPLY
+    speaker = RecordingSpeaker(fails_on=[GREETING, "I'm here."])
+    with caplog.at_level(logging.WARNING, logger="device.session"):
+        failed, out, _ = _run(loopback, [Utterance(text="one"), Utterance(text="two")], speaker=speaker)
+    assert failed == 0
+    assert out.count("bot: Breathe out slowly.") == 2, "both turns were shown in full"
+    assert speaker.said == ["Breathe out slowly.", "Breathe out slowly."]
+    failing = "cannot speak (tts_failed: pyttsx3 did not write speech for {!r}); going on without the voice"
+    assert [r.getMessage() for r in caplog.records] == [
+        failing.format(GREETING),
+        failing.format("I'm here."),
+    ], "one line per spell of failures: the greeting's, then the first sentence's after a success"
+    assert loopback.ended == ["s1"]
+
+
+@pytest.mark.parametrize("status", [404, 409])
+def test_a_lost_or_ended_session_is_replaced_once_and_the_words_resent(
+    loopback: Loopback, status: int
+) -> None:
+    loopback.script = REPLY
+    loopback.turn_status = {"s1": status}
+    failed, _, speaker = _run(loopback, [Utterance(text="my heart is racing"), Utterance(text="again")])
+    assert failed == 0
+    assert speaker.said == [GREETING, *["I'm here.", "Breathe out slowly."] * 2], "no second greeting"
+    assert loopback.paths() == [
+        "/api/v1/sessions",
+        "/api/v1/sessions/s1/turns",
+        "/api/v1/sessions",
+        "/api/v1/sessions/s2/turns",
+        "/api/v1/sessions/s2/turns",
+        "/api/v1/sessions/s2/end",
+    ]
+    assert loopback.turn_parts()[0].data == b"again"
+
+
+def test_a_new_session_that_is_refused_too_stops_the_loop(loopback: Loopback) -> None:
+    loopback.turn_status = {"s1": 404, "s2": 404}
+    with pytest.raises(DeviceError) as caught:
+        _run(loopback, [Utterance(text="hello"), Utterance(text="never sent")])
+    assert caught.value.code == "unknown_session" and "server_url" in caught.value.message
+    assert loopback.paths().count("/api/v1/sessions") == 2, "a new session once, not a loop"
+    assert loopback.ended == ["s2"]
+
+
+def test_a_revoked_token_stops_at_once_with_what_to_do(loopback: Loopback) -> None:
+    loopback.turn_status = {"s1": 401}
+    speaker = RecordingSpeaker()
+    with pytest.raises(DeviceConfigError) as caught:
+        _run(loopback, [Utterance(text="hello"), Utterance(text="never sent")], speaker=speaker)
+    assert "tadbot admin add-device" in caught.value.message and "\n" not in caught.value.message
+    assert speaker.said == [GREETING, LINES.refused]
+    assert loopback.paths() == ["/api/v1/sessions", "/api/v1/sessions/s1/turns"], "no retry, no end"
+
+
+def test_a_server_error_mid_conversation_is_spoken_and_the_loop_goes_on(loopback: Loopback) -> None:
+    loopback.script = REPLY
+    loopback.turn_status = {"s1": 503}
+    failed, out, speaker = _run(loopback, [Utterance(text="one"), Utterance(text="two")])
+    assert failed == 2
+    assert speaker.said == [GREETING, LINES.errors["default"], LINES.errors["default"]]
+    assert "error: overloaded: turns of s1 are refused with 503" in out.splitlines()
+
+
+def test_the_daemon_waits_for_the_server_and_says_so_once(
+    unused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    started: list[Loopback] = []
+    servers: list[Generator[Loopback, None, None]] = []
+
+    class ServerStartsOnTheEighthTry(Backoff):
+        def wait(self, seconds: float) -> bool:
+            if self.failures == 8:
+                servers.append(serve(port=unused_port))
+                started.append(next(servers[-1]))
+                started[0].script = REPLY
+            return super().wait(seconds)
+
+    backoff = ServerStartsOnTheEighthTry((0.01, 0.02))
+    try:
+        with caplog.at_level(logging.WARNING, logger="device.session"):
+            failed, out, speaker = _run(
+                f"http://127.0.0.1:{unused_port}", [Utterance(text="hi")], backoff=backoff
+            )
+    finally:
+        for server in servers:
+            server.close()
+    assert failed == 0
+    assert speaker.said == [LINES.waiting_for_server, GREETING, "I'm here.", "Breathe out slowly."]
+    assert out.splitlines()[0] == f"bot: {LINES.waiting_for_server}"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 5, "failures 1, 2, 4 and 8 (not 3, 5, 6, 7), then one line: it is back"
+    assert messages[0] == (
+        f"waiting for the server: cannot reach the server at http://127.0.0.1:{unused_port}: "
+        "Connection refused; retrying in 0.01 s (failure 1 in a row)"
+    )
+    assert messages[-1] == "the server answers again, after 8 failed tries"
+    assert backoff.failures == 0
+    assert started[0].ended == ["s1"]
+
+
+def test_a_one_shot_turn_does_not_wait_for_the_server(unused_port: int) -> None:
+    with pytest.raises(ServerError) as caught:
+        _run(f"http://127.0.0.1:{unused_port}", [Utterance(text="hi")])
+    assert caught.value.code == "server_unreachable"
+
+
+def test_listening_stops_before_the_session_ends(loopback: Loopback) -> None:
+    """Shutdown in order: the microphone (a generator) is closed explicitly, then the session is ended."""
+    loopback.script = REPLY
+    ended_when_mic_closed: list[list[str]] = []
+
+    def microphone() -> Iterator[Utterance]:
+        try:
+            yield Utterance(text="hello")
+            yield Utterance(text="never heard")
+        finally:
+            ended_when_mic_closed.append(list(loopback.ended))
+
+    class CtrlCWhileSpeaking(RecordingSpeaker):
+        def say(self, text: str) -> None:
+            super().say(text)
+            if text == "Breathe out slowly.":
+                raise KeyboardInterrupt
+
+    speaker = CtrlCWhileSpeaking()
+    with pytest.raises(KeyboardInterrupt):
+        _run(loopback, microphone(), speaker=speaker)
+    assert ended_when_mic_closed == [[]], "the microphone was closed before the session was ended"
+    assert loopback.ended == ["s1"]
+    assert loopback.paths().count("/api/v1/sessions/s1/turns") == 1
 
 
 def test_the_session_is_ended_on_ctrl_c(loopback: Loopback) -> None:
@@ -87,6 +292,14 @@ def test_the_session_is_ended_on_ctrl_c(loopback: Loopback) -> None:
     with pytest.raises(KeyboardInterrupt):
         _run(loopback, utterances())
     assert loopback.ended == ["s1"]
+
+
+def test_a_daemon_stopped_while_waiting_gives_up_with_the_last_error(unused_port: int) -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ServerError) as caught:
+        _run(f"http://127.0.0.1:{unused_port}", [Utterance(text="hi")], backoff=Backoff(stop=stop))
+    assert caught.value.code == "server_unreachable"
 
 
 @pytest.mark.parametrize(

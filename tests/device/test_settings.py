@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,10 @@ def test_local_tadbot_toml_is_the_last_fallback(tmp_path: Path) -> None:
         ("tts_rate = true", {}, ["tts_rate", "True", "integer"]),
         ("", {"TADBOT_DEVICE__REQUEST_TIMEOUT_S": "soon"}, ["request_timeout_s", "soon", "TADBOT_DEVICE__"]),
         ("", {"TADBOT_DEVICE__LANGUAGE": "english!"}, ["language", "english!", "en-GB"]),
+        ("max_utterance_s = 90", {}, ["max_utterance_s", "90", "from 1 to 60", "server"]),
+        ('server_url = "http://127.0.0.1:99999"', {}, ["server_url", "99999", "valid port"]),
+        ('server_url = "http://:8710"', {}, ["server_url", "http://:8710", "host"]),
+        ('token = "pässwörd"', {}, ["token", "***", "ASCII"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(
@@ -130,3 +136,15 @@ def test_token_is_masked_in_errors_and_in_the_printed_config(tmp_path: Path) -> 
     text = settings_to_toml(load_settings(env={"TADBOT_DEVICE__TOKEN": "s3cret"}))
     assert "s3cret" not in text and 'token = "********"' in text
     assert "tts_rate = 165" in text and "# Speaking rate in words per minute; slower is calmer." in text
+
+
+def test_max_utterance_s_reaches_the_servers_limit_and_no_further() -> None:
+    assert load_settings(env={"TADBOT_DEVICE__MAX_UTTERANCE_S": "60"}).max_utterance_s == 60.0
+    with pytest.raises(DeviceConfigError, match=r"invalid \[device\] max_utterance_s = 60\.5 "):
+        load_settings(env={"TADBOT_DEVICE__MAX_UTTERANCE_S": "60.5"})
+
+
+def test_readme_lists_every_device_key_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "[device]" in b)
+    assert tomllib.loads(block)["device"] == dataclasses.asdict(DeviceSettings())

@@ -1,0 +1,67 @@
+"""What the device says in its own words, read from `lines.toml` beside this module: data, not code.
+
+The server speaks through its reply; these lines cover the moments it cannot (an error code, a server that
+is down), so the person is never met with silence, and each failure gets words that fit it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.errors import DeviceError
+
+VERSION = 1
+"""The layout of lines.toml this code reads; a file of another version is refused, not half-read."""
+_STATUS_KEYS = ("waiting_for_server", "refused")
+
+
+@dataclass(frozen=True)
+class Lines:
+    """The device's own lines: two status lines and one line per error code, `default` for the rest."""
+
+    waiting_for_server: str
+    refused: str
+    errors: Mapping[str, str]
+
+    def for_error(self, code: str) -> str:
+        """The line to speak when a turn failed with `code`."""
+        return self.errors.get(code, self.errors["default"])
+
+
+def _table(document: dict[str, object], name: str, where: str) -> dict[str, str]:
+    table = document.get(name)
+    if not isinstance(table, dict):
+        raise DeviceError("bad_lines", f"{where} has no [{name}] table")
+    for key, line in table.items():
+        if not isinstance(line, str) or not line.strip() or "\n" in line:
+            raise DeviceError("bad_lines", f"{where}: [{name}] {key} must be one line of text")
+    return table
+
+
+def load_lines(path: Path | None = None) -> Lines:
+    """Read and check the lines: the packaged lines.toml, or `path`. A bad file is one-line DeviceError."""
+    where = str(path) if path is not None else "device/lines.toml"
+    try:
+        if path is None:
+            text = importlib.resources.files("device").joinpath("lines.toml").read_text(encoding="utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
+        document = tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DeviceError("bad_lines", f"cannot read {where}: {exc}") from exc
+    if document.get("version") != VERSION:
+        raise DeviceError("bad_lines", f"{where} has version {document.get('version')!r}; expected {VERSION}")
+    status = _table(document, "status", where)
+    errors = _table(document, "errors", where)
+    unknown = sorted(set(status) - set(_STATUS_KEYS))
+    if unknown:
+        raise DeviceError("bad_lines", f"{where}: unknown [status] key {unknown[0]!r}")
+    missing = [f"[status] {key}" for key in _STATUS_KEYS if key not in status]
+    missing += ["[errors] default"] if "default" not in errors else []
+    if missing:
+        raise DeviceError("bad_lines", f"{where} lacks {', '.join(missing)}")
+    return Lines(status["waiting_for_server"], status["refused"], errors)
