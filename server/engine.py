@@ -9,16 +9,19 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.components import Components
 from server.config import Settings
-from server.errors import MemoryStoreError, TadbotError
-from server.prompt import Prompts, build_messages
-from server.records import SessionRow
+from server.errors import LlmError, MemoryStoreError, TadbotError
+from server.llm import GenerationStats
+from server.prompt import Prompts, build_messages, stage_for, turn_content
+from server.records import Conversation, SessionRow, Turn
+from server.summary import TURN_OVERHEAD_TOKENS, Summariser, fallback_summary, plan_fold, summarise_prompt
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,6 +53,30 @@ class Companion:
         self.components = components
         self.settings = settings
         self.prompts = prompts
+        self._turns = 0
+        self._turns_changed = threading.Condition()
+        self.summariser = Summariser(self._fold_with_model)
+
+    def close(self) -> None:
+        """Stop the background summaries; a fold left undone is made deterministically at the next turn."""
+        self.summariser.close()
+
+    def admit(self) -> None:
+        """Take a place for one turn, or refuse at once when too many already wait for the model."""
+        limit = 1 + self.settings.llm.queue_max
+        with self._turns_changed:
+            if self._turns >= limit:
+                raise LlmError(
+                    "llm_busy",
+                    f"{self._turns} turns are already in progress or waiting; try again in a few seconds",
+                    503,
+                )
+            self._turns += 1
+
+    def release(self) -> None:
+        with self._turns_changed:
+            self._turns -= 1
+            self._turns_changed.notify_all()
 
     @property
     def records(self) -> Any:
@@ -96,10 +123,18 @@ class Companion:
                 return
 
             t0 = time.perf_counter()
-            history = self.records.recent_turns(session.id, self.settings.memory.history_turns)
-            memories = self._recall(session, text)
+            conversation = self._fit(session.id)
+            memories = self._recall(session, text, conversation)
             timings["memory_ms"] = _ms(t0)
-            self.records.add_turn(session.id, "user", text, {})
+            exchange = len(self.records.user_turns(session.id)) + 1
+            persona = self.settings.persona
+            stage = stage_for(exchange, persona.stage_building, persona.stage_established)
+
+            def content_with(notes: Sequence[str]) -> str:
+                return turn_content(self.prompts, user_text=text, memories=notes, stage=stage, top3=top3)
+
+            conversation, content = self._within_context(session.id, conversation, content_with, memories)
+            self.records.add_turn(session.id, "user", text, {}, prompt=content)
             self._remember(session, "user", text)
 
             if self.components.chat is None:
@@ -113,9 +148,14 @@ class Companion:
                 return
 
             messages = build_messages(
-                self.prompts, history=history, memories=memories, user_text=text, top3=top3
+                self.prompts,
+                summary=conversation.summary,
+                history=[{"role": t.role, "content": t.prompt} for t in conversation.turns],
+                content=content,
             )
             yield from self._speak(session, messages, started, timings)
+            if self._needs_fold(conversation, content, early=True):
+                self.summariser.submit(session.id)
         except TadbotError as exc:
             _LOGGER.warning("turn failed in session %s: %s (%s)", session.id, exc.code, exc.message)
             yield event(EventType.ERROR, code=exc.code, message=exc.message)
@@ -136,9 +176,11 @@ class Companion:
         interrupted: the therapist reads what the person actually heard.
         """
         sentences: list[str] = []
+        raw: list[str] = []
+        stats = GenerationStats()
         committed = False
         try:
-            with contextlib.closing(self._reply(messages)) as replies:
+            with contextlib.closing(self._reply(messages, raw, stats)) as replies:
                 for sentence in replies:
                     if not sentences:
                         timings["first_sentence_ms"] = _ms(started)
@@ -152,8 +194,9 @@ class Companion:
                 )
                 return
             reply = " ".join(sentences)
+            timings.update(stats.timings())
             timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
+            turn_id = self.records.add_turn(session.id, "assistant", reply, timings, prompt="".join(raw))
             committed = True
             self._remember(session, "assistant", reply)
             _LOGGER.info(
@@ -175,17 +218,27 @@ class Companion:
             # Runs while the turn is already unwinding (a hang-up, or the client being erased).
             _LOGGER.exception("could not record the cut-off reply in session %s", session.id)
 
-    def _reply(self, messages: list[dict[str, str]]) -> Generator[str]:
+    def _reply(
+        self, messages: list[dict[str, str]], raw: list[str], stats: GenerationStats
+    ) -> Generator[str]:
+        """Spoken sentences; `raw` collects the model's own text, which later prompts replay exactly."""
         from server.sentences import SentenceSplitter, clean_for_speech
 
         splitter = SentenceSplitter()
         llm = self.settings.llm
         pieces = self.components.chat.stream_chat(
-            messages, max_tokens=llm.max_tokens, temperature=llm.temperature
+            messages,
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature,
+            top_p=llm.top_p,
+            top_k=llm.top_k,
+            repeat_penalty=llm.repeat_penalty,
+            stats=stats,
         )
         # Closing the model's stream at once frees the model lock when the device hangs up mid-reply.
         with contextlib.closing(pieces):
             for piece in pieces:
+                raw.append(piece)
                 for sentence in splitter.feed(piece):
                     spoken = clean_for_speech(sentence)
                     if spoken:
@@ -222,18 +275,165 @@ class Companion:
         averaged_probs = {label: total / seen for label, total in totals.items()}
         return faces, _top3_json(rank_top3(averaged_probs))
 
-    def _recall(self, session: SessionRow, text: str) -> list[str]:
+    def _recall(self, session: SessionRow, text: str, conversation: Conversation) -> list[str]:
+        """What they said in earlier sessions that bears on this turn, new to this prompt, within budget."""
         memory = self.components.memory
-        if memory is None or self.settings.memory.recall_k == 0:
+        settings = self.settings.memory
+        if memory is None or settings.recall_k == 0:
             return []
         try:
             found = memory.recall(
-                client=session.client, query=text, k=self.settings.memory.recall_k, exclude_session=session.id
+                client=session.client,
+                query=text,
+                k=settings.recall_k,
+                exclude_session=session.id,
+                max_distance=settings.max_distance,
+                roles=("user", "summary"),
             )
         except TadbotError as exc:
             _LOGGER.warning("memory recall failed: %s", exc.message)
             return []
-        return [r.text for r in found]
+        shown = conversation.summary + "\n".join(t.prompt for t in conversation.turns)
+        kept: list[str] = []
+        spent = 0
+        for item in found:
+            if item.text in shown:
+                continue  # already in the prompt, from an earlier turn of this session
+            cost = self._count(item.text)
+            if spent + cost > settings.recall_tokens:
+                break
+            kept.append(item.text)
+            spent += cost
+        return kept
+
+    # The running summary -------------------------------------------------------------------------
+
+    def _count(self, text: str) -> int:
+        chat = self.components.chat
+        # Without a model nothing is generated; a rough count still keeps the record's folds sensible.
+        return chat.count_tokens(text) if chat is not None else len(text) // 3 + 1
+
+    def _cost(self, turn: Turn) -> int:
+        return self._count(turn.prompt)
+
+    def _needs_fold(self, conversation: Conversation, content: str, *, early: bool) -> bool:
+        """`early`: worth folding in the background, before the budget is actually reached."""
+        budget = self.settings.memory.history_tokens
+        limit = budget * 3 // 4 if early else budget
+        spent = sum(self._cost(t) for t in conversation.turns) + self._count(content)
+        return spent > limit
+
+    def _prompt_tokens(self, conversation: Conversation, content: str) -> int:
+        system = self.prompts.system + self.prompts.summary_note.format(summary=conversation.summary)
+        turns = sum(self._cost(t) + TURN_OVERHEAD_TOKENS for t in conversation.turns)
+        # The new turn's markers, <bos> and the model's opening marker.
+        return self._count(system) + turns + self._count(content) + 2 * TURN_OVERHEAD_TOKENS
+
+    def _within_context(
+        self,
+        session_id: str,
+        conversation: Conversation,
+        content_with: Callable[[Sequence[str]], str],
+        memories: Sequence[str],
+    ) -> tuple[Conversation, str]:
+        """Make the prompt and the reply fit the context window: never an overflow in the middle of a turn.
+
+        The budgets in config normally see to it; a long system prompt or a small window may not. Then the
+        whole conversation is folded into the summary, and then the memories are left out.
+        """
+        room = self.settings.llm.n_ctx - self.settings.llm.max_tokens
+        content = content_with(memories)
+        if self._prompt_tokens(conversation, content) <= room:
+            return conversation, content
+        conversation = self._fit(session_id, limit=0)
+        if self._prompt_tokens(conversation, content) <= room:
+            return conversation, content
+        content = content_with(())
+        needed = self._prompt_tokens(conversation, content)
+        if needed <= room:
+            return conversation, content
+        raise LlmError(
+            "context_too_small",
+            f"the system prompt and this turn need {needed} tokens, but llm.n_ctx = "
+            f"{self.settings.llm.n_ctx} leaves {room} after llm.max_tokens; raise llm.n_ctx or shorten the "
+            "system prompt",
+            503,
+        )
+
+    def _fit(self, session_id: str, limit: int | None = None) -> Conversation:
+        """The conversation within its token budget (or `limit`), folding deterministically now if it must."""
+        conversation = self.records.conversation(session_id)
+        budget = self.settings.memory.history_tokens
+        limit = budget if limit is None else limit
+        plan = plan_fold(conversation.turns, self._cost, limit=limit, target=min(limit, budget // 2))
+        if plan is None:
+            return conversation
+        summary = fallback_summary(
+            self.prompts, conversation.summary, plan.folded, self._count, self.settings.memory.summary_tokens
+        )
+        if self.records.fold(
+            session_id, summary=summary, through=plan.through, expected_through=conversation.folded_through
+        ):
+            _LOGGER.info("session %s: folded %d turns without the model", session_id, len(plan.folded))
+        return self.records.conversation(session_id)
+
+    def _fold_with_model(self, session_id: str) -> None:
+        """The background job: let the model write the running summary, then read the new prompt start in."""
+        with self._turns_changed:
+            self._turns_changed.wait_for(lambda: self._turns == 0)
+        chat = self.components.chat
+        conversation = self.records.conversation(session_id)
+        budget = self.settings.memory.history_tokens
+        plan = plan_fold(conversation.turns, self._cost, limit=budget * 3 // 4, target=budget // 2)
+        if plan is None or chat is None:
+            return
+        summary = self._model_summary(conversation.summary, plan.folded)
+        if summary is None:
+            summary = fallback_summary(
+                self.prompts,
+                conversation.summary,
+                plan.folded,
+                self._count,
+                self.settings.memory.summary_tokens,
+            )
+        if not self.records.fold(
+            session_id, summary=summary, through=plan.through, expected_through=conversation.folded_through
+        ):
+            return
+        _LOGGER.info("session %s: folded %d turns into the running summary", session_id, len(plan.folded))
+        # The next prompt starts with this; reading it in now, while nobody waits, saves that time then.
+        messages = build_messages(
+            self.prompts,
+            summary=summary,
+            history=[{"role": t.role, "content": t.prompt} for t in plan.kept],
+            content="",
+        )[:-1]
+        if not self._turns and not self.summariser.stopping.is_set():
+            for _ in chat.stream_chat(messages, max_tokens=1, temperature=0.0):
+                pass
+
+    def _model_summary(self, previous: str, folded: Sequence[Turn]) -> str | None:
+        """The model's summary, or None when it fails or a person starts talking meanwhile."""
+        limit = self.settings.memory.summary_tokens
+        prompt = summarise_prompt(self.prompts, previous, folded, self.settings.persona.name)
+        pieces: list[str] = []
+        stream = self.components.chat.stream_chat(
+            [{"role": "user", "content": prompt}], max_tokens=limit, temperature=0.3
+        )
+        try:
+            with contextlib.closing(stream):
+                for piece in stream:
+                    if self._turns or self.summariser.stopping.is_set():
+                        _LOGGER.info("summary given up: a turn is waiting for the model")
+                        return None
+                    pieces.append(piece)
+        except LlmError as exc:
+            _LOGGER.warning("the model could not summarise: %s", exc.message)
+            return None
+        from server.sentences import clean_for_speech
+
+        summary = clean_for_speech("".join(pieces))
+        return summary if summary and self._count(summary) <= limit else None
 
     def _remember(self, session: SessionRow, role: str, text: str, kind: str = "turn") -> None:
         memory = self.components.memory
@@ -247,9 +447,12 @@ class Companion:
             _LOGGER.warning("memory write failed: %s", exc.message)
 
     def end_session(self, session: SessionRow) -> dict[str, Any]:
-        said = [t["text"] for t in self.records.recent_turns(session.id, 1000) if t["role"] == "user"]
+        said = self.records.user_turns(session.id)
         quoted = "; ".join(f"'{s[:120]}'" for s in said[:5]) or "nothing"
         summary = self.prompts.summary.format(turns=len(said), said=quoted)
+        rolling = self.records.conversation(session.id).summary
+        if rolling:
+            summary = f"{rolling} {summary}"
         turns = self.records.end_session(session.id, summary)
         if said and session.ended_at is None:
             self._remember(session, "summary", summary, kind="summary")

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -26,18 +27,52 @@ _STOP = ("<end_of_turn>", "<eos>")
 _GGUF_MAGIC = b"GGUF"
 
 
+@dataclass
+class GenerationStats:
+    """What one reply cost, filled in by the backend as far as it can tell.
+
+    `evaluated_tokens` below `prompt_tokens` means the start of the prompt was reused from the cache.
+    """
+
+    prompt_tokens: int = 0
+    evaluated_tokens: int = 0
+    generated_tokens: int = 0
+    first_token_ms: float = 0.0
+    decode_tokens_per_s: float = 0.0
+
+    def timings(self) -> dict[str, float]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "evaluated_tokens": self.evaluated_tokens,
+            "generated_tokens": self.generated_tokens,
+            "first_token_ms": round(self.first_token_ms, 1),
+        }
+
+
 class ChatModel(Protocol):
     """Anything that turns a chat into streamed reply text."""
 
     name: str
 
     def stream_chat(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repeat_penalty: float = 1.0,
+        stats: GenerationStats | None = None,
     ) -> Generator[str]:
         """Yield the reply in pieces as they decode; raise `LlmError` if no reply can be made.
 
         A generator, so that closing it early (the device hung up) frees the model at once.
         """
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes in a prompt, for keeping within the context window."""
         ...
 
 
@@ -110,6 +145,9 @@ class LlamaCppChat:
                 n_threads=n_threads,
                 n_batch=n_batch,
                 seed=llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed,
+                # Gemma-2's sliding-window cache otherwise forgets early positions, and then llama.cpp cannot
+                # cut the cache back to a shared prefix: every turn would re-read the whole prompt.
+                swa_full=True,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -129,24 +167,45 @@ class LlamaCppChat:
             (time.monotonic() - started) * 1000,
         )
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
     def stream_chat(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repeat_penalty: float = 1.0,
+        stats: GenerationStats | None = None,
     ) -> Generator[str]:
-        """Stream one reply; the lock is held until the generator finishes or is closed."""
+        """Stream one reply; the lock is held until the generator finishes or is closed.
+
+        One Llama instance serves every turn, so llama-cpp-python can keep the previous prompt's tokens in
+        its cache and evaluate only what is new; llama.cpp's own counters say how many it evaluated.
+        """
+        import llama_cpp
+
         turns = fold_system(messages)
         if not self._lock.acquire(timeout=self._busy_timeout_s):
             raise LlmError(
                 "llm_busy",
                 f"the model was busy with another reply for {self._busy_timeout_s:.0f} s; try again",
             )
+        stats = stats if stats is not None else GenerationStats()
         started = time.monotonic()
-        first_ms: float | None = None
         pieces = 0
         try:
+            llama_cpp.llama_perf_context_reset(self._llm.ctx)
             chunks = self._llm.create_chat_completion(
                 messages=turns,  # type: ignore[arg-type]
                 max_tokens=max_tokens,
                 temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repeat_penalty=repeat_penalty,
                 stop=list(_STOP),
                 stream=True,
             )
@@ -154,21 +213,35 @@ class LlamaCppChat:
             for chunk in cast(Iterator[dict[str, Any]], chunks):
                 content = chunk["choices"][0]["delta"].get("content")
                 if content:
-                    if first_ms is None:
-                        first_ms = (time.monotonic() - started) * 1000
+                    if not pieces:
+                        stats.first_token_ms = (time.monotonic() - started) * 1000
                     pieces += 1
                     yield content
         except Exception as exc:
             raise LlmError("llm_failed", f"{self.name} failed while generating: {exc}") from exc
         finally:
+            self._count(stats)
             self._lock.release()
             _LOGGER.info(
-                "Generated %d pieces with %s: first after %s ms, total %.0f ms",
-                pieces,
+                "Generated %d tokens with %s: prompt %d, evaluated %d, first after %.0f ms, total %.0f ms",
+                stats.generated_tokens,
                 self.name,
-                "-" if first_ms is None else f"{first_ms:.0f}",
+                stats.prompt_tokens,
+                stats.evaluated_tokens,
+                stats.first_token_ms,
                 (time.monotonic() - started) * 1000,
             )
+
+    def _count(self, stats: GenerationStats) -> None:
+        """Read llama.cpp's counters for the generation just run (the lock is still held)."""
+        import llama_cpp
+
+        perf = llama_cpp.llama_perf_context(self._llm.ctx)
+        # Every sampled token but the last is fed back and evaluated; the cache then holds prompt + those.
+        stats.evaluated_tokens = int(perf.n_p_eval)
+        stats.generated_tokens = int(perf.n_eval) + 1 if perf.n_eval or perf.n_p_eval else 0
+        stats.prompt_tokens = max(0, int(self._llm.n_tokens) - int(perf.n_eval))
+        stats.decode_tokens_per_s = perf.n_eval / perf.t_eval_ms * 1000 if perf.t_eval_ms > 0 else 0.0
 
 
 def _model_hint(path: Path, problem: str) -> str:
@@ -211,14 +284,33 @@ class OpenAICompatChat:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.name = f"openai:{model or root}"
 
+    def count_tokens(self, text: str) -> int:
+        """An over-estimate (a token is rarely under 3 bytes of English): the engine's tokenizer is remote."""
+        return len(text.encode("utf-8")) // 3 + 1
+
     def stream_chat(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repeat_penalty: float = 1.0,
+        stats: GenerationStats | None = None,
     ) -> Generator[str]:
-        """Stream one reply from the engine, parsing its server-sent events as they arrive."""
+        """Stream one reply from the engine, parsing its server-sent events as they arrive.
+
+        `top_k` and `repeat_penalty` are not OpenAI parameters; llama.cpp's server and Ollama honour them
+        under these names, and other engines ignore them.
+        """
         body: dict[str, Any] = {
             "messages": fold_system(messages),
             "max_tokens": max_tokens,
             "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "repeat_penalty": repeat_penalty,
             "stream": True,
             "stop": list(_STOP),
         }
@@ -255,12 +347,17 @@ class OpenAICompatChat:
                     if content is None:
                         break
                     if content:
+                        if not pieces and stats is not None:
+                            stats.first_token_ms = (time.monotonic() - started) * 1000
                         pieces += 1
                         yield content
             except (HTTPException, OSError) as exc:
                 raise LlmError(
                     "llm_failed", f"the LLM engine at {self._url} broke off the reply ({exc})"
                 ) from exc
+        if stats is not None:
+            # One streamed piece is one token in the engines this talks to; the prompt's size stays unknown.
+            stats.generated_tokens = pieces
         _LOGGER.info(
             "Streamed %d pieces from %s in %.0f ms", pieces, self._url, (time.monotonic() - started) * 1000
         )

@@ -92,16 +92,21 @@ class Memory:
         k: int,
         exclude_session: str | None = None,
         max_distance: float | None = None,
+        roles: tuple[str, ...] = (),
     ) -> list[Recollection]:
         """Return up to k of this client's memories closest to `query`, nearest first, each text once.
 
         `exclude_session` leaves out the session in progress: its turns are already in the prompt.
+        `roles` keeps only those roles, e.g. what the person said and the summaries, not the replies.
         """
         if k <= 0 or not query.strip():
             return []
-        where: dict[str, Any] = {"client": client}
+        conditions: list[dict[str, Any]] = [{"client": client}]
         if exclude_session is not None:
-            where = {"$and": [where, {"session_id": {"$ne": exclude_session}}]}
+            conditions.append({"session_id": {"$ne": exclude_session}})
+        if roles:
+            conditions.append({"role": {"$in": list(roles)}})
+        where: Any = conditions[0] if len(conditions) == 1 else {"$and": conditions}
         started = time.perf_counter()
         try:
             # chromadb returns fewer hits, without complaint, when fewer items match the filter.

@@ -1,6 +1,9 @@
-"""How a turn becomes chat messages: the persona, memories, recent history and the face note.
+"""How a turn becomes chat messages: the persona, the running summary, the session's turns, the new turn.
 
-The wording lives in data files (prompts/system.txt, prompts/lines.toml); this module only arranges it.
+The wording lives in data files (prompts/system.txt, summarise.txt, lines.toml); this module only arranges
+it. The layout is append-only between turns: the system text and every earlier turn are replayed exactly as
+the model saw them, and everything that changes per turn (memories, rapport stage, face) goes into the
+newest turn. So each prompt starts with the previous one, and llama.cpp only evaluates what is new.
 """
 
 from __future__ import annotations
@@ -13,14 +16,20 @@ from pathlib import Path
 
 from server.errors import ConfigError
 
+STAGES = ("opening", "building", "established")
+
 
 @dataclass(frozen=True)
 class Prompts:
     system: str
+    summarise: str
     greeting: str
     emotion_note: str
     memory_note: str
+    summary_note: str
     summary: str
+    fold_fallback: str
+    stages: dict[str, str]
 
     @classmethod
     def load(cls, name: str, prompt_file: str = "") -> Prompts:
@@ -37,10 +46,17 @@ class Prompts:
         lines = tomllib.loads(shipped.joinpath("lines.toml").read_text(encoding="utf-8"))
         return cls(
             system=system.strip().replace("{name}", name),
+            summarise=shipped.joinpath("summarise.txt")
+            .read_text(encoding="utf-8")
+            .strip()
+            .replace("{name}", name),
             greeting=lines["greeting"].replace("{name}", name),
             emotion_note=lines["emotion_note"],
             memory_note=lines["memory_note"],
+            summary_note=lines["summary_note"],
             summary=lines["summary"],
+            fold_fallback=lines["fold_fallback"],
+            stages={stage: lines["stages"][stage] for stage in STAGES},
         )
 
 
@@ -48,40 +64,48 @@ def emotions_text(top3: Sequence[dict[str, object]]) -> str:
     return ", ".join(f"{e['label']} {float(e['score']):.2f}" for e in top3)  # type: ignore[arg-type]
 
 
-def build_messages(
+def stage_for(exchange: int, building: int, established: int) -> str:
+    """The rapport stage of the `exchange`-th exchange of a session (1-based)."""
+    if exchange >= established:
+        return "established"
+    if exchange >= building:
+        return "building"
+    return "opening"
+
+
+def turn_content(
     prompts: Prompts,
     *,
-    history: Sequence[dict[str, str]],
-    memories: Sequence[str],
     user_text: str,
+    memories: Sequence[str] = (),
+    stage: str = "",
     top3: Sequence[dict[str, object]] = (),
-) -> list[dict[str, str]]:
-    """System, this session's recent turns, then the new turn carrying the memories and the face note.
-
-    Everything that changes per turn goes into the last message, so the prefix before it stays
-    byte-identical and a cached prompt prefix can be reused.
-    """
-    messages = [{"role": "system", "content": prompts.system}]
-    messages += [{"role": h["role"], "content": h["text"]} for h in _alternating(history)]
-    content = user_text
+) -> str:
+    """The newest user turn as the model sees it; it is stored and replayed unchanged in later prompts."""
+    parts = []
     if memories:
-        notes = prompts.memory_note.format(memories="\n".join(f"- {m}" for m in memories))
-        content = f"{notes}\n\n{content}"
+        parts.append(prompts.memory_note.format(memories="\n".join(f"- {m}" for m in memories)))
+    if stage:
+        parts.append(prompts.stages[stage])
+    parts.append(user_text)
     if top3:
-        content += "\n" + prompts.emotion_note.format(emotions=emotions_text(top3))
-    messages.append({"role": "user", "content": content})
-    return messages
+        parts.append(prompts.emotion_note.format(emotions=emotions_text(top3)))
+    return "\n".join(parts)
 
 
-def _alternating(history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-    """Chat templates insist on user/assistant alternation starting with the user; drop what breaks it."""
-    kept: list[dict[str, str]] = []
-    for turn in history:
-        expected = "user" if not kept or kept[-1]["role"] == "assistant" else "assistant"
-        if turn["role"] == expected:
-            kept.append(turn)
-        elif kept and turn["role"] == kept[-1]["role"]:
-            kept[-1] = turn
-    if kept and kept[-1]["role"] == "user":
-        kept.pop()
-    return kept
+def build_messages(
+    prompts: Prompts, *, summary: str, history: Sequence[dict[str, str]], content: str
+) -> list[dict[str, str]]:
+    """System text (with the running summary), the turns since the summary as they were sent, the new turn.
+
+    `history` holds `{"role", "content"}` pairs. Roles need not alternate: the model backend folds the
+    system text and repeated roles into the shape its chat template accepts.
+    """
+    system = prompts.system
+    if summary:
+        system += "\n\n" + prompts.summary_note.format(summary=summary)
+    return [
+        {"role": "system", "content": system},
+        *({"role": h["role"], "content": h["content"]} for h in history),
+        {"role": "user", "content": content},
+    ]

@@ -36,6 +36,39 @@ class SessionRow:
     summary: str | None
 
 
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    role: str
+    text: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What of a session goes into the next prompt: a running summary, then the turns after it."""
+
+    summary: str
+    folded_through: int
+    turns: tuple[Turn, ...]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a data dir made by an earlier version up to the schema; columns are only ever added."""
+    wanted = {
+        "sessions": {
+            "rolling_summary": "TEXT NOT NULL DEFAULT ''",
+            "folded_through": "INTEGER NOT NULL DEFAULT 0",
+        },
+        "turns": {"prompt": "TEXT"},
+    }
+    for table, columns in wanted.items():
+        have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -53,6 +86,7 @@ class Records:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(schema)
+            _add_missing_columns(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -139,21 +173,60 @@ class Records:
             )
         return SessionRow(**dict(row))
 
-    def add_turn(self, session_id: str, role: str, text: str, timings: dict[str, Any] | None = None) -> int:
+    def add_turn(
+        self,
+        session_id: str,
+        role: str,
+        text: str,
+        timings: dict[str, Any] | None = None,
+        prompt: str | None = None,
+    ) -> int:
+        """`prompt` is the turn as the model saw or wrote it, when that differs from the words kept."""
         with self._connect() as db:
             cur = db.execute(
-                "INSERT INTO turns (session_id, role, text, created_at, timings) VALUES (?, ?, ?, ?, ?)",
-                (session_id, role, text, time.time(), json.dumps(timings or {})),
+                "INSERT INTO turns (session_id, role, text, created_at, timings, prompt) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, role, text, time.time(), json.dumps(timings or {}), prompt),
             )
             return int(cur.lastrowid or 0)
 
-    def recent_turns(self, session_id: str, limit: int) -> list[dict[str, Any]]:
+    def set_timings(self, turn_id: int, timings: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE turns SET timings = ? WHERE id = ?", (json.dumps(timings), turn_id))
+
+    def user_turns(self, session_id: str) -> list[str]:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT role, text FROM turns WHERE session_id = ? ORDER BY id DESC LIMIT ?",
-                (session_id, limit),
+                "SELECT text FROM turns WHERE session_id = ? AND role = 'user' ORDER BY id", (session_id,)
             ).fetchall()
-        return [dict(r) for r in reversed(rows)]
+        return [r["text"] for r in rows]
+
+    def conversation(self, session_id: str) -> Conversation:
+        """The running summary and the turns not yet folded into it, each as the model saw it."""
+        with self._connect() as db:
+            head = db.execute(
+                "SELECT rolling_summary, folded_through FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            rows = db.execute(
+                "SELECT id, role, text, COALESCE(prompt, text) AS prompt FROM turns "
+                "WHERE session_id = ? AND id > ? ORDER BY id",
+                (session_id, head["folded_through"]),
+            ).fetchall()
+        return Conversation(
+            summary=head["rolling_summary"],
+            folded_through=head["folded_through"],
+            turns=tuple(Turn(**dict(r)) for r in rows),
+        )
+
+    def fold(self, session_id: str, *, summary: str, through: int, expected_through: int) -> bool:
+        """Move the fold point forward, unless someone else moved it since `expected_through` was read."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE sessions SET rolling_summary = ?, folded_through = ? "
+                "WHERE id = ? AND folded_through = ?",
+                (summary, through, session_id, expected_through),
+            )
+            return cur.rowcount == 1
 
     def add_emotion_sample(
         self, session_id: str, source: str, faces: int, top3: list[dict[str, Any]]

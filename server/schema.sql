@@ -25,7 +25,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     device_id INTEGER REFERENCES devices (id) ON DELETE SET NULL,
     started_at REAL NOT NULL,
     ended_at REAL,
-    summary TEXT
+    summary TEXT,
+    -- The running summary of turns folded out of the prompt, and the last turn it covers.
+    rolling_summary TEXT NOT NULL DEFAULT '',
+    folded_through INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS turns (
@@ -34,7 +37,9 @@ CREATE TABLE IF NOT EXISTS turns (
     role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
     text TEXT NOT NULL,
     created_at REAL NOT NULL,
-    timings TEXT NOT NULL DEFAULT '{}'
+    timings TEXT NOT NULL DEFAULT '{}',
+    -- The turn as the model saw it (with its notes) or wrote it, replayed so the cached prefix matches.
+    prompt TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, id);
 

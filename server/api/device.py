@@ -62,14 +62,20 @@ def turn(session_id: str) -> Response:
         raise BadRequest("bad_turn", "the 'text' field is empty")
     elif text is not None and len(text) > MAX_TEXT_CHARS:
         raise TadbotError(
-            "text_too_long", f"the 'text' field has {len(text)} characters; send at most {MAX_TEXT_CHARS}", 413
+            "text_too_long",
+            f"the 'text' field has {len(text)} characters; send at most {MAX_TEXT_CHARS}",
+            413,
         )
     given = TurnInput(audio=audio, text=text, frames=_frames(engine.components.fer is not None))
-    return Response(
+    engine.admit()
+    response = Response(
         _ndjson(engine.turn(session, given)),
         mimetype="application/x-ndjson",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    # Runs when the stream ends, however it ends (also when the device hangs up or never reads it).
+    response.call_on_close(engine.release)
+    return response
 
 
 @bp.post("/<session_id>/frames")

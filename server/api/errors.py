@@ -11,6 +11,9 @@ from server.errors import TadbotError
 
 _LOGGER = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 5
+"""What a busy or degraded server asks a device to wait before trying again."""
+
 _HTTP_MESSAGES = {
     404: "no such endpoint; see GET /api/v1/openapi.json",
     405: "method not allowed on this endpoint; see GET /api/v1/openapi.json",
@@ -28,7 +31,10 @@ def register(app: Flask) -> None:
     def _tadbot(exc: TadbotError) -> tuple[Response, int]:
         if exc.status >= 500:
             _LOGGER.warning("%s: %s", exc.code, exc.message)
-        return error_response(exc.code, exc.message, exc.status)
+        response, status = error_response(exc.code, exc.message, exc.status)
+        if exc.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+import itertools
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ class RecordingChat:
         self.inner = inner
         self.calls: list[list[dict[str, str]]] = []
 
-    def stream_chat(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict[str, str]], **sampling: Any) -> Generator[str]:
         self.calls.append(messages)
-        return self.inner.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
+        return self.inner.stream_chat(messages, **sampling)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
 
 
 def _companion(tmp_path: Path, chat: Any, memory: Memory | None = None) -> Companion:
@@ -130,16 +132,17 @@ class ScriptedChat:
         self.then = then
         self.closed = False
 
-    def stream_chat(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> Generator[str]:
+    def stream_chat(self, messages: list[dict[str, str]], **sampling: Any) -> Generator[str]:
         try:
             yield from self.sentences
             if isinstance(self.then, Exception):
                 raise self.then
-            yield from self.then.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
+            yield from self.then.stream_chat(messages, **sampling)
         finally:
             self.closed = True
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
 
 def test_a_hang_up_mid_reply_records_what_was_said_and_frees_the_model(
@@ -191,3 +194,102 @@ def test_a_frame_that_cannot_be_read_does_not_cost_the_reply(
     )
     assert [e["type"] for e in events if e["type"] != "sentence"] == ["transcript", "done"]
     assert "fer_ms" in events[-1]["timings"]
+
+
+def _talk(companion: Companion, session_id: str, lines: list[str]) -> list[dict[str, Any]]:
+    session = companion.records.session(session_id)
+    done = []
+    for text in lines:
+        events = list(companion.turn(session, TurnInput(text=text)))
+        assert events[-1]["type"] == "done", events[-1]
+        done.append(events[-1])
+        companion.summariser.wait_idle(60)
+    return done
+
+
+def test_later_turns_evaluate_only_what_is_new(tmp_path: Path, tiny_gguf: Path) -> None:
+    """llama.cpp's own counters: the cached prompt prefix is reused, so turn n reads about its new tokens."""
+    companion = _companion(tmp_path, LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3))
+    session_id = companion.start_session("jo", None)["session_id"]
+    done = _talk(companion, session_id, ["my hands are shaking", "I keep thinking I will faint", "ok"])
+    timings = [d["timings"] for d in done]
+    assert (
+        timings[0]["evaluated_tokens"] == timings[0]["prompt_tokens"] > 100
+    )  # the system prompt is read once
+    for before, now in itertools.pairwise(timings):
+        new = now["prompt_tokens"] - before["prompt_tokens"]
+        assert now["evaluated_tokens"] <= new + before["generated_tokens"], (before, now)
+        assert now["evaluated_tokens"] < now["prompt_tokens"] / 2
+        assert now["generated_tokens"] > 0 and now["first_token_ms"] > 0
+    recorded = companion.records.session_log(session_id)["turns"][-1]["timings"]
+    assert recorded["evaluated_tokens"] == timings[-1]["evaluated_tokens"]
+
+
+def test_the_prompt_is_built_from_persona_stage_face_and_memories(companion: Companion) -> None:
+    chat = companion.components.chat
+    _say(companion, "kim", "the plane trip panic was awful")
+    session_id = companion.start_session("kim", None)["session_id"]
+    session = companion.records.session(session_id)
+    events = list(companion.turn(session, TurnInput(text="I'm scared of flying")))
+    assert events[-1]["type"] == "done"
+    system, turn = chat.calls[-1][0], chat.calls[-1][-1]["content"]
+    assert system == {"role": "system", "content": companion.prompts.system}
+    assert "- the plane trip panic was awful" in turn
+    assert companion.prompts.stages["opening"] in turn
+    stored = companion.records.conversation(session_id).turns[0]
+    assert stored.prompt == turn and stored.text == "I'm scared of flying"
+
+
+def test_memories_already_in_the_prompt_are_not_repeated(companion: Companion) -> None:
+    chat = companion.components.chat
+    _say(companion, "lee", "thunderstorms make me panic")
+    session_id = companion.start_session("lee", None)["session_id"]
+    _talk(companion, session_id, ["a storm is coming tonight", "the storm is here now"])
+    first, second = chat.calls[-2][-1]["content"], chat.calls[-1][-1]["content"]
+    assert "thunderstorms make me panic" in first
+    assert "thunderstorms make me panic" not in second
+
+
+def test_a_long_conversation_folds_into_a_summary_and_never_overflows(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    config = tmp_path / "tadbot.toml"
+    config.write_text(
+        "[llm]\nmax_tokens = 24\nn_ctx = 2048\n[memory]\nhistory_tokens = 300\n", encoding="utf-8"
+    )
+    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
+    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=5))
+    components = Components(records=Records(tmp_path / "db.sqlite3"), chat=chat)
+    companion = Companion(components, settings, Prompts.load("Tad"))
+    session_id = companion.start_session("max", None)["session_id"]
+    lines = [f"turn {n}: my heart races when I think about the meeting on day {n}" for n in range(200)]
+    done = _talk(companion, session_id, lines)
+    assert len(done) == 200
+    assert max(d["timings"]["prompt_tokens"] for d in done) + 24 <= 2048
+    conversation = companion.records.conversation(session_id)
+    assert conversation.folded_through > 0 and conversation.summary
+    assert companion.records.session_log(session_id)["turns"][-2]["text"] == lines[-1], "nothing is dropped"
+    companion.close()
+
+
+def test_the_fallback_summary_keeps_their_newest_words_within_budget(tmp_path: Path, tiny_gguf: Path) -> None:
+    from server.records import Turn
+    from server.summary import fallback_summary
+
+    prompts = Prompts.load("Tad")
+    folded = [Turn(i, "user" if i % 2 else "assistant", f"words of turn {i}", "") for i in range(1, 41)]
+    summary = fallback_summary(prompts, "They fear crowds.", folded, lambda s: len(s.split()), 30)
+    assert len(summary.split()) <= 30
+    assert "'words of turn 39'" in summary and "turn 40" not in summary  # replies are not quoted
+    assert summary.startswith("... ")
+
+
+def test_turns_past_the_queue_bound_are_refused(companion: Companion) -> None:
+    limit = 1 + companion.settings.llm.queue_max
+    for _ in range(limit):
+        companion.admit()
+    with pytest.raises(LlmError) as refused:
+        companion.admit()
+    assert refused.value.status == 503 and refused.value.code == "llm_busy"
+    companion.release()
+    companion.admit()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import pathlib
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,7 +18,8 @@ import gguf
 import pytest
 
 from server.errors import ConfigError, LlmError, ModelError
-from server.llm import LlamaCppChat, OpenAICompatChat, fold_system, get_chat_model
+from server.llm import GenerationStats, LlamaCppChat, OpenAICompatChat, fold_system, get_chat_model
+from tests.conftest import free_port
 from tests.tiny_gguf import END_OF_TURN_ID, GEMMA2_CHAT_TEMPLATE, START_OF_TURN_ID, build_tiny_gemma2_gguf
 
 SYSTEM = {"role": "system", "content": "You are Tad, a calm companion."}
@@ -334,3 +339,76 @@ def test_get_chat_model_builds_each_backend_by_name(tiny_gguf: pathlib.Path) -> 
 def test_get_chat_model_rejects_unknown_backends() -> None:
     with pytest.raises(ValueError, match=r"'ollama'.*llama_cpp, openai"):
         get_chat_model("ollama")
+
+
+# --- OpenAICompatChat against llama-cpp-python's own OpenAI-compatible server ---------------------
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_gguf: pathlib.Path) -> Iterator[str]:
+    """`python -m llama_cpp.server` serving the tiny GGUF on loopback: a real engine a clinic might run."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf), "--host", "127.0.0.1"),
+            *("--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--seed", "7"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(base_url + "/v1/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            process.kill()
+            raise AssertionError(f"llama_cpp.server did not start: {process.communicate()[1][-2000:]!r}")
+        yield base_url
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_openai_backend_against_llama_cpp_server(llama_server: str) -> None:
+    model = OpenAICompatChat(llama_server, timeout_s=30)
+    stats = GenerationStats()
+    pieces = list(
+        model.stream_chat(
+            [SYSTEM, USER],
+            max_tokens=16,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=40,
+            repeat_penalty=1.1,
+            stats=stats,
+        )
+    )
+    assert pieces and all(isinstance(p, str) for p in pieces)
+    assert stats.generated_tokens == len(pieces) and stats.first_token_ms > 0
+    assert "<start_of_turn>" not in "".join(pieces)
+
+
+def test_a_whole_turn_through_the_openai_backend(llama_server: str, tmp_path: pathlib.Path) -> None:
+    from server.components import Components
+    from server.config import load_settings
+    from server.engine import Companion, TurnInput
+    from server.prompt import Prompts
+    from server.records import Records
+
+    config = tmp_path / "tadbot.toml"
+    config.write_text('[llm]\nbackend = "openai"\nmax_tokens = 16\n', encoding="utf-8")
+    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path)})
+    components = Components(records=Records(tmp_path / "db.sqlite3"), chat=OpenAICompatChat(llama_server))
+    companion = Companion(components, settings, Prompts.load("Tad"))
+    session = companion.records.session(companion.start_session("ola", None)["session_id"])
+    events = list(companion.turn(session, TurnInput(text="I feel a panic attack coming")))
+    assert events[0]["type"] == "transcript" and events[-1]["type"] == "done", events[-1]
+    assert any(e["type"] == "sentence" for e in events)
+    companion.close()
