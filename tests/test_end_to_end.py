@@ -6,14 +6,16 @@ reply into a WAV; the therapist reads it back.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, tadbot
 from tests.speech import rms, speak
 
 SENTENCE = "hello I feel anxious today"
@@ -176,3 +178,49 @@ def test_no_audio_or_image_is_ever_written(live_server: LiveServer, face_jpeg: P
         assert not content.startswith((b"RIFF", b"\xff\xd8\xff", b"\x89PNG")), f"{path} holds raw media"
         assert not any(f in content for f in fingerprints), f"{path} holds bytes of the uploaded media"
     assert not list(live_server.tmp_dir.iterdir()), "the server spooled something to its temp dir"
+
+
+def test_a_typed_turn_is_answered_from_persona_face_and_memories(
+    live_server: LiveServer, face_jpeg: Path, tiny_gguf: Path
+) -> None:
+    """`tadbot device --text ...`: the reply was generated from the persona, the face note and a memory."""
+    device = (
+        "device",
+        "--server",
+        live_server.url,
+        "--token",
+        live_server.device_token,
+        "--client",
+        "e2e-mem",
+    )
+    earlier = tadbot(*device, "--text", "the plane trip panic last spring was the worst", env=live_server.env)
+    assert earlier.returncode == 0, earlier.stdout + earlier.stderr
+    now = tadbot(
+        *device, "--text", "I feel a panic attack coming", "--frame", str(face_jpeg), env=live_server.env
+    )
+    assert now.returncode == 0, now.stdout + now.stderr
+
+    with contextlib.closing(sqlite3.connect(live_server.data_dir / "tadbot.sqlite3")) as db:
+        (prompt, sid) = db.execute(
+            "SELECT prompt, session_id FROM turns WHERE role = 'user' AND text = ?",
+            ("I feel a panic attack coming",),
+        ).fetchone()
+        (timings,) = db.execute(
+            "SELECT timings FROM turns WHERE role = 'assistant' AND session_id = ?", (sid,)
+        ).fetchone()
+    from server.prompt import Prompts
+
+    prompts = Prompts.load("Tad")
+    assert "- the plane trip panic last spring was the worst" in prompt, prompt
+    assert "(Their face looks: " in prompt and prompts.stages["opening"] in prompt
+    assert (
+        prompt.index("plane trip") < prompt.index("I feel a panic attack coming") < prompt.index("face looks")
+    )
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(tiny_gguf), vocab_only=True, verbose=False)
+    persona = len(vocab.tokenize(prompts.system.encode(), add_bos=False, special=True))
+    said = len(vocab.tokenize(prompt.encode(), add_bos=False, special=True))
+    # The model read the persona as well as the turn: the prompt it evaluated holds both.
+    assert json.loads(timings)["prompt_tokens"] >= persona + said
+    assert any(line.strip() for line in now.stdout.splitlines()), "no reply was printed"
