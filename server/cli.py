@@ -163,6 +163,50 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0 if all(r.state == models.VerifyState.OK for r in results) else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Prints progress on stderr and the report as one JSON object on the last line of stdout."""
+    _require("server")
+    import json
+
+    from server.bench.llm import BenchOptions, run_llm_bench
+
+    def say(line: str) -> None:
+        print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    if args.model:
+        model = Path(args.model)
+        if not model.is_file():
+            raise TadbotError("model_missing", f"--model {model}: no such file")
+    else:
+        from server.bench.gemma_gguf import ensure_bench_gemma
+        from server.models import models_dir
+
+        say("building (or reusing) a full-size random-weight Gemma-2-2B Q4_K_M under models/bench/")
+        model = ensure_bench_gemma(models_dir(), _build_progress(say))
+    options = BenchOptions(
+        model=model,
+        turns=args.turns,
+        n_threads=args.threads or os.cpu_count() or 4,
+        n_ctx=args.n_ctx,
+        max_tokens=args.max_tokens,
+    )
+    print(json.dumps(run_llm_bench(options, say)))
+    return 0
+
+
+def _build_progress(say: Callable[[str], None]) -> Callable[[str, int, int], None]:
+    """A line every tenth of each build step: the step takes minutes and is worth watching."""
+    shown: dict[str, int] = {}
+
+    def progress(step: str, done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if shown.get(step) != tenth:
+            shown[step] = tenth
+            say(f"{step}: {tenth * 10}%")
+
+    return progress
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tadbot", description="TADBot: a private voice companion for anxiety."
@@ -204,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "roles", nargs="*", help="roles or model names to pull (default: every default model)"
     )
+
+    bench = add("bench", cmd_bench, "measure speed; prints one JSON object on the last line of stdout")
+    bench.add_argument("target", choices=("llm",))
+    bench.add_argument(
+        "--model", help="GGUF to measure (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once)"
+    )
+    bench.add_argument("--turns", type=int, default=20, help="turns in the measured conversation")
+    bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
+    bench.add_argument("--n-ctx", type=int, default=2048, help="context window, as llm.n_ctx")
+    bench.add_argument("--max-tokens", type=int, default=64, help="longest reply, as llm.max_tokens")
     return parser
 
 

@@ -38,7 +38,8 @@ class GenerationStats:
     evaluated_tokens: int = 0
     generated_tokens: int = 0
     first_token_ms: float = 0.0
-    decode_tokens_per_s: float = 0.0
+    decode_ms: float = 0.0
+    """Wall time from the first piece to the end of the stream: the decoding, with whatever the reader did."""
 
     def timings(self) -> dict[str, float]:
         return {
@@ -46,6 +47,7 @@ class GenerationStats:
             "evaluated_tokens": self.evaluated_tokens,
             "generated_tokens": self.generated_tokens,
             "first_token_ms": round(self.first_token_ms, 1),
+            "decode_ms": round(self.decode_ms, 1),
         }
 
 
@@ -196,6 +198,7 @@ class LlamaCppChat:
             )
         stats = stats if stats is not None else GenerationStats()
         started = time.monotonic()
+        first = 0.0
         pieces = 0
         try:
             llama_cpp.llama_perf_context_reset(self._llm.ctx)
@@ -214,12 +217,15 @@ class LlamaCppChat:
                 content = chunk["choices"][0]["delta"].get("content")
                 if content:
                     if not pieces:
-                        stats.first_token_ms = (time.monotonic() - started) * 1000
+                        first = time.monotonic()
+                        stats.first_token_ms = (first - started) * 1000
                     pieces += 1
                     yield content
         except Exception as exc:
             raise LlmError("llm_failed", f"{self.name} failed while generating: {exc}") from exc
         finally:
+            if pieces:
+                stats.decode_ms = (time.monotonic() - first) * 1000
             self._count(stats)
             self._lock.release()
             _LOGGER.info(
@@ -241,7 +247,6 @@ class LlamaCppChat:
         stats.evaluated_tokens = int(perf.n_p_eval)
         stats.generated_tokens = int(perf.n_eval) + 1 if perf.n_eval or perf.n_p_eval else 0
         stats.prompt_tokens = max(0, int(self._llm.n_tokens) - int(perf.n_eval))
-        stats.decode_tokens_per_s = perf.n_eval / perf.t_eval_ms * 1000 if perf.t_eval_ms > 0 else 0.0
 
 
 def _model_hint(path: Path, problem: str) -> str:
