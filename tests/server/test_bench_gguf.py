@@ -14,7 +14,13 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from server.bench.gemma_gguf import GEMMA2_2B, bench_gguf_path, ensure_bench_gemma, is_bench_gguf
+from server.bench.gemma_gguf import (
+    GEMMA2_2B,
+    bench_gguf_path,
+    dictionary_pieces,
+    ensure_bench_gemma,
+    is_bench_gguf,
+)
 from server.bench.quantize import quantize_q4_k_m
 from server.errors import ModelError
 from tests.conftest import ROOT
@@ -34,6 +40,7 @@ SMALL = dataclasses.replace(
     sliding_window=256,
     n_vocab=4096,
 )
+WORDS = ["my", "heart", "is", "racing", "breathe", "slow", "##ly", "calm"]
 PROMPT = b"<start_of_turn>user\nMy heart is racing.<end_of_turn>\n<start_of_turn>model\n"
 
 Steps = list[tuple[str, int, int]]
@@ -43,7 +50,11 @@ Steps = list[tuple[str, int, int]]
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Steps]:
     steps: Steps = []
     path = ensure_bench_gemma(
-        tmp_path_factory.mktemp("models"), lambda *step: steps.append(step), spec=SMALL, n_threads=1
+        tmp_path_factory.mktemp("models"),
+        lambda *step: steps.append(step),
+        spec=SMALL,
+        n_threads=1,
+        words=WORDS,
     )
     return path, steps
 
@@ -105,11 +116,27 @@ def test_it_generates_words_and_sentence_ends_never_filler(llm: llama_cpp.Llama)
     assert any(piece.endswith(".") for piece in pieces), pieces
 
 
+def test_the_dictionary_makes_english_cost_about_a_token_a_word(llm: llama_cpp.Llama) -> None:
+    pieces = [
+        llm.detokenize([t]) for t in llm.tokenize(b" my heart is racing, breathe slowly", add_bos=False)
+    ]
+    assert pieces == [b" my", b" heart", b" is", b" racing", b",", b" breathe", b" slowly"]
+    # A word outside the dictionary still tokenizes, a piece at a time.
+    assert b"".join(llm.detokenize([t]) for t in llm.tokenize(b" zebra", add_bos=False)) == b" zebra"
+
+
+def test_dictionary_pieces_hold_every_prefix_capitals_and_word_endings() -> None:
+    pieces = dictionary_pieces(["calm", "##ly", "[UNK]", "café", "2nd"])
+    assert pieces == ["▁c", "▁ca", "▁cal", "▁calm", "▁C", "▁Ca", "▁Cal", "▁Calm", "ly"]
+
+
 def test_a_second_call_reuses_the_file(built: tuple[Path, Steps]) -> None:
     path, _ = built
     before = path.stat()
     steps: Steps = []
-    assert ensure_bench_gemma(path.parents[1], lambda *step: steps.append(step), spec=SMALL) == path
+    assert (
+        ensure_bench_gemma(path.parents[1], lambda *step: steps.append(step), spec=SMALL, words=WORDS) == path
+    )
     assert steps == []
     assert (path.stat().st_mtime_ns, path.stat().st_ino) == (before.st_mtime_ns, before.st_ino)
 
@@ -120,7 +147,7 @@ def test_a_truncated_or_foreign_file_is_rebuilt(built: tuple[Path, Steps], tmp_p
     target.write_bytes(built[0].read_bytes()[: built[0].stat().st_size // 2])
     assert not is_bench_gguf(target, SMALL)
     assert not is_bench_gguf(built[0], dataclasses.replace(SMALL, n_layer=2))
-    assert ensure_bench_gemma(tmp_path, spec=SMALL) == target
+    assert ensure_bench_gemma(tmp_path, spec=SMALL, words=WORDS) == target
     assert target.read_bytes() == built[0].read_bytes()
 
 
@@ -132,11 +159,11 @@ def test_a_build_killed_midway_never_leaves_a_file_under_the_final_name(
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from server.bench.gemma_gguf import ensure_bench_gemma\n"
-        "from tests.server.test_bench_gguf import SMALL\n"
+        "from tests.server.test_bench_gguf import SMALL, WORDS\n"
         "def die(step, done, total):\n"
         "    if step == sys.argv[2] and 0 < done < total:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "ensure_bench_gemma(Path(sys.argv[1]), die, spec=SMALL, n_threads=1)\n"
+        "ensure_bench_gemma(Path(sys.argv[1]), die, spec=SMALL, n_threads=1, words=WORDS)\n"
     )
     killed = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path), step], cwd=ROOT, capture_output=True, timeout=120
@@ -145,7 +172,7 @@ def test_a_build_killed_midway_never_leaves_a_file_under_the_final_name(
     target = bench_gguf_path(tmp_path, SMALL)
     assert not target.exists()
     assert list(target.parent.glob("*.part"))  # what the killed build left behind
-    assert ensure_bench_gemma(tmp_path, spec=SMALL) == target
+    assert ensure_bench_gemma(tmp_path, spec=SMALL, words=WORDS) == target
     assert target.read_bytes() == built[0].read_bytes()
     assert [p.name for p in target.parent.iterdir()] == [target.name]
 
@@ -156,7 +183,7 @@ def test_an_interrupted_build_cleans_up_after_itself(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ensure_bench_gemma(tmp_path, interrupt, spec=SMALL)
+        ensure_bench_gemma(tmp_path, interrupt, spec=SMALL, words=WORDS)
     assert list((tmp_path / "bench").iterdir()) == []
 
 

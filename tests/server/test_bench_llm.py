@@ -32,6 +32,8 @@ def test_bench_llm_prints_one_json_report_on_its_last_line(tiny_gguf: Path, tmp_
         "1",
         "--n-ctx",
         "4096",
+        "--max-tokens",
+        "16",
         env=env,
         timeout=600,
     )
@@ -39,6 +41,7 @@ def test_bench_llm_prints_one_json_report_on_its_last_line(tiny_gguf: Path, tmp_
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(report) >= KEYS, report
     assert report["model"] == str(tiny_gguf) and report["turns"] == 4
+    assert report["speaking_wpm"] == 165, "turns are spaced as a person listening to the reply would"
     assert 0 < report["decode_ratio"] < 2
     assert report["raw_decode_tokens_per_s"] > 0 and report["server_decode_tokens_per_s"] > 0
     # The server reads only what each turn added; the naive layout reads the notes and everything after.
