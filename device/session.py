@@ -28,6 +28,8 @@ _LOGGER = logging.getLogger(__name__)
 _REFUSED = frozenset({401, 403})
 """The server does not accept this device: retrying cannot help, and would only hammer it."""
 _SESSION_GONE = frozenset({404, 409})
+MAX_PAUSE_MS = 20_000
+"""Longest silence a sentence may ask for: an exercise's longest phase, with room to spare."""
 """The server lost the session (404) or it has ended (409): a new one fixes that."""
 
 
@@ -235,13 +237,15 @@ class Conversation:
         elif kind == EventType.EMOTIONS:
             self._print(f"face: {describe_faces(event)}")
         elif kind == EventType.SAFETY:
-            message = str(event.get("message", ""))
-            self._print(f"safety: {event.get('level', '?')}: {message}")
-            self._say(message)
+            # Shown, not spoken: what to say (the helpline among it) follows as sentences, in a calm order.
+            self._print(f"safety: {event.get('level', '?')}: {event.get('message', '')}")
         elif kind == EventType.SENTENCE:
             text = str(event.get("text", ""))
             self._print(f"bot: {text}")
             self._say(text)
+            pause_ms = event.get("pause_ms", 0)
+            if isinstance(pause_ms, int) and pause_ms > 0:
+                self._speaker.pause(min(pause_ms, MAX_PAUSE_MS) / 1000)
         elif kind == EventType.DONE:
             _LOGGER.info("turn %s done; timings %s", event.get("turn_id"), event.get("timings", {}))
             return True

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,10 @@ class Speaker(Protocol):
 
     def say(self, text: str) -> None:
         """Speak `text` (one sentence or so); blocks until spoken so the microphone never hears it."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Keep quiet for `seconds`: the pacing of a guided exercise ("Breathe in." then four seconds)."""
         ...
 
     def close(self) -> None:
@@ -162,6 +167,9 @@ class Pyttsx3Speaker:
             reason = (played.stderr.strip().splitlines() or ["aplay failed"])[-1]
             _LOGGER.warning("could not play speech: %s", reason)
 
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def close(self) -> None:
         self._engine.close()
         self._scratch.cleanup()
@@ -186,6 +194,9 @@ class WavFileSpeaker:
     def say(self, text: str) -> None:
         if text.strip():
             self._sentences.append(text.strip())
+
+    def pause(self, seconds: float) -> None:
+        """Nobody waits on a file, so an exercise's pauses are left out of it."""
 
     def close(self) -> None:
         try:

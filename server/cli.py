@@ -168,30 +168,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _require("server")
     import json
 
-    from server.bench.llm import SPEAKING_WPM, BenchOptions, run_llm_bench
-
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
+    model = _bench_model(args, say)
+    threads = args.threads or os.cpu_count() or 4
+    if args.target == "safety":
+        from server.bench.safety import SafetyBenchOptions, run_safety_bench
+
+        report = run_safety_bench(SafetyBenchOptions(model, threads, args.n_ctx), say)
+    else:
+        from server.bench.llm import SPEAKING_WPM, BenchOptions, run_llm_bench
+
+        options = BenchOptions(
+            model=model,
+            turns=args.turns,
+            n_threads=threads,
+            n_ctx=args.n_ctx,
+            max_tokens=args.max_tokens,
+            speaking_wpm=0 if args.no_pause else SPEAKING_WPM,
+        )
+        report = run_llm_bench(options, say)
+    print(json.dumps(report))
+    return 0
+
+
+def _bench_model(args: argparse.Namespace, say: Callable[[str], None]) -> Path:
     if args.model:
         model = Path(args.model)
         if not model.is_file():
             raise TadbotError("model_missing", f"--model {model}: no such file")
-    else:
-        from server.bench.gemma_gguf import ensure_bench_gemma
-        from server.models import models_dir
+        return model
+    from server.bench.gemma_gguf import ensure_bench_gemma
+    from server.models import models_dir
 
-        say("building (or reusing) a full-size random-weight Gemma-2-2B Q4_K_M under models/bench/")
-        model = ensure_bench_gemma(models_dir(), _build_progress(say))
-    options = BenchOptions(
-        model=model,
-        turns=args.turns,
-        n_threads=args.threads or os.cpu_count() or 4,
-        n_ctx=args.n_ctx,
-        max_tokens=args.max_tokens,
-        speaking_wpm=0 if args.no_pause else SPEAKING_WPM,
+    say("building (or reusing) a full-size random-weight Gemma-2-2B Q4_K_M under models/bench/")
+    return ensure_bench_gemma(models_dir(), _build_progress(say))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """The figures on stderr for a person, then one JSON object on the last line of stdout."""
+    import json
+
+    from server.eval.safety import evaluate, read_rows
+    from server.safety import CrisisDetector
+
+    report = evaluate(read_rows(Path(args.data)), CrisisDetector.load())
+    print(
+        f"safety: recall {report['recall']} on {report['crisis']} crisis rows, false alarms "
+        f"{report['false_alarm_rate']} on {report['not_crisis']} others, {len(report['errors'])} errors",
+        file=sys.stderr,
     )
-    print(json.dumps(run_llm_bench(options, say)))
+    print(json.dumps(report, ensure_ascii=False))
     return 0
 
 
@@ -251,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bench = add("bench", cmd_bench, "measure speed; prints one JSON object on the last line of stdout")
-    bench.add_argument("target", choices=("llm",))
+    bench.add_argument(
+        "target", choices=("llm", "safety"), help="llm: reply speed; safety: how soon a crisis reply starts"
+    )
     bench.add_argument(
         "--model", help="GGUF to measure (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once)"
     )
@@ -263,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-pause",
         action="store_true",
         help="send each turn at once, instead of after the time the last reply takes to say aloud",
+    )
+
+    evaluation = add("eval", cmd_eval, "measure quality on labelled data; one JSON object on the last line")
+    evaluation.add_argument("target", choices=("safety",))
+    evaluation.add_argument(
+        "--data", required=True, help="CSV with columns label,text; labels crisis, concern or safe"
     )
     return parser
 

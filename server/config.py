@@ -129,6 +129,34 @@ class PersonaSection:
 
 
 @dataclass(frozen=True)
+class SafetySection:
+    locale: str = _opt(
+        "US",
+        "Country whose crisis line the crisis reply gives (US, CA, GB, IE, AU, NZ; any other gets "
+        "findahelpline.com). Lines live in server/data/crisis_reply.toml.",
+    )
+    alert_url: str = _opt(
+        "",
+        "Webhook that gets a JSON POST when a crisis is detected (client pseudonym, session, level, time; "
+        "never their words). Empty: off. A failed alert is logged and never delays the reply.",
+    )
+    alert_timeout_s: float = _opt(5.0, "How long an alert may take before it is given up.", lo=0.1, hi=60)
+    offer_after_turns: int = _opt(
+        2,
+        "Turns in a row with fear or sadness on the face before a breathing exercise is offered; "
+        "0: never offer because of the face.",
+        lo=0,
+        hi=100,
+    )
+    offer_min_score: float = _opt(
+        0.5, "How sure the face reading must be of fear or sadness to count.", lo=0.0, hi=1.0
+    )
+    offer_every_turns: int = _opt(
+        5, "At most one offer of an exercise in this many exchanges, so it never nags.", lo=1, hi=1000
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSection = field(default_factory=ServerSection)
     llm: LlmSection = field(default_factory=LlmSection)
@@ -136,6 +164,7 @@ class Settings:
     stt: SttSection = field(default_factory=SttSection)
     memory: MemorySection = field(default_factory=MemorySection)
     persona: PersonaSection = field(default_factory=PersonaSection)
+    safety: SafetySection = field(default_factory=SafetySection)
     source: str = "defaults"
 
     @property
@@ -238,6 +267,7 @@ SECTION_TYPES: dict[str, type] = {
     "fer": FerSection,
     "stt": SttSection,
     "memory": MemorySection,
+    "safety": SafetySection,
     "persona": PersonaSection,
 }
 

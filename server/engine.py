@@ -1,7 +1,10 @@
 """Where a reply is decided: one spoken turn from words (and a face) to streamed sentences.
 
-The engine receives ready components and never builds its own. Every turn stream ends with `done` or
-`error`; the turn is committed to the record before `done` is sent.
+A reply comes from one of four places, decided in this order: the crisis script (the model is never asked),
+a guided exercise the person asked for or accepted, the language model, or, when the model is missing,
+busy or failing, a steady talk-down and an exercise. The engine receives ready components and never builds
+its own. Every turn stream ends with `done` or `error`; the turn is committed to the record before `done`
+is sent.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.care import Care, Line
 from server.components import Components
 from server.config import Settings
 from server.errors import LlmError, MemoryStoreError, TadbotError
 from server.llm import GenerationStats
 from server.prompt import Prompts, build_messages, stage_for, turn_content
 from server.records import Conversation, SessionRow, Turn
+from server.safety import Assessment, Level
 from server.summary import TURN_OVERHEAD_TOKENS, Summariser, fallback_summary, plan_fold, summarise_prompt
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,11 +53,24 @@ class TurnInput:
     frames: Sequence[Any] = field(default_factory=tuple)
 
 
+class Source(enum.StrEnum):
+    """Where a reply came from; the `done` event says which."""
+
+    LLM = "llm"
+    CRISIS = "crisis"
+    EXERCISE = "exercise"
+    OFFLINE = "offline"
+
+
 class Companion:
-    def __init__(self, components: Components, settings: Settings, prompts: Prompts) -> None:
+    def __init__(
+        self, components: Components, settings: Settings, prompts: Prompts, care: Care | None = None
+    ) -> None:
         self.components = components
         self.settings = settings
         self.prompts = prompts
+        # The safety rules and exercises are data shipped with the package: cheap and certain to load.
+        self.care = care or Care.load(settings.safety)
         self._turns = 0
         self._turns_changed = threading.Condition()
         self.summariser = Summariser(self._fold_with_model)
@@ -123,39 +141,19 @@ class Companion:
                 return
 
             t0 = time.perf_counter()
-            conversation = self._fit(session.id)
-            memories = self._recall(session, text, conversation)
-            timings["memory_ms"] = _ms(t0)
-            exchange = len(self.records.user_turns(session.id)) + 1
-            persona = self.settings.persona
-            stage = stage_for(exchange, persona.stage_building, persona.stage_established)
-
-            def content_with(notes: Sequence[str]) -> str:
-                return turn_content(self.prompts, user_text=text, memories=notes, stage=stage, top3=top3)
-
-            conversation, content = self._within_context(session.id, conversation, content_with, memories)
-            self.records.add_turn(session.id, "user", text, {}, prompt=content)
-            self._remember(session, "user", text)
-
-            if self.components.chat is None:
-                status = self.components.status.get("llm")
-                yield event(
-                    EventType.ERROR,
-                    code="llm_unavailable",
-                    message="The language model is not loaded: "
-                    + (status.detail if status else "see /api/v1/health"),
-                )
+            assessment = self.care.assess(text)
+            timings["safety_ms"] = _ms(t0)
+            if assessment.level == Level.CRISIS:
+                yield from self._crisis(session, text, assessment, started, timings)
                 return
-
-            messages = build_messages(
-                self.prompts,
-                summary=conversation.summary,
-                history=[{"role": t.role, "content": t.prompt} for t in conversation.turns],
-                content=content,
-            )
-            yield from self._speak(session, messages, started, timings)
-            if self._needs_fold(conversation, content, early=True):
-                self.summariser.submit(session.id)
+            exercise = self.care.exercise_for(session.id, text)
+            if exercise is not None:
+                self.records.add_turn(session.id, "user", text, {})
+                self._remember(session, "user", text)
+                lines = [Line(step.text, step.pause_ms) for step in exercise.steps]
+                yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
+                return
+            yield from self._answer(session, text, assessment, top3, started, timings)
         except TadbotError as exc:
             _LOGGER.warning("turn failed in session %s: %s (%s)", session.id, exc.code, exc.message)
             yield event(EventType.ERROR, code=exc.code, message=exc.message)
@@ -167,36 +165,184 @@ class Companion:
                 message="The server failed while answering; the error is in its log.",
             )
 
-    def _speak(
-        self, session: SessionRow, messages: list[dict[str, str]], started: float, timings: dict[str, float]
+    def _crisis(
+        self,
+        session: SessionRow,
+        text: str,
+        assessment: Assessment,
+        started: float,
+        timings: dict[str, float],
     ) -> Iterator[dict[str, Any]]:
-        """Stream the reply sentence by sentence and commit it before `done`.
+        """The scripted crisis reply: recorded and flagged for the therapist, alerted, and spoken at once."""
+        turn_id = self.records.add_turn(session.id, "user", text, {})
+        helpline = self.care.crisis.helpline
+        trigger = f"{assessment.rule}: {assessment.trigger}"
+        self.records.add_safety_event(session.id, turn_id, Level.CRISIS, trigger, helpline)
+        _LOGGER.warning(
+            "session %s: crisis (%s); answering from the crisis script", session.id, assessment.rule
+        )
+        self.care.alerts.send(
+            client=session.client, session_id=session.id, level=Level.CRISIS, rule=assessment.rule
+        )
+        self._remember(session, "user", text)
+        yield event(EventType.SAFETY, level=str(Level.CRISIS), message=helpline)
+        yield from self._scripted(session, self.care.crisis_lines(), Source.CRISIS, started, timings)
 
-        If the device hangs up or the model fails mid-reply, what was already sent is still recorded, marked
-        interrupted: the therapist reads what the person actually heard.
+    def _answer(
+        self,
+        session: SessionRow,
+        text: str,
+        assessment: Assessment,
+        top3: list[dict[str, Any]],
+        started: float,
+        timings: dict[str, float],
+    ) -> Iterator[dict[str, Any]]:
+        """A reply from the language model, or without it when it is missing or too busy to wait for."""
+        t0 = time.perf_counter()
+        conversation = self._fit(session.id)
+        memories = self._recall(session, text, conversation)
+        timings["memory_ms"] = _ms(t0)
+        exchange = len(self.records.user_turns(session.id)) + 1
+        persona = self.settings.persona
+        stage = stage_for(exchange, persona.stage_building, persona.stage_established)
+        note = ""
+        if assessment.level == Level.CONCERN:
+            note = self.care.crisis.concern_note
+            _LOGGER.info(
+                "session %s: concern (%s); a safety note goes to the model", session.id, assessment.rule
+            )
+
+        def content_with(notes: Sequence[str]) -> str:
+            return turn_content(
+                self.prompts, user_text=text, memories=notes, stage=stage, top3=top3, safety_note=note
+            )
+
+        conversation, content = self._within_context(session.id, conversation, content_with, memories)
+        turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content)
+        if note:
+            trigger = f"{assessment.rule}: {assessment.trigger}"
+            self.records.add_safety_event(
+                session.id, turn_id, Level.CONCERN, trigger, "the model was asked to answer with care"
+            )
+        self._remember(session, "user", text)
+        offer = self.care.offer(session.id, exchange, assessment, top3)
+
+        if self.components.chat is None:
+            status = self.components.status.get("llm")
+            _LOGGER.warning(
+                "session %s: no language model (%s); talking down without it",
+                session.id,
+                status.detail if status else "not loaded",
+            )
+            yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
+            return
+        try:
+            self.admit()
+        except LlmError as exc:
+            _LOGGER.warning("session %s: %s; talking down without the model", session.id, exc.message)
+            yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
+            return
+        try:
+            messages = build_messages(
+                self.prompts,
+                summary=conversation.summary,
+                history=[{"role": t.role, "content": t.prompt} for t in conversation.turns],
+                content=content,
+            )
+            yield from self._speak(session, messages, started, timings, offer)
+        finally:
+            self.release()
+        if self._needs_fold(conversation, content, early=True):
+            self.summariser.submit(session.id)
+
+    def _scripted(
+        self,
+        session: SessionRow,
+        lines: Sequence[Line],
+        source: Source,
+        started: float,
+        timings: dict[str, float],
+    ) -> Iterator[dict[str, Any]]:
+        """Stream fixed lines as sentences (with their pauses) and record them as the companion's turn."""
+        sent: list[str] = []
+        committed = False
+        try:
+            for line in lines:
+                if not sent:
+                    timings["first_sentence_ms"] = _ms(started)
+                sent.append(line.text)
+                if line.pause_ms:
+                    yield event(EventType.SENTENCE, text=line.text, pause_ms=line.pause_ms)
+                else:
+                    yield event(EventType.SENTENCE, text=line.text)
+            reply = " ".join(sent)
+            timings["total_ms"] = _ms(started)
+            turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
+            committed = True
+            self._remember(session, "assistant", reply)
+            _LOGGER.info(
+                "reply %d in session %s from %s: %d sentences", turn_id, session.id, source, len(sent)
+            )
+            yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(source))
+        finally:
+            if sent and not committed:
+                self._record_interrupted(session, sent)
+
+    def _speak(
+        self,
+        session: SessionRow,
+        messages: list[dict[str, str]],
+        started: float,
+        timings: dict[str, float],
+        offer: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Stream the reply sentence by sentence, each through the output guard, and commit it before `done`.
+
+        A blocked sentence is replaced by its category's safe line, recorded as a safety event, and ends the
+        reply: what follows it usually carries the same idea. A model that fails or says nothing before its
+        first sentence is replaced by the talk-down. If the device hangs up or the model fails mid-reply,
+        what was already sent is still recorded, marked interrupted: the therapist reads what the person
+        actually heard.
         """
         sentences: list[str] = []
         raw: list[str] = []
         stats = GenerationStats()
         committed = False
+        blocked = False
         try:
-            with contextlib.closing(self._reply(messages, raw, stats)) as replies:
-                for sentence in replies:
-                    if not sentences:
-                        timings["first_sentence_ms"] = _ms(started)
-                    sentences.append(sentence)
-                    yield event(EventType.SENTENCE, text=sentence)
+            try:
+                with contextlib.closing(self._reply(messages, raw, stats)) as replies:
+                    for sentence in replies:
+                        verdict = self.care.check_sentence(sentence)
+                        if verdict.blocked:
+                            self._blocked(session, sentence, verdict.category or "", verdict.replacement)
+                            sentence, blocked = verdict.replacement, True
+                        if not sentences:
+                            timings["first_sentence_ms"] = _ms(started)
+                        sentences.append(sentence)
+                        yield event(EventType.SENTENCE, text=sentence)
+                        if blocked:
+                            break
+            except LlmError as exc:
+                if sentences:
+                    raise
+                _LOGGER.warning("session %s: %s; talking down without the model", session.id, exc.message)
             if not sentences:
-                yield event(
-                    EventType.ERROR,
-                    code="empty_reply",
-                    message="The language model produced nothing to say; the device should fall back.",
+                _LOGGER.warning("session %s: the model said nothing; talking down without it", session.id)
+                yield from self._scripted(
+                    session, self.care.without_model(), Source.OFFLINE, started, timings
                 )
                 return
+            if offer:
+                sentences.append(offer)
+                yield event(EventType.SENTENCE, text=offer)
             reply = " ".join(sentences)
+            # Later prompts replay the model's own text, so the cache is reused; a blocked reply is
+            # replayed as it was said instead, so the model never reads its blocked words back.
+            spoken = reply if blocked else "".join(raw) + (f" {offer}" if offer else "")
             timings.update(stats.timings())
             timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(session.id, "assistant", reply, timings, prompt="".join(raw))
+            turn_id = self.records.add_turn(session.id, "assistant", reply, timings, prompt=spoken)
             committed = True
             self._remember(session, "assistant", reply)
             _LOGGER.info(
@@ -205,10 +351,16 @@ class Companion:
                 session.id,
                 " ".join(f"{k}={v:.0f}" for k, v in timings.items()),
             )
-            yield event(EventType.DONE, turn_id=turn_id, timings=timings)
+            yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(Source.LLM))
         finally:
             if sentences and not committed:
                 self._record_interrupted(session, sentences)
+
+    def _blocked(self, session: SessionRow, sentence: str, category: str, replacement: str) -> None:
+        _LOGGER.warning("session %s: the output guard blocked a sentence (%s)", session.id, category)
+        self.records.add_safety_event(
+            session.id, None, "blocked", f"{category}: {sentence}", f"said instead: {replacement}"
+        )
 
     def _record_interrupted(self, session: SessionRow, sentences: list[str]) -> None:
         _LOGGER.warning("reply in session %s cut off after %d sentences", session.id, len(sentences))

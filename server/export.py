@@ -32,15 +32,17 @@ def to_json(log: dict[str, Any]) -> tuple[str, str]:
 def to_csv(log: dict[str, Any]) -> tuple[str, str]:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["time", "kind", "role_or_source", "text", "faces", "emotions", "safety_level"])
+    writer.writerow(
+        ["time", "kind", "role_or_source", "text", "faces", "emotions", "safety_level", "safety_trigger"]
+    )
     for t, kind, row in _timeline(log):
         if kind == "turn":
             cut = " [cut off]" if row["timings"].get("interrupted") else ""
-            writer.writerow([_when(t), kind, row["role"], row["text"] + cut, "", "", ""])
+            writer.writerow([_when(t), kind, row["role"], row["text"] + cut, "", "", "", ""])
         elif kind == "emotion":
-            writer.writerow([_when(t), kind, row["source"], "", row["faces"], _emotions(row["top3"]), ""])
+            writer.writerow([_when(t), kind, row["source"], "", row["faces"], _emotions(row["top3"]), "", ""])
         else:
-            writer.writerow([_when(t), kind, "", row["message"], "", "", row["level"]])
+            writer.writerow([_when(t), kind, "", row["message"], "", "", row["level"], row["trigger"]])
     return out.getvalue(), "text/csv"
 
 

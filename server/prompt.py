@@ -80,6 +80,7 @@ def turn_content(
     memories: Sequence[str] = (),
     stage: str = "",
     top3: Sequence[dict[str, object]] = (),
+    safety_note: str = "",
 ) -> str:
     """The newest user turn as the model sees it; it is stored and replayed unchanged in later prompts."""
     parts = []
@@ -90,6 +91,8 @@ def turn_content(
     parts.append(user_text)
     if top3:
         parts.append(prompts.emotion_note.format(emotions=emotions_text(top3)))
+    if safety_note:
+        parts.append(safety_note)
     return "\n".join(parts)
 
 

@@ -237,6 +237,17 @@ class Records:
                 (session_id, time.time(), source, faces, json.dumps(top3)),
             )
 
+    def add_safety_event(
+        self, session_id: str, turn_id: int | None, level: str, trigger: str, message: str
+    ) -> None:
+        """`trigger`: the words that raised it; `message`: what the person was told, or what was blocked."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO safety_events (session_id, turn_id, t, level, trigger, message) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, turn_id, time.time(), level, trigger, message),
+            )
+
     def end_session(self, session_id: str, summary: str) -> int:
         """Close the session (idempotent) and return how many exchanges it held."""
         with self._connect() as db:
@@ -255,7 +266,9 @@ class Records:
         query = (
             "SELECT s.id, c.pseudonym AS client, s.started_at, s.ended_at, "
             "(SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id AND t.role = 'user') AS turns, "
-            "(SELECT COUNT(*) FROM safety_events e WHERE e.session_id = s.id) AS safety_events "
+            "(SELECT COUNT(*) FROM safety_events e WHERE e.session_id = s.id) AS safety_events, "
+            "EXISTS (SELECT 1 FROM safety_events e WHERE e.session_id = s.id AND e.level = 'crisis') "
+            "AS crisis "
             "FROM sessions s JOIN clients c ON c.id = s.client_id"
         )
         params: tuple[Any, ...] = ()

@@ -67,15 +67,13 @@ def turn(session_id: str) -> Response:
             413,
         )
     given = TurnInput(audio=audio, text=text, frames=_frames(engine.components.fer is not None))
-    engine.admit()
-    response = Response(
+    # The engine takes its place in the model's queue only when the reply needs the model; past the
+    # queue's bound it answers without it, so no turn is ever refused for being busy.
+    return Response(
         _ndjson(engine.turn(session, given)),
         mimetype="application/x-ndjson",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
-    # Runs when the stream ends, however it ends (also when the device hangs up or never reads it).
-    response.call_on_close(engine.release)
-    return response
 
 
 @bp.post("/<session_id>/frames")

@@ -18,36 +18,22 @@ summary, reading the new prompt start into the cache) in that time, as it does o
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import tomllib
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.errors import TadbotError
+from server.bench.live import BENCH_CLIENT, LiveServer
 from server.records import Conversation
 
 Say = Callable[[str], None]
 SPEAKING_WPM = 165
 """The device's default speaking rate (device.tts_rate)."""
-
-
-@dataclass(frozen=True)
-class TurnMeasure:
-    timings: dict[str, float]
-    sentences: int
-    first_sentence_s: float | None
-    done_s: float
-    words: int
 
 
 @dataclass(frozen=True)
@@ -72,7 +58,15 @@ def run_llm_bench(options: BenchOptions, say: Say) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tadbot-bench-") as tmp:
         data = Path(tmp) / "data"
         remembered = _seed_memory(data, earlier)
-        with _Server(Path(tmp), options, say) as server:
+        server = LiveServer(
+            Path(tmp),
+            model=options.model,
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads,
+            max_tokens=options.max_tokens,
+            speaking_wpm=options.speaking_wpm,
+        )
+        with server:
             say(f"{options.turns} turns through the server")
             measured = server.session(wanted, progress=True)
             peak_rss_mb = server.peak_rss_mb()
@@ -125,145 +119,6 @@ def _eval_ratio(before: dict[str, float] | None, now: dict[str, float]) -> float
         return None
     added = now["prompt_tokens"] - before["prompt_tokens"]
     return round(now["evaluated_tokens"] / added, 3) if added > 0 else None
-
-
-class _Server:
-    """`tadbot serve` in a subprocess on a loopback port, with its own data dir and a device token."""
-
-    def __init__(self, root: Path, options: BenchOptions, say: Say) -> None:
-        from server.records import Records
-
-        self._say = say
-        self._speaking_wpm = options.speaking_wpm
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        data = root / "data"
-        config = root / "tadbot.toml"
-        config.write_text(
-            f'[server]\nport = {port}\ndata_dir = "{data}"\nlog_level = "WARNING"\n'
-            f'[llm]\nmodel_path = "{options.model}"\nn_ctx = {options.n_ctx}\n'
-            f"n_threads = {options.n_threads}\nmax_tokens = {options.max_tokens}\nseed = 1\n"
-            f'[fer]\nmodel_path = "{root / "no-fer.onnx"}"\n',
-            encoding="utf-8",
-        )
-        self._token = Records(data / "tadbot.sqlite3").add_credential("devices", "bench")
-        self._log = (root / "server.log").open("wb")
-        env = {**os.environ, "TADBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self._root = root
-
-    def __enter__(self) -> _Server:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                health = self._get("/api/v1/health")
-            except OSError:
-                time.sleep(0.5)
-                continue
-            if health["components"]["llm"]["status"] == "ok":
-                return self
-            break
-        self.__exit__()
-        log = (self._root / "server.log").read_text(errors="replace")[-2000:]
-        raise TadbotError("bench_failed", f"the server did not come up with the model loaded:\n{log}")
-
-    def __exit__(self, *exc: object) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
-        self._log.close()
-
-    def peak_rss_mb(self) -> float | None:
-        """The largest VmHWM among gunicorn's processes (the worker holds the model); Linux only."""
-        pids = [self._process.pid]
-        for task in Path(f"/proc/{self._process.pid}/task").glob("*/children"):
-            pids += [int(pid) for pid in task.read_text().split()]
-        peaks = []
-        for pid in pids:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            peaks += [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
-        return round(max(peaks) / 1024, 1) if peaks else None
-
-    def session(self, lines: list[str], progress: bool = False) -> list[TurnMeasure]:
-        from tqdm import tqdm
-
-        session_id = self._post_json("/api/v1/sessions", {"client": BENCH_CLIENT})["session_id"]
-        measured = []
-        for text in tqdm(lines, desc="turns", disable=not progress, file=sys.stderr, leave=False):
-            measured.append(self._turn(session_id, text))
-            if self._speaking_wpm:
-                time.sleep(measured[-1].words * 60 / self._speaking_wpm)
-        self._post_json(f"/api/v1/sessions/{session_id}/end", {})
-        return measured
-
-    def _turn(self, session_id: str, text: str) -> TurnMeasure:
-        boundary = "tadbotbench"
-        body = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{text}\r\n--{boundary}--\r\n'
-        ).encode()
-        request = self._request(
-            f"/api/v1/sessions/{session_id}/turns", body, f"multipart/form-data; boundary={boundary}"
-        )
-        started = time.monotonic()
-        first: float | None = None
-        sentences = words = 0
-        for item in self._events(request):
-            if item["type"] == "sentence":
-                sentences += 1
-                words += len(item["text"].split())
-                if first is None:
-                    first = time.monotonic() - started
-            elif item["type"] == "done":
-                return TurnMeasure(item["timings"], sentences, first, time.monotonic() - started, words)
-            elif item["type"] == "error":
-                raise TadbotError("bench_failed", f"a turn failed: {item['code']}: {item['message']}")
-        raise TadbotError("bench_failed", "a turn's stream ended without `done`")
-
-    def _events(self, request: urllib.request.Request) -> Iterator[dict[str, Any]]:
-        with self._opener().open(request, timeout=900) as answer:
-            for line in answer:
-                if line.strip():
-                    yield json.loads(line)
-
-    def _get(self, path: str) -> dict[str, Any]:
-        with self._opener().open(self.url + path, timeout=5) as answer:
-            result: dict[str, Any] = json.load(answer)
-            return result
-
-    def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        request = self._request(path, json.dumps(payload).encode(), "application/json")
-        with self._opener().open(request, timeout=900) as answer:
-            result: dict[str, Any] = json.load(answer)
-            return result
-
-    def _request(self, path: str, body: bytes, content_type: str) -> urllib.request.Request:
-        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": content_type}
-        return urllib.request.Request(self.url + path, data=body, headers=headers, method="POST")
-
-    @staticmethod
-    def _opener() -> urllib.request.OpenerDirector:
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-BENCH_CLIENT = "bench"
 
 
 def _memory(data: Path) -> Any:

@@ -31,6 +31,7 @@ class RecordingSpeaker:
 
     def __init__(self, fails_on: Iterable[str] = ()) -> None:
         self.said: list[str] = []
+        self.pauses: list[float] = []
         self.fails_on = set(fails_on)
         self.closed = False
 
@@ -38,6 +39,9 @@ class RecordingSpeaker:
         if text in self.fails_on:
             raise SpeakerError("tts_failed", f"pyttsx3 did not write speech for {text!r}")
         self.said.append(text)
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
 
     def close(self) -> None:
         self.closed = True
@@ -123,13 +127,27 @@ def test_an_error_event_is_printed_and_answered_with_its_own_line(
     assert loopback.ended == ["s1"]
 
 
-def test_a_safety_message_is_spoken_before_the_reply(loopback: Loopback) -> None:
-    crisis = "If you are in danger right now, please call 988 or your local emergency number."
+def test_a_safety_message_is_shown_and_the_sentences_after_it_are_spoken(loopback: Loopback) -> None:
+    crisis = "You can call or text nine eight eight, the Suicide and Crisis Lifeline, any time, day or night."
     loopback.script = [REPLY[0], {"type": "safety", "level": "crisis", "message": crisis}, *REPLY[1:]]
     failed, out, speaker = _run(loopback, [Utterance(text="my heart is racing")])
     assert failed == 0
     assert f"safety: crisis: {crisis}" in out.splitlines()
-    assert speaker.said == [GREETING, crisis, "I'm here.", "Breathe out slowly."]
+    assert speaker.said == [GREETING, "I'm here.", "Breathe out slowly."]
+
+
+def test_an_exercise_step_is_followed_by_its_pause(loopback: Loopback) -> None:
+    loopback.script = [
+        REPLY[0],
+        {"type": "sentence", "text": "Breathe in.", "pause_ms": 4000},
+        {"type": "sentence", "text": "Hold.", "pause_ms": 90_000},
+        {"type": "sentence", "text": "How do you feel now?"},
+        REPLY[-1],
+    ]
+    failed, _, speaker = _run(loopback, [Utterance(text="help me breathe")])
+    assert failed == 0
+    assert speaker.said == [GREETING, "Breathe in.", "Hold.", "How do you feel now?"]
+    assert speaker.pauses == [4.0, 20.0], "a pause is kept, and an absurd one is cut to 20 s"
 
 
 def test_a_broken_camera_sends_the_turn_without_a_frame(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +17,8 @@ from server.llm import LlamaCppChat
 from server.memory import Memory
 from server.prompt import Prompts
 from server.records import Records
+from tests.server.chats import RecordingChat, ScriptedChat
 from tests.tiny_gguf import build_tiny_gemma2_gguf
-
-
-class RecordingChat:
-    """The real tiny model, with the messages of each call kept so a test can read the prompt it got."""
-
-    name = "recording"
-
-    def __init__(self, inner: LlamaCppChat) -> None:
-        self.inner = inner
-        self.calls: list[list[dict[str, str]]] = []
-
-    def stream_chat(self, messages: list[dict[str, str]], **sampling: Any) -> Generator[str]:
-        self.calls.append(messages)
-        return self.inner.stream_chat(messages, **sampling)
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
 
 
 def _companion(tmp_path: Path, chat: Any, memory: Memory | None = None) -> Companion:
@@ -113,36 +96,14 @@ def test_forgetting_a_client_erases_records_and_memory(companion: Companion) -> 
     assert [s["client"] for s in companion.records.list_sessions()] == ["eve"]
 
 
-def test_an_empty_reply_ends_with_an_error_not_silence(tmp_path: Path) -> None:
+def test_an_empty_reply_is_replaced_by_the_talk_down_not_silence(tmp_path: Path) -> None:
     mute = build_tiny_gemma2_gguf(tmp_path / "mute.gguf", favour_end_of_turn=True)
     companion = _companion(tmp_path, LlamaCppChat(mute, n_ctx=2048, n_threads=1, seed=3))
     session_id, events = _say(companion, "fay", "hello?")
-    assert [e["type"] for e in events] == ["transcript", "error"]
-    assert events[-1]["code"] == "empty_reply"
-    assert [t["role"] for t in companion.records.session_log(session_id)["turns"]] == ["user"]
-
-
-class ScriptedChat:
-    """Known sentences, then the real model or a failure: the only way to stop a reply at a chosen point."""
-
-    name = "scripted"
-
-    def __init__(self, sentences: list[str], then: Any) -> None:
-        self.sentences = sentences
-        self.then = then
-        self.closed = False
-
-    def stream_chat(self, messages: list[dict[str, str]], **sampling: Any) -> Generator[str]:
-        try:
-            yield from self.sentences
-            if isinstance(self.then, Exception):
-                raise self.then
-            yield from self.then.stream_chat(messages, **sampling)
-        finally:
-            self.closed = True
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
+    talk_down = [step.text for step in companion.care.exercises.talk_down]
+    assert [e["text"] for e in events if e["type"] == "sentence"][: len(talk_down)] == talk_down
+    assert events[-1]["type"] == "done" and events[-1]["source"] == "offline"
+    assert [t["role"] for t in companion.records.session_log(session_id)["turns"]] == ["user", "assistant"]
 
 
 def test_a_hang_up_mid_reply_records_what_was_said_and_frees_the_model(

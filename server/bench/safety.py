@@ -1,0 +1,134 @@
+"""`tadbot bench safety`: how soon a person in crisis hears the crisis reply, whatever the model is doing.
+
+The crisis reply never waits for the language model, so it must start just as fast while the model is busy
+with another turn's reply as when it is idle. Both are measured through the real server, in one run:
+typed, and spoken (through speech recognition) where espeak-ng is installed to say the words.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from server.bench.live import BENCH_CLIENT, LiveServer, TurnMeasure
+from server.errors import TadbotError
+
+Say = Callable[[str], None]
+
+GOAL_MS = 1000.0
+"""The crisis reply must start within a second of the request."""
+_BUSY_TOKENS = 512
+"""Long enough that the model is still writing the other reply while every crisis turn is timed."""
+
+
+@dataclass(frozen=True)
+class SafetyBenchOptions:
+    model: Path
+    n_threads: int
+    n_ctx: int
+
+
+def crisis_lines() -> tuple[list[str], str]:
+    """The crisis utterances to time, and a line that keeps the model busy meanwhile."""
+    data = tomllib.loads(resources.files("server.bench").joinpath("conversation.toml").read_text("utf-8"))
+    return list(data["crisis"]), str(data["turns"][0])
+
+
+def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
+    lines, busy_line = crisis_lines()
+    spoken = [_speak(line) for line in lines] if shutil.which("espeak-ng") else []
+    with tempfile.TemporaryDirectory(prefix="tadbot-bench-") as tmp:
+        server = LiveServer(
+            Path(tmp),
+            model=options.model,
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads,
+            max_tokens=_BUSY_TOKENS,
+        )
+        with server:
+            crisis_session = _session(server)
+            say(f"{len(lines)} crisis turns with the model idle")
+            idle = [_crisis_turn(server, crisis_session, text=line) for line in lines]
+            say("the same while the model writes another reply")
+            busy, overlapped = _while_busy(server, busy_line, lambda: _all_turns(server, lines, spoken))
+    typed_busy, spoken_busy = busy[: len(lines)], busy[len(lines) :]
+    caught = [m for m in spoken_busy if m.source == "crisis"]
+    return {
+        "model": str(options.model),
+        "goal_ms": GOAL_MS,
+        "crisis_first_sentence_ms_idle": _summary(idle),
+        "crisis_first_sentence_ms_busy": _summary(typed_busy),
+        "spoken_crisis_first_sentence_ms_busy": _summary(caught) if caught else None,
+        # Speech recognition is the weak link: what it heard, and whether that still read as a crisis.
+        "spoken": [
+            {"said": said, "heard": m.heard, "crisis": m.source == "crisis"}
+            for said, m in zip(lines, spoken_busy, strict=False)
+        ],
+        "model_was_busy": overlapped,
+        "meets_goal": max((m.first_sentence_s or 0.0) for m in [*idle, *typed_busy, *caught]) * 1000
+        < GOAL_MS,
+    }
+
+
+def _session(server: LiveServer) -> str:
+    return str(server.post_json("/api/v1/sessions", {"client": BENCH_CLIENT})["session_id"])
+
+
+def _crisis_turn(server: LiveServer, session_id: str, *, text: str) -> TurnMeasure:
+    measured = server.turn(session_id, text)
+    if measured.safety != "crisis" or measured.source != "crisis" or measured.first_sentence_s is None:
+        raise TadbotError(
+            "bench_failed", f"{text!r} was not answered from the crisis script ({measured.source})"
+        )
+    return measured
+
+
+def _all_turns(server: LiveServer, lines: list[str], spoken: list[bytes]) -> list[TurnMeasure]:
+    session_id = _session(server)
+    typed = [_crisis_turn(server, session_id, text=line) for line in lines]
+    return typed + [server.turn(session_id, audio=wav) for wav in spoken]
+
+
+def _while_busy(
+    server: LiveServer, line: str, measure: Callable[[], list[TurnMeasure]]
+) -> tuple[list[TurnMeasure], bool]:
+    """Run `measure` while another session's reply is being written; also whether it truly overlapped."""
+    other = _session(server)
+    finished = threading.Event()
+
+    def keep_busy() -> None:
+        try:
+            server.turn(other, line)
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=keep_busy, name="busy-turn", daemon=True)
+    thread.start()
+    time.sleep(0.5)  # the other reply is under way
+    measured = measure()
+    overlapped = not finished.is_set()
+    thread.join(timeout=900)
+    return measured, overlapped
+
+
+def _summary(measured: list[TurnMeasure]) -> dict[str, float]:
+    times = [(m.first_sentence_s or 0.0) * 1000 for m in measured]
+    return {"median": round(statistics.median(times), 1), "max": round(max(times), 1), "n": len(times)}
+
+
+def _speak(text: str) -> bytes:
+    """The words as espeak-ng says them, a WAV in memory: what the device would send."""
+    done = subprocess.run(
+        ["espeak-ng", "--stdout", "-s", "150", text], capture_output=True, timeout=60, check=True
+    )
+    return done.stdout

@@ -1,0 +1,130 @@
+"""What keeps the person safe around the language model, and what helps them without it.
+
+Before the model: the crisis check (a crisis is answered from a script and the model is never asked), the
+concern note, and guided exercises asked for or accepted. After it: the output guard on every sentence,
+and the offer of an exercise when their face or words show panic. Without it (missing, busy, failed): a
+steady talk-down and an exercise. None of this needs the model, so none of it waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from server.alerts import CrisisAlerts
+from server.config import SafetySection
+from server.exercises import Exercise, Exercises
+from server.guard import OutputGuard, Verdict
+from server.safety import Assessment, CrisisDetector, CrisisReply
+
+_LOGGER = logging.getLogger(__name__)
+
+DISTRESS = frozenset({"fear", "sad"})
+"""Face readings that, turn after turn, make an exercise worth offering."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One sentence to stream, and the silence the device keeps after it (exercise pacing)."""
+
+    text: str
+    pause_ms: int = 0
+
+
+@dataclass
+class _SessionState:
+    distressed_turns: int = 0
+    offered: str | None = None
+    """The exercise offered at the end of the last reply, waiting for a yes."""
+    last_offer_exchange: int = -(10**9)
+
+
+class Care:
+    def __init__(
+        self,
+        settings: SafetySection,
+        *,
+        detector: CrisisDetector,
+        crisis: CrisisReply,
+        exercises: Exercises,
+        guard: OutputGuard,
+        alerts: CrisisAlerts,
+    ) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.crisis = crisis
+        self.exercises = exercises
+        self.guard = guard
+        self.alerts = alerts
+        self._sessions: dict[str, _SessionState] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: SafetySection) -> Care:
+        """The shipped rules, scripts and exercises: data files checked once, at start-up."""
+        return cls(
+            settings,
+            detector=CrisisDetector.load(),
+            crisis=CrisisReply.load(settings.locale),
+            exercises=Exercises.load(),
+            guard=OutputGuard.load(),
+            alerts=CrisisAlerts(settings.alert_url, settings.alert_timeout_s),
+        )
+
+    def assess(self, text: str) -> Assessment:
+        return self.detector.assess(text)
+
+    def crisis_lines(self) -> list[Line]:
+        return [Line(text) for text in self.crisis.lines]
+
+    def exercise_for(self, session_id: str, text: str) -> Exercise | None:
+        """The exercise this utterance asks for, or the one just offered when it says yes to it."""
+        asked = self.exercises.asked_for(text)
+        with self._lock:
+            state = self._sessions.setdefault(session_id, _SessionState())
+            offered, state.offered = state.offered, None
+        if asked is not None:
+            return asked
+        if offered is not None and self.exercises.accepted(text):
+            return self.exercises.get(offered)
+        return None
+
+    def offer(
+        self, session_id: str, exchange: int, assessment: Assessment, top3: list[dict[str, Any]]
+    ) -> str | None:
+        """An exercise to offer after this reply, when their words show panic or their face has shown fear
+        or sadness for `safety.offer_after_turns` turns; at most once in `safety.offer_every_turns`."""
+        settings = self.settings
+        with self._lock:
+            state = self._sessions.setdefault(session_id, _SessionState())
+            top = top3[0] if top3 else None
+            if top and top["label"] in DISTRESS and top["score"] >= settings.offer_min_score:
+                state.distressed_turns += 1
+            else:
+                state.distressed_turns = 0
+            face = settings.offer_after_turns > 0 and state.distressed_turns >= settings.offer_after_turns
+            if not (assessment.panic or face):
+                return None
+            if exchange - state.last_offer_exchange < settings.offer_every_turns:
+                return None
+            exercise = self.exercises.get(self.exercises.default)
+            state.offered, state.last_offer_exchange = exercise.id, exchange
+        _LOGGER.info(
+            "session %s: offering %s (%s)", session_id, exercise.id, "words" if assessment.panic else "face"
+        )
+        return exercise.offer
+
+    def check_sentence(self, sentence: str) -> Verdict:
+        return self.guard.check(sentence)
+
+    def without_model(self, exercise: Exercise | None = None) -> list[Line]:
+        """The talk-down and an exercise (the default unless one was asked for): a reply with no model."""
+        chosen = exercise or self.exercises.get(self.exercises.default)
+        steps = (*self.exercises.talk_down, *chosen.steps)
+        return [Line(step.text, step.pause_ms) for step in steps]
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)

@@ -1,0 +1,1 @@
+"""Offline evaluations of the server's components on labelled data: `tadbot eval ...`."""

@@ -1,0 +1,176 @@
+"""Check each sentence the language model wrote before the person hears it.
+
+Gemma-2-2B follows the persona prompt most of the time, not every time, and someone in the middle of a
+panic attack may do what they hear. So every sentence passes this guard on its way to the speaker: one
+that names a means of self-harm, tells them to stop treatment, gives a medication dose, diagnoses, claims
+to be a human or a therapist, or flirts is replaced by a calm fixed sentence for its category.
+
+The patterns are data (`data/guard.toml`), matched against a normalised copy of the sentence: lower case,
+straight quotes and single spaces. A match is exempt only when it lies wholly inside a match of one of its
+category's `allow` patterns, so "don't stop your medication" passes, while in "don't stop your
+medication, skip therapy" the second instruction is still caught.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+from server.errors import ConfigError
+
+CATEGORIES = ("self_harm_method", "stop_treatment", "medication_dose", "diagnosis", "human_claim", "romance")
+"""Every category the data must define, in the order they are checked: the first that matches decides."""
+
+_SOURCE = "server/data/guard.toml"
+_VERSION = 1
+_CATEGORY_KEYS = frozenset({"patterns", "allow", "fallback"})
+# Curly single quotes, the modifier apostrophe and the prime become ', the double ones become ".
+_QUOTES = str.maketrans("‘’‚‛ʼ′“”„‟″", "''''''\"\"\"\"\"")
+_WHITESPACE = re.compile(r"\s+")
+_LIST_NAME = re.compile(r"[a-z_]+")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the guard decided about one sentence."""
+
+    category: str | None
+    """The category that blocked it; None when the sentence may be sent."""
+    matched: str
+    """The words that triggered the block, as normalised (lower case); '' when allowed."""
+    replacement: str
+    """The category's fallback sentence, to send instead; '' when allowed."""
+
+    @property
+    def blocked(self) -> bool:
+        return self.category is not None
+
+
+_ALLOWED = Verdict(None, "", "")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    category: str
+    patterns: tuple[re.Pattern[str], ...]
+    allow: tuple[re.Pattern[str], ...]
+    fallback: str
+
+    def first_match(self, text: str) -> str | None:
+        """The first words a pattern matches outside every allowed span, or None."""
+        allowed = [found.span() for pattern in self.allow for found in pattern.finditer(text)]
+        for pattern in self.patterns:
+            start = 0
+            # Search from every start, not just after the previous match, so an exempt match cannot hide
+            # an overlapping one that is not exempt.
+            while (found := pattern.search(text, start)) is not None:
+                if not any(a <= found.start() and found.end() <= b for a, b in allowed):
+                    return found.group()
+                start = found.start() + 1
+        return None
+
+
+class OutputGuard:
+    """Decides, sentence by sentence, whether what the model wrote may be spoken."""
+
+    def __init__(self, rules: tuple[_Rule, ...]) -> None:
+        self._rules = rules
+
+    @classmethod
+    def load(cls) -> OutputGuard:
+        """The guard shipped with the package (server/data/guard.toml)."""
+        text = resources.files("server").joinpath("data", "guard.toml").read_text(encoding="utf-8")
+        return cls.from_text(text, _SOURCE)
+
+    @classmethod
+    def from_text(cls, text: str, source: str) -> OutputGuard:
+        """Read guard data; raises ConfigError('guard_invalid') naming `source` and what is wrong."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise _invalid(source, f"not valid TOML ({exc})") from exc
+        if raw.get("version") != _VERSION:
+            raise _invalid(source, f"version must be {_VERSION}, not {raw.get('version')!r}")
+        unknown = sorted(set(raw) - {"version", "lists", *CATEGORIES})
+        if unknown:
+            known = ", ".join(CATEGORIES)
+            raise _invalid(source, f"unknown key(s) {', '.join(unknown)}; the categories are {known}")
+        lists = _lists(source, raw.get("lists", {}))
+        guard = cls(tuple(_rule(source, category, raw.get(category), lists) for category in CATEGORIES))
+        for rule in guard._rules:
+            verdict = guard.check(rule.fallback)
+            if verdict.blocked:
+                why = f"{verdict.category} ({verdict.matched!r})"
+                raise _invalid(source, f"[{rule.category}] fallback is itself blocked as {why}")
+        return guard
+
+    def check(self, sentence: str) -> Verdict:
+        """Whether `sentence` may be spoken, and if not, why and what to say instead."""
+        text = _WHITESPACE.sub(" ", sentence.translate(_QUOTES).lower()).strip()
+        for rule in self._rules:
+            matched = rule.first_match(text)
+            if matched is not None:
+                return Verdict(rule.category, matched, rule.fallback)
+        return _ALLOWED
+
+
+def _invalid(source: str, what: str) -> ConfigError:
+    return ConfigError("guard_invalid", f"{source}: {what}")
+
+
+def _strings(value: object) -> list[str] | None:
+    """`value` as a list of non-empty strings, or None if it is anything else."""
+    if isinstance(value, list) and all(isinstance(item, str) and item.strip() for item in value):
+        return value
+    return None
+
+
+def _lists(source: str, table: object) -> dict[str, str]:
+    """The [lists] table: each name becomes one non-capturing alternation that patterns use as {name}."""
+    if not isinstance(table, dict):
+        raise _invalid(source, "[lists] must be a table")
+    alternations: dict[str, str] = {}
+    for name, items in table.items():
+        words = _strings(items)
+        if not _LIST_NAME.fullmatch(name) or not words:
+            raise _invalid(source, f"lists.{name} must be a lower_case name for a list of non-empty strings")
+        alternations[name] = f"(?:{'|'.join(words)})"
+    return alternations
+
+
+def _rule(source: str, category: str, table: object, lists: dict[str, str]) -> _Rule:
+    if not isinstance(table, dict):
+        raise _invalid(source, f"[{category}] is missing")
+    unknown = sorted(set(table) - _CATEGORY_KEYS)
+    if unknown:
+        raise _invalid(source, f"[{category}] unknown key(s) {', '.join(unknown)}")
+    fallback = table.get("fallback")
+    if not isinstance(fallback, str) or not fallback.strip():
+        raise _invalid(source, f"[{category}] fallback must be a non-empty sentence")
+    patterns, allow = _strings(table.get("patterns")), _strings(table.get("allow", []))
+    if not patterns:
+        raise _invalid(source, f"[{category}] patterns must be a non-empty list of regexes")
+    if allow is None:
+        raise _invalid(source, f"[{category}] allow must be a list of regexes")
+    return _Rule(
+        category,
+        tuple(_compile(source, f"[{category}] patterns", p, lists) for p in patterns),
+        tuple(_compile(source, f"[{category}] allow", p, lists) for p in allow),
+        fallback.strip(),
+    )
+
+
+def _compile(source: str, where: str, pattern: str, lists: dict[str, str]) -> re.Pattern[str]:
+    def expand(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name not in lists:
+            raise _invalid(source, f"{where}: {pattern!r} uses {{{name}}} but [lists] has no {name}")
+        return lists[name]
+
+    try:
+        return re.compile(_PLACEHOLDER.sub(expand, pattern), re.IGNORECASE)
+    except re.error as exc:
+        raise _invalid(source, f"{where}: {pattern!r} is not a valid regex ({exc})") from exc

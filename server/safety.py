@@ -1,0 +1,173 @@
+"""Crisis detection on what the person said, before any language model sees it.
+
+A small model can miss or mishandle a person who says they want to die, so the check runs on rules alone,
+on every utterance, and in well under a millisecond. The rules are data (`data/crisis.toml`): slang
+rewrites, idioms to ignore, and patterns per level, read clause by clause so that negation ("I'm not
+going to hurt myself"), someone else's story ("my friend overdosed") and the past ("years ago") are told
+apart from a person at risk now.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from server.errors import ConfigError
+
+_SOURCE = "server/data/crisis.toml"
+
+
+class Level(enum.StrEnum):
+    NONE = "none"
+    CONCERN = "concern"
+    CRISIS = "crisis"
+
+
+_RANK = {Level.NONE: 0, Level.CONCERN: 1, Level.CRISIS: 2}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    level: Level
+    rule: str = ""
+    """The rule that decided the level ('' for none)."""
+    trigger: str = ""
+    """The words that matched, as read after rewriting: what the therapist sees in the safety event."""
+    panic: bool = False
+    """Panic in their words: reason to offer a breathing exercise."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    level: Level
+    negatable: bool
+    first_person: bool
+    past_is_concern: bool
+    patterns: tuple[re.Pattern[str], ...]
+
+
+class CrisisDetector:
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        try:
+            self._rewrites = [(_compile(r["pattern"]), str(r["with"])) for r in data["rewrite"]]
+            self._idioms = [_compile(r["pattern"]) for r in data["idiom"]]
+            self._rules = [
+                _Rule(
+                    name=str(r["name"]),
+                    level=Level(r["level"]),
+                    negatable=bool(r["negatable"]),
+                    first_person=bool(r["first_person"]),
+                    past_is_concern=bool(r["past_is_concern"]),
+                    patterns=tuple(_compile(p) for p in r["patterns"]),
+                )
+                for r in data["rule"]
+            ]
+            self._panic = [_compile(p) for p in data["panic"]["patterns"]]
+            self._negation = _compile(data["negation"]["pattern"])
+            self._negation_after = _compile(data["negation_after"]["pattern"])
+            self._others = _compile(data["others"]["pattern"])
+            self._past = _compile(data["past"]["pattern"])
+            self._clauses = _compile(data["clauses"]["pattern"])
+        except (KeyError, TypeError, ValueError, re.error) as exc:
+            raise ConfigError("safety_rules_invalid", f"{source}: {type(exc).__name__}: {exc}") from exc
+        # Crisis rules first: the first crisis match decides, and concern is read only when none matched.
+        self._rules.sort(key=lambda rule: -_RANK[rule.level])
+
+    @classmethod
+    def load(cls) -> CrisisDetector:
+        text = resources.files("server").joinpath("data", "crisis.toml").read_text(encoding="utf-8")
+        return cls.from_text(text, _SOURCE)
+
+    @classmethod
+    def from_text(cls, text: str, source: str) -> CrisisDetector:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("safety_rules_invalid", f"{source}: {exc}") from exc
+        return cls(data, source)
+
+    def assess(self, text: str) -> Assessment:
+        said = self.normalise(text)
+        for idiom in self._idioms:
+            said = idiom.sub(" ", said)
+        clauses = [c.strip() for c in self._clauses.split(said) if c and c.strip()]
+        panic = any(p.search(said) for p in self._panic)
+        best = Assessment(Level.NONE, panic=panic)
+        for rule in self._rules:
+            if _RANK[rule.level] <= _RANK[best.level]:
+                continue
+            for clause in clauses:
+                level = self._match(rule, clause)
+                if level is not None and _RANK[level[0]] > _RANK[best.level]:
+                    best = Assessment(level[0], rule.name, level[1], panic)
+        return best
+
+    def normalise(self, text: str) -> str:
+        said = text.lower()
+        for pattern, replacement in self._rewrites:
+            said = pattern.sub(replacement, said)
+        return said.strip()
+
+    def _match(self, rule: _Rule, clause: str) -> tuple[Level, str] | None:
+        for pattern in rule.patterns:
+            for found in pattern.finditer(clause):
+                before = clause[: found.start()]
+                if rule.negatable and (
+                    self._negation.search(before) or self._negation_after.match(clause[found.end() :])
+                ):
+                    continue
+                if rule.first_person and self._about_someone_else(before):
+                    continue
+                if rule.past_is_concern and self._past.search(clause):
+                    return Level.CONCERN, found.group(0)
+                return rule.level, found.group(0)
+        return None
+
+    def _about_someone_else(self, before: str) -> bool:
+        """Whether the last subject named before the match is someone else, not the speaker."""
+        other = [m.end() for m in self._others.finditer(before)]
+        if not other:
+            return False
+        own = [m.end() for m in re.finditer(r"\b(i|i'm|i've|i'll|i'd|me)\b", before)]
+        return not own or max(other) > max(own)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CrisisReply:
+    """The scripted crisis response for one locale, and the note a concern adds to the model's prompt."""
+
+    lines: tuple[str, ...]
+    helpline: str
+    concern_note: str
+
+    @classmethod
+    def load(cls, locale: str) -> CrisisReply:
+        text = resources.files("server").joinpath("data", "crisis_reply.toml").read_text(encoding="utf-8")
+        return cls.from_text(text, "server/data/crisis_reply.toml", locale)
+
+    @classmethod
+    def from_text(cls, text: str, source: str, locale: str) -> CrisisReply:
+        try:
+            data = tomllib.loads(text)
+            locales = data["locales"]
+            chosen = locales.get(locale.upper(), locales["default"])
+            helpline, emergency = str(chosen["helpline"]), str(chosen["emergency"])
+            lines = tuple(
+                str(line).replace("{helpline}", helpline).replace("{emergency}", emergency)
+                for line in data["lines"]
+            )
+            concern_note = str(data["concern_note"])
+        except (KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("safety_rules_invalid", f"{source}: {type(exc).__name__}: {exc}") from exc
+        if not lines or helpline not in lines:
+            raise ConfigError("safety_rules_invalid", f"{source}: `lines` must hold the {{helpline}} line")
+        return cls(lines=lines, helpline=helpline, concern_note=concern_note)

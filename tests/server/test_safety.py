@@ -1,0 +1,202 @@
+"""The crisis detector on each kind of utterance it must tell apart, its evaluation, and the crisis script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from server.errors import ConfigError
+from server.safety import CrisisDetector, CrisisReply, Level
+from tests.conftest import ROOT, tadbot
+
+EVAL_SET = ROOT / "tests" / "data" / "safety_eval.csv"
+
+
+@pytest.fixture(scope="module")
+def detector() -> CrisisDetector:
+    return CrisisDetector.load()
+
+
+CRISIS = [
+    # direct ideation and intent
+    "I want to kill myself",
+    "I want to end my life",
+    "I'm going to end it all tonight",
+    "I don't want to live anymore",
+    "I wish I was dead",
+    "I'm suicidal",
+    "everyone would be better off without me",
+    "I'd rather go to sleep and never wake up",
+    # slang, text-speak, misspellings, recogniser output
+    "kms",
+    "i wanna die",
+    "gonna unalive myself",
+    "im feeling suicdal rn",
+    "i want 2 die",
+    "i want to kil myself",
+    "um i think i'm going to top myself",
+    # plans and means
+    "I've got the pills lined up on the table",
+    "I took all my pills an hour ago",
+    "I overdosed",
+    "I have the rope ready",
+    "I'm standing on the bridge and I'm going to jump",
+    # self-harm now
+    "I've been cutting again tonight",
+    "I'm hurting myself right now",
+    # danger from or to others
+    "he has a knife and he's threatening me",
+    "my partner is hitting me",
+    "I'm going to hurt my baby",
+]
+
+SAFE = [
+    # idioms
+    "this traffic is killing me",
+    "I could die of embarrassment",
+    "my phone is dying",
+    "I killed it at work today",
+    "I'm dying to see the new film",
+    "my feet are killing me after that walk",
+    "break a leg tonight",
+    "kill the lights please",
+    # negation
+    "I'm not going to hurt myself",
+    "I would never kill myself, I just feel panicky",
+    "I don't want to die, I just want this panic to stop",
+    "killing myself isn't something I'd ever consider",
+    # other people, news, fiction
+    "my friend's brother died by suicide last year",
+    "I read a news story about a suicide bombing",
+    "the character in the book kills himself",
+    "my friend overdosed last year and it still upsets me",
+    # panic sensations, not ideation
+    "I feel like I'm dying, my heart is pounding",
+    "am I going to die from a panic attack",
+    "I'm scared I'm going to die on the plane",
+    # everyday lookalikes
+    "I keep dying in this video game",
+    "we need to kill this process on the server",
+    "cut the onions into small pieces",
+    "I'm going to end it with my boyfriend, he's not right for me",
+    "I don't want to wake up early tomorrow, it's my day off",
+    "I'm scared of flying",
+]
+
+CONCERN = [
+    "I can't do this anymore",
+    "what's the point of anything",
+    "I feel like such a burden",
+    "I used to self-harm years ago",
+    "I was suicidal ten years ago but I'm doing much better now",
+    "I'm so tired of feeling like this",
+]
+
+
+@pytest.mark.parametrize("text", CRISIS)
+def test_crisis_is_caught(detector: CrisisDetector, text: str) -> None:
+    found = detector.assess(text)
+    assert found.level == Level.CRISIS, text
+    assert found.rule and found.trigger
+
+
+@pytest.mark.parametrize("text", SAFE)
+def test_hard_negatives_are_not_a_crisis(detector: CrisisDetector, text: str) -> None:
+    assert detector.assess(text).level != Level.CRISIS, text
+
+
+@pytest.mark.parametrize("text", CONCERN)
+def test_hopelessness_and_the_past_are_concern(detector: CrisisDetector, text: str) -> None:
+    assert detector.assess(text).level == Level.CONCERN, text
+
+
+def test_the_trigger_is_the_words_that_matched(detector: CrisisDetector) -> None:
+    found = detector.assess("Honestly? I want to end my life tonight.")
+    assert (found.level, found.rule, found.trigger) == (Level.CRISIS, "suicidal_ideation", "end my life")
+
+
+@pytest.mark.parametrize(
+    ("text", "panic"),
+    [("my heart is racing and I can't breathe", True), ("I'm having a panic attack", True), ("hi", False)],
+)
+def test_panic_in_the_words_is_noticed(detector: CrisisDetector, text: str, panic: bool) -> None:
+    assert detector.assess(text).panic is panic
+
+
+def test_bad_rules_are_a_config_error_naming_the_file() -> None:
+    good = (ROOT / "server" / "data" / "crisis.toml").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^mine.toml: error: "):
+        CrisisDetector.from_text(
+            good.replace('"\\\\bkill(ed|ing|s)? myself\\\\b"', '"(unclosed"'), "mine.toml"
+        )
+    with pytest.raises(ConfigError, match=r"^mine.toml: KeyError: 'negation'"):
+        CrisisDetector.from_text(good.replace("[negation]", "[negations]"), "mine.toml")
+    with pytest.raises(ConfigError, match=r"^mine.toml: "):
+        CrisisDetector.from_text("rule = [", "mine.toml")
+
+
+def test_eval_safety_meets_the_goals_on_the_labelled_set(tmp_path: Path) -> None:
+    done = tadbot("eval", "safety", "--data", str(EVAL_SET), env={})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["n"] >= 150 and report["crisis"] >= 0.4 * report["n"]
+    assert report["recall"] == 1.0, report["errors"]
+    assert report["false_alarm_rate"] <= 0.03, report["errors"]
+    assert "recall 1.0" in done.stderr
+
+
+def test_eval_safety_lists_each_misclassified_row(tmp_path: Path) -> None:
+    data = tmp_path / "set.csv"
+    data.write_text(
+        "label,text\ncrisis,I want to end my life\ncrisis,I feel a bit low\n"
+        "safe,kms\nconcern,kill me now lol\n",
+        encoding="utf-8",
+    )
+    done = tadbot("eval", "safety", "--data", str(data), env={})
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (report["n"], report["recall"], report["false_alarm_rate"]) == (4, 0.5, 0.5)
+    assert [(e["line"], e["label"], e["found"]) for e in report["errors"]] == [
+        (3, "crisis", "none"),
+        (4, "safe", "crisis"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("label,text\nmaybe,hello\n", "line 2: label 'maybe'; allowed: crisis, concern, safe"),
+        ("text\nhello\n", "needs the columns label,text"),
+    ],
+)
+def test_eval_safety_names_what_is_wrong_with_the_data(tmp_path: Path, content: str, message: str) -> None:
+    data = tmp_path / "set.csv"
+    data.write_text(content, encoding="utf-8")
+    done = tadbot("eval", "safety", "--data", str(data), env={})
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(f"tadbot: error: {data}") and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("locale", "helpline", "emergency"),
+    [
+        ("US", "call or text nine eight eight", "call nine one one now"),
+        ("gb", "Samaritans free on one one six, one two three", "call nine nine nine now"),
+        ("IE", "Samaritans free on one one six, one two three", "call one one two now"),
+        ("FR", "find a helpline dot com", "call your local emergency number now"),
+    ],
+)
+def test_the_crisis_reply_gives_the_locale_s_helpline(locale: str, helpline: str, emergency: str) -> None:
+    reply = CrisisReply.load(locale)
+    assert helpline in reply.helpline and reply.helpline in reply.lines
+    assert any(emergency in line for line in reply.lines)
+    assert reply.lines[0].startswith("I'm really glad you told me")
+    assert not any("{" in line for line in reply.lines)
+
+
+def test_a_crisis_reply_without_the_helpline_line_is_refused() -> None:
+    text = (ROOT / "server" / "data" / "crisis_reply.toml").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"must hold the \{helpline\} line"):
+        CrisisReply.from_text(text.replace('  "{helpline}",\n', ""), "mine.toml", "US")
