@@ -9,7 +9,8 @@ from typing import IO
 
 from flask import Flask, Request
 
-from server.components import Components, build_components
+from server.care import Care
+from server.components import Components, ComponentStatus, build_components
 from server.config import Settings, load_settings
 from server.engine import Companion
 from server.prompt import Prompts
@@ -40,7 +41,15 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.request_class = InMemoryRequest
     max_bytes = int(settings.server.max_upload_mb * 1024 * 1024)
     app.config.update(MAX_CONTENT_LENGTH=max_bytes, MAX_FORM_MEMORY_SIZE=max_bytes, JSON_SORT_KEYS=False)
-    engine = Companion(components, settings, prompts)
+    care = Care.load(
+        settings.safety,
+        embedder=components.memory.embedder if components.memory is not None else None,
+        cache_dir=settings.data_path / "cache",
+    )
+    components.status["safety"] = ComponentStatus(
+        "ok", "rules and similar examples" if care.examples else "rules only (no text embedder)"
+    )
+    engine = Companion(components, settings, prompts, care)
     app.extensions["tadbot"] = engine
     # Stops the background summaries before the interpreter tears down the model they may be using.
     atexit.register(engine.close)

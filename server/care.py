@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from server.alerts import CrisisAlerts
 from server.config import SafetySection
+from server.crisis_examples import CrisisExamples
 from server.exercises import Exercise, Exercises
 from server.guard import OutputGuard, Verdict
-from server.safety import Assessment, CrisisDetector, CrisisReply
+from server.safety import Assessment, CrisisDetector, CrisisReply, Level
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,9 +53,11 @@ class Care:
         exercises: Exercises,
         guard: OutputGuard,
         alerts: CrisisAlerts,
+        examples: CrisisExamples | None = None,
     ) -> None:
         self.settings = settings
         self.detector = detector
+        self.examples = examples
         self.crisis = crisis
         self.exercises = exercises
         self.guard = guard
@@ -62,8 +66,9 @@ class Care:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: SafetySection) -> Care:
-        """The shipped rules, scripts and exercises: data files checked once, at start-up."""
+    def load(cls, settings: SafetySection, embedder: Any = None, cache_dir: Path | None = None) -> Care:
+        """The shipped rules, scripts and exercises: data files checked once, at start-up. With the text
+        `embedder`, crisis also gets the second opinion of the nearest labelled examples."""
         return cls(
             settings,
             detector=CrisisDetector.load(),
@@ -71,10 +76,27 @@ class Care:
             exercises=Exercises.load(),
             guard=OutputGuard.load(),
             alerts=CrisisAlerts(settings.alert_url, settings.alert_timeout_s),
+            examples=CrisisExamples.load(embedder, cache_dir) if embedder is not None else None,
         )
 
-    def assess(self, text: str) -> Assessment:
-        return self.detector.assess(text)
+    def assess(self, text: str, *, skip_identical: bool = False) -> Assessment:
+        """The rules' reading, and where they found nothing certain, the nearest examples' second opinion.
+
+        `skip_identical` is for evaluating on the examples themselves."""
+        found = self.detector.assess(text)
+        if found.level == Level.CRISIS or found.ruled_out or self.examples is None:
+            return found
+        try:
+            near = self.examples.nearest(text, skip_identical=skip_identical)
+        except Exception:
+            # The rules have answered; a failing second opinion must not take the check down with it.
+            _LOGGER.exception("the crisis examples could not be searched; the rules alone decide")
+            return found
+        if not near.crisis:
+            return found
+        return Assessment(
+            Level.CRISIS, "similar_example", f"like '{near.example}' ({near.similarity})", found.panic
+        )
 
     def crisis_lines(self) -> list[Line]:
         return [Line(text) for text in self.crisis.lines]

@@ -210,13 +210,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """The figures on stderr for a person, then one JSON object on the last line of stdout."""
     import json
 
+    from server.care import Care
+    from server.config import SafetySection
+    from server.embedding import MiniLMEmbedder, find_embedder_dir
     from server.eval.safety import evaluate, read_rows
-    from server.safety import CrisisDetector
+    from server.models import models_dir
 
-    report = evaluate(read_rows(Path(args.data)), CrisisDetector.load())
+    rows = read_rows(Path(args.data))
+    found = find_embedder_dir("", models_dir())
+    care = Care.load(SafetySection(), MiniLMEmbedder(found) if found else None)
+    report = evaluate(rows, lambda text: care.assess(text, skip_identical=True), care.detector.assess)
+    report["checks"] = "rules and similar examples" if care.examples else "rules only (no text embedder)"
+    alone = report["rules_only"]
     print(
-        f"safety: recall {report['recall']} on {report['crisis']} crisis rows, false alarms "
-        f"{report['false_alarm_rate']} on {report['not_crisis']} others, {len(report['errors'])} errors",
+        f"safety ({report['checks']}): recall {report['recall']} on {report['crisis']} crisis rows, "
+        f"false alarms {report['false_alarm_rate']} on {report['not_crisis']} others; rules alone: "
+        f"recall {alone['recall']}, false alarms {alone['false_alarm_rate']}",
         file=sys.stderr,
     )
     print(json.dumps(report, ensure_ascii=False))
@@ -288,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--turns", type=int, default=20, help="turns in the measured conversation")
     bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
     bench.add_argument("--n-ctx", type=int, default=2048, help="context window, as llm.n_ctx")
-    bench.add_argument("--max-tokens", type=int, default=64, help="longest reply, as llm.max_tokens")
+    bench.add_argument("--max-tokens", type=int, default=120, help="longest reply, as llm.max_tokens")
     bench.add_argument(
         "--no-pause",
         action="store_true",

@@ -62,6 +62,8 @@ class Memory:
             self._max_batch = self._client.get_max_batch_size()
         except Exception as exc:
             raise _store_error("open", exc) from exc
+        self.embedder = embedder
+        """Shared with the crisis check's second opinion: one copy of the model in memory."""
         _LOGGER.info("Memory opened at %s: %d items", path, self.count())
 
     def add(

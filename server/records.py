@@ -276,7 +276,8 @@ class Records:
             query += " WHERE c.pseudonym = ?"
             params = (client,)
         with self._connect() as db:
-            return [dict(r) for r in db.execute(query + " ORDER BY s.started_at DESC", params)]
+            rows = db.execute(query + " ORDER BY s.started_at DESC", params).fetchall()
+        return [{**dict(r), "crisis": bool(r["crisis"])} for r in rows]
 
     def session_log(self, session_id: str) -> dict[str, Any]:
         """Everything a therapist reads about one session."""

@@ -9,6 +9,7 @@ apart from a person at risk now.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import tomllib
@@ -39,6 +40,9 @@ class Assessment:
     """The words that matched, as read after rewriting: what the therapist sees in the safety event."""
     panic: bool = False
     """Panic in their words: reason to offer a breathing exercise."""
+    ruled_out: bool = False
+    """Crisis words were there but read as an idiom, negated, someone else's or in the past, or the words
+    sit in an everyday context: a second opinion by similarity must not overturn that reading."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class _Rule:
     negatable: bool
     first_person: bool
     past_is_concern: bool
+    settled: bool
     patterns: tuple[re.Pattern[str], ...]
 
 
@@ -63,6 +68,7 @@ class CrisisDetector:
                     negatable=bool(r["negatable"]),
                     first_person=bool(r["first_person"]),
                     past_is_concern=bool(r["past_is_concern"]),
+                    settled=bool(r.get("settled", False)),
                     patterns=tuple(_compile(p) for p in r["patterns"]),
                 )
                 for r in data["rule"]
@@ -73,6 +79,7 @@ class CrisisDetector:
             self._others = _compile(data["others"]["pattern"])
             self._past = _compile(data["past"]["pattern"])
             self._clauses = _compile(data["clauses"]["pattern"])
+            self._benign = _compile(data["benign"]["pattern"])
         except (KeyError, TypeError, ValueError, re.error) as exc:
             raise ConfigError("safety_rules_invalid", f"{source}: {type(exc).__name__}: {exc}") from exc
         # Crisis rules first: the first crisis match decides, and concern is read only when none matched.
@@ -93,19 +100,27 @@ class CrisisDetector:
 
     def assess(self, text: str) -> Assessment:
         said = self.normalise(text)
+        plain = said
         for idiom in self._idioms:
             said = idiom.sub(" ", said)
         clauses = [c.strip() for c in self._clauses.split(said) if c and c.strip()]
         panic = any(p.search(said) for p in self._panic)
+        ruled_out = said != plain or bool(self._benign.search(said))
         best = Assessment(Level.NONE, panic=panic)
         for rule in self._rules:
             if _RANK[rule.level] <= _RANK[best.level]:
                 continue
             for clause in clauses:
-                level = self._match(rule, clause)
-                if level is not None and _RANK[level[0]] > _RANK[best.level]:
-                    best = Assessment(level[0], rule.name, level[1], panic)
-        return best
+                found = self._match(rule, clause)
+                if found is None:
+                    continue
+                level, trigger = found
+                if level is None:
+                    ruled_out = True
+                elif _RANK[level] > _RANK[best.level]:
+                    ruled_out = ruled_out or level != rule.level or rule.settled
+                    best = Assessment(level, rule.name, trigger, panic)
+        return dataclasses.replace(best, ruled_out=ruled_out and best.level != Level.CRISIS)
 
     def normalise(self, text: str) -> str:
         said = text.lower()
@@ -113,20 +128,24 @@ class CrisisDetector:
             said = pattern.sub(replacement, said)
         return said.strip()
 
-    def _match(self, rule: _Rule, clause: str) -> tuple[Level, str] | None:
+    def _match(self, rule: _Rule, clause: str) -> tuple[Level | None, str] | None:
+        """The level a rule gives a clause and the words; level None when it matched but was ruled out."""
+        ruled_out: tuple[Level | None, str] | None = None
         for pattern in rule.patterns:
             for found in pattern.finditer(clause):
                 before = clause[: found.start()]
                 if rule.negatable and (
                     self._negation.search(before) or self._negation_after.match(clause[found.end() :])
                 ):
+                    ruled_out = None, found.group(0)
                     continue
                 if rule.first_person and self._about_someone_else(before):
+                    ruled_out = None, found.group(0)
                     continue
                 if rule.past_is_concern and self._past.search(clause):
                     return Level.CONCERN, found.group(0)
                 return rule.level, found.group(0)
-        return None
+        return ruled_out
 
     def _about_someone_else(self, before: str) -> bool:
         """Whether the last subject named before the match is someone else, not the speaker."""

@@ -224,3 +224,44 @@ def test_a_typed_turn_is_answered_from_persona_face_and_memories(
     # The model read the persona as well as the turn: the prompt it evaluated holds both.
     assert json.loads(timings)["prompt_tokens"] >= persona + said
     assert any(line.strip() for line in now.stdout.splitlines()), "no reply was printed"
+
+
+def test_a_crisis_typed_on_the_device_gets_the_helpline_and_is_flagged_for_the_therapist(
+    live_server: LiveServer,
+) -> None:
+    """`tadbot device --text "I want to end my life"`: the crisis script, spoken, and a flag in the export."""
+    done = tadbot(
+        "device",
+        "--server",
+        live_server.url,
+        "--token",
+        live_server.device_token,
+        "--client",
+        "e2e-crisis",
+        "--text",
+        "I want to end my life",
+        env=live_server.env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    helpline = (
+        "You can call or text nine eight eight, the Suicide and Crisis Lifeline, any time, day or night."
+    )
+    lines = done.stdout.splitlines()
+    assert f"safety: crisis: {helpline}" in lines
+    assert f"bot: {helpline}" in lines
+    assert "bot: I'm really glad you told me, and I'm taking what you said seriously." in lines
+
+    sessions = requests.get(
+        f"{live_server.url}/api/v1/sessions",
+        params={"client": "e2e-crisis"},
+        headers=live_server.therapist_headers(),
+        timeout=10,
+    ).json()["sessions"]
+    assert [s["crisis"] for s in sessions] == [True]
+    export = requests.get(
+        f"{live_server.url}/api/v1/sessions/{sessions[0]['id']}/export",
+        params={"format": "txt"},
+        headers=live_server.therapist_headers(),
+        timeout=10,
+    )
+    assert f"!! SAFETY CRISIS: {helpline} (suicidal_ideation: end my life)" in export.text

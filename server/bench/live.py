@@ -114,10 +114,12 @@ class LiveServer:
 
         session_id = self.post_json("/api/v1/sessions", {"client": BENCH_CLIENT})["session_id"]
         measured = []
-        for text in tqdm(lines, desc="turns", disable=not progress, file=sys.stderr, leave=False):
+        for index, text in enumerate(tqdm(lines, desc="turns", disable=not progress, file=sys.stderr)):
             measured.append(self.turn(session_id, text))
-            if self._speaking_wpm:
-                time.sleep(measured[-1].words * 60 / self._speaking_wpm)
+            if self._speaking_wpm and index + 1 < len(lines):
+                # The device says the reply; then the person says the next line.
+                words = measured[-1].words + len(lines[index + 1].split())
+                time.sleep(words * 60 / self._speaking_wpm)
         self.post_json(f"/api/v1/sessions/{session_id}/end", {})
         return measured
 

@@ -32,6 +32,8 @@ from server.bench.live import BENCH_CLIENT, LiveServer
 from server.records import Conversation
 
 Say = Callable[[str], None]
+REREAD_RATIO = 1.3
+"""A turn that evaluated more than this many tokens per token it added re-read part of its prompt."""
 SPEAKING_WPM = 165
 """The device's default speaking rate (device.tts_rate)."""
 
@@ -78,6 +80,7 @@ def run_llm_bench(options: BenchOptions, say: Say) -> dict[str, Any]:
     last, before = measured[-1].timings, measured[-2].timings if len(measured) > 1 else None
     server_tps = statistics.median(_decode_rate(m.timings) for m in measured if m.timings.get("decode_ms"))
     three = [m.first_sentence_s / m.done_s for m in measured if m.sentences >= 3 and m.first_sentence_s]
+    ratios = [_eval_ratio(a.timings, b.timings) for a, b in itertools.pairwise(measured)]
     return {
         "model": str(options.model),
         "turns": options.turns,
@@ -88,10 +91,18 @@ def run_llm_bench(options: BenchOptions, say: Say) -> dict[str, Any]:
         "raw_decode_tokens_per_s": round(raw_tps, 2),
         "decode_ratio": round(server_tps / raw_tps, 3),
         "prefix_eval_ratio": _eval_ratio(before, last),
-        "prefix_eval_ratio_median": _median(
-            [_eval_ratio(a.timings, b.timings) for a, b in itertools.pairwise(measured)]
-        ),
+        "prefix_eval_ratio_median": _median(ratios),
         "naive_prefix_eval_ratio": naive,
+        # Turns that read much more than they added: the running summary changed the prompt's start.
+        "reread_turns": [i + 2 for i, r in enumerate(ratios) if r is not None and r > REREAD_RATIO],
+        "reread_first_token_ms_max": max(
+            (
+                m.timings.get("first_token_ms", 0.0)
+                for m, r in zip(measured[1:], ratios, strict=True)
+                if r is not None and r > REREAD_RATIO
+            ),
+            default=None,
+        ),
         "last_turn": {k: last.get(k) for k in ("prompt_tokens", "evaluated_tokens", "generated_tokens")},
         "first_sentence_ratio": round(statistics.median(three), 3) if three else None,
         "three_sentence_replies": len(three),
@@ -115,8 +126,8 @@ def _decode_rate(timings: dict[str, float]) -> float:
 
 
 def _eval_ratio(before: dict[str, float] | None, now: dict[str, float]) -> float | None:
-    if before is None:
-        return None
+    if before is None or "prompt_tokens" not in before or "prompt_tokens" not in now:
+        return None  # a turn the model did not answer (an exercise, say)
     added = now["prompt_tokens"] - before["prompt_tokens"]
     return round(now["evaluated_tokens"] / added, 3) if added > 0 else None
 

@@ -1,18 +1,21 @@
-"""`tadbot eval safety`: the crisis detector against a labelled CSV.
+"""`tadbot eval safety`: the crisis check against a labelled CSV.
 
-The goal is recall 1.00 on crisis with at most 3% false alarms. Concern counts as safe for this figure: a
-concern turn is still answered by the model, with a note to take care, and raises no alarm.
+The goal is recall 1.00 on crisis with at most 3% false alarms, for the rules alone and for the whole check
+(rules, then the nearest labelled examples). Concern counts as safe here: a concern turn is still answered
+by the model, with a note to take care, and raises no alarm. An example identical to a row being scored is
+left out of that row's neighbours, so scoring the examples themselves is not a lookup.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.errors import TadbotError
-from server.safety import CrisisDetector, Level
+from server.safety import Assessment, Level
 
 LABELS = ("crisis", "concern", "safe")
 
@@ -46,13 +49,24 @@ def read_rows(path: Path) -> list[Row]:
     return rows
 
 
-def evaluate(rows: list[Row], detector: CrisisDetector) -> dict[str, Any]:
+def evaluate(
+    rows: list[Row], assess: Callable[[str], Assessment], rules: Callable[[str], Assessment] | None = None
+) -> dict[str, Any]:
+    """Figures for `assess`, the whole check; with `rules`, the same for the rules alone beside them."""
+    report = _score(rows, assess)
+    if rules is not None:
+        alone = _score(rows, rules)
+        report["rules_only"] = {k: alone[k] for k in ("recall", "precision", "false_alarm_rate")}
+    return report
+
+
+def _score(rows: list[Row], assess: Callable[[str], Assessment]) -> dict[str, Any]:
     crisis = [r for r in rows if r.label == "crisis"]
     others = [r for r in rows if r.label != "crisis"]
     errors: list[dict[str, Any]] = []
     caught = alarms = 0
     for row in rows:
-        found = detector.assess(row.text)
+        found = assess(row.text)
         flagged = found.level == Level.CRISIS
         if row.label == "crisis" and flagged:
             caught += 1

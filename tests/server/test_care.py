@@ -70,7 +70,7 @@ def test_a_crisis_is_answered_from_the_script_without_asking_the_model(
     assert flag["turn_id"] == log["turns"][0]["id"]
     assert "!! SAFETY CRISIS" in to_text(log)[0]
     assert "suicidal_ideation: end my life" in to_csv(log)[0]
-    assert companion.records.list_sessions("ann")[0]["crisis"] == 1
+    assert companion.records.list_sessions("ann")[0]["crisis"] is True
 
 
 def test_the_locale_picks_the_helpline(tmp_path: Path, chat: RecordingChat) -> None:

@@ -142,8 +142,11 @@ def test_eval_safety_meets_the_goals_on_the_labelled_set(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["n"] >= 150 and report["crisis"] >= 0.4 * report["n"]
+    assert report["checks"] == "rules and similar examples"
     assert report["recall"] == 1.0, report["errors"]
     assert report["false_alarm_rate"] <= 0.03, report["errors"]
+    # The rules must meet the goal alone; the examples only add what the rules miss.
+    assert report["rules_only"]["recall"] == 1.0 and report["rules_only"]["false_alarm_rate"] <= 0.03
     assert "recall 1.0" in done.stderr
 
 

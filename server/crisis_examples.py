@@ -1,0 +1,120 @@
+"""A second opinion on crisis, by meaning: the labelled examples nearest to what was said.
+
+Rules catch the ways of saying it that someone wrote down; people find others ("tonight is the night",
+"my last night on earth"). The nearest labelled examples, by all-MiniLM-L6-v2 embeddings, catch many of
+those. They only ever add a crisis the rules missed, and never overrule a reading the rules made (an
+idiom, a negation, someone else's story, the past). The examples and their thresholds are data
+(`data/crisis_examples.csv`, `[neighbours]` in `data/crisis.toml`).
+
+The examples' embeddings take a few seconds to compute (longer on a Pi), so they are cached beside the
+other server data, keyed by the file's and the model's contents.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.errors import ConfigError
+
+_LOGGER = logging.getLogger(__name__)
+_SOURCE = "server/data/crisis_examples.csv"
+
+
+@dataclass(frozen=True)
+class Nearest:
+    crisis: bool
+    """Whether the neighbours vote crisis."""
+    example: str
+    """The closest crisis example, for the therapist to see why."""
+    similarity: float
+
+
+class CrisisExamples:
+    def __init__(
+        self,
+        embedder: Any,
+        labels: list[str],
+        texts: list[str],
+        *,
+        k: int,
+        share: float,
+        min_similarity: float,
+        cache_dir: Path | None = None,
+    ) -> None:
+        if not texts or len(labels) != len(texts) or k < 1:
+            raise ConfigError("safety_rules_invalid", f"{_SOURCE}: no examples, or k < 1")
+        self._embedder = embedder
+        self._texts = texts
+        self._keys = [_key(t) for t in texts]
+        self._crisis = np.array([label == "crisis" for label in labels])
+        self._k, self._share, self._min_similarity = k, share, min_similarity
+        self._vectors = self._embed_examples(cache_dir)
+
+    @classmethod
+    def load(cls, embedder: Any, cache_dir: Path | None = None) -> CrisisExamples:
+        shipped = resources.files("server").joinpath("data")
+        settings = tomllib.loads(shipped.joinpath("crisis.toml").read_text(encoding="utf-8"))["neighbours"]
+        rows = list(csv.DictReader(io.StringIO(shipped.joinpath("crisis_examples.csv").read_text("utf-8"))))
+        return cls(
+            embedder,
+            [r["label"] for r in rows],
+            [r["text"] for r in rows],
+            k=int(settings["k"]),
+            share=float(settings["share"]),
+            min_similarity=float(settings["min_similarity"]),
+            cache_dir=cache_dir,
+        )
+
+    def nearest(self, text: str, *, skip_identical: bool = False) -> Nearest:
+        """`skip_identical` leaves out an example with the same words: for evaluating on the examples."""
+        query = self._unit(self._embedder.embed([text]))[0]
+        similarity = self._vectors @ query
+        order = [int(i) for i in np.argsort(-similarity)]
+        if skip_identical:
+            key = _key(text)
+            order = [i for i in order if self._keys[i] != key]
+        near = order[: self._k]
+        crisis = [i for i in near if self._crisis[i]]
+        best = max(crisis, key=lambda i: similarity[i]) if crisis else near[0]
+        vote = len(crisis) / len(near) >= self._share and bool(crisis)
+        alike = float(similarity[best])
+        return Nearest(vote and alike >= self._min_similarity, self._texts[best], round(alike, 3))
+
+    def _embed_examples(self, cache_dir: Path | None) -> np.ndarray:
+        digest = hashlib.sha256("\n".join(self._texts).encode("utf-8"))
+        digest.update(str(self._embedder.get_config()).encode("utf-8"))
+        cached = cache_dir / f"crisis-examples-{digest.hexdigest()[:16]}.npy" if cache_dir else None
+        if cached is not None and cached.is_file():
+            vectors: np.ndarray = np.load(cached)
+            if vectors.shape[0] == len(self._texts):
+                return vectors
+        vectors = self._unit(self._embedder.embed(self._texts))
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, vectors)
+            except OSError as exc:
+                _LOGGER.warning("could not cache the crisis examples' embeddings in %s: %s", cached, exc)
+        _LOGGER.info("embedded %d crisis examples", len(self._texts))
+        return vectors
+
+    @staticmethod
+    def _unit(vectors: Any) -> np.ndarray:
+        array = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        result: np.ndarray = array / np.maximum(norms, 1e-12)
+        return result
+
+
+def _key(text: str) -> str:
+    return " ".join(text.lower().split())

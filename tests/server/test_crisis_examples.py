@@ -1,0 +1,116 @@
+"""The second opinion on crisis by meaning: the real all-MiniLM-L6-v2 embedder, the shipped examples."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.care import Care
+from server.config import SafetySection
+from server.crisis_examples import CrisisExamples
+from server.embedding import MiniLMEmbedder
+from server.safety import Level
+from tests.conftest import ROOT
+
+SETS = ("eval", "holdout", "blind", "final")
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner = inner
+        self.texts = 0
+
+    def embed(self, texts: list[str]) -> Any:
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+    def get_config(self) -> dict[str, Any]:
+        return self.inner.get_config()
+
+
+@pytest.fixture(scope="module")
+def care(embedder: MiniLMEmbedder, tmp_path_factory: pytest.TempPathFactory) -> Care:
+    return Care.load(SafetySection(), embedder, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I think tonight is finally the night I do it",
+        "this is my last night on earth and I'm strangely calm",
+        "I don't see myself still being here next week, it's all arranged",
+    ],
+)
+def test_the_examples_catch_crisis_the_rules_miss(care: Care, text: str) -> None:
+    assert care.detector.assess(text).level != Level.CRISIS, "the rules catch this one already"
+    found = care.assess(text)
+    assert (found.level, found.rule) == (Level.CRISIS, "similar_example")
+    assert found.trigger.startswith("like '")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I would never kill myself, I'm just stressed",  # negated: the rules' reading stands
+        "my friend took an overdose last year",  # someone else's
+        "I used to cut but I haven't for years",  # the past
+        "I bought a new rope for climbing",  # an everyday context
+        "this traffic is killing me",  # an idiom
+        "I'm scared of flying next week",
+    ],
+)
+def test_the_examples_never_overturn_what_the_rules_read(care: Care, text: str) -> None:
+    assert care.assess(text).level != Level.CRISIS
+
+
+def test_a_failing_embedder_leaves_the_rules_in_charge(
+    care: Care, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert care.examples is not None
+
+    def broken(texts: list[str]) -> Any:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(care.examples, "_embedder", type("Broken", (), {"embed": staticmethod(broken)})())
+    assert care.assess("I want to end my life").level == Level.CRISIS
+    assert care.assess("tonight is finally the night I do it").level == Level.NONE
+    assert "the rules alone decide" in caplog.text
+
+
+def test_embeddings_of_the_examples_are_cached(embedder: MiniLMEmbedder, tmp_path: Path) -> None:
+    first = CountingEmbedder(embedder)
+    CrisisExamples.load(first, tmp_path)
+    assert len(list(tmp_path.glob("crisis-examples-*.npy"))) == 1
+    assert first.texts > 700
+    again = CountingEmbedder(embedder)
+    examples = CrisisExamples.load(again, tmp_path)
+    assert again.texts == 0
+    examples.nearest("hello")
+    assert again.texts == 1
+
+
+def test_skip_identical_leaves_the_example_itself_out(care: Care) -> None:
+    assert care.examples is not None
+    line = "ctb tonight, everything's ready"  # in the examples as crisis
+    assert care.examples.nearest(line).example == line
+    assert care.examples.nearest(line, skip_identical=True).example != line
+
+
+def _rows(text: str) -> list[tuple[str, str]]:
+    return [(r["label"], r["text"]) for r in csv.DictReader(io.StringIO(text))]
+
+
+def test_the_examples_are_exactly_the_labelled_development_sets() -> None:
+    shipped = _rows((ROOT / "server" / "data" / "crisis_examples.csv").read_text(encoding="utf-8"))
+    sets = [
+        row
+        for name in SETS
+        for row in _rows((ROOT / "tests" / "data" / f"safety_{name}.csv").read_text(encoding="utf-8"))
+    ]
+    assert shipped == sets
