@@ -230,18 +230,8 @@ def test_a_crisis_typed_on_the_device_gets_the_helpline_and_is_flagged_for_the_t
     live_server: LiveServer,
 ) -> None:
     """`tadbot device --text "I want to end my life"`: the crisis script, spoken, and a flag in the export."""
-    done = tadbot(
-        "device",
-        "--server",
-        live_server.url,
-        "--token",
-        live_server.device_token,
-        "--client",
-        "e2e-crisis",
-        "--text",
-        "I want to end my life",
-        env=live_server.env,
-    )
+    device = ("device", "--server", live_server.url, "--token", live_server.device_token)
+    done = tadbot(*device, "--client", "e2e-crisis", "--text", "I want to end my life", env=live_server.env)
     assert done.returncode == 0, done.stdout + done.stderr
     helpline = (
         "You can call or text nine eight eight, the Suicide and Crisis Lifeline, any time, day or night."

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ from typing import Any
 from server.errors import TadbotError
 
 BENCH_CLIENT = "bench"
+Say = Callable[[str], None]
+"""Where a bench reports its progress, a line at a time."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,13 @@ class LiveServer:
         self.post_json(f"/api/v1/sessions/{session_id}/end", {})
         return measured
 
-    def turn(self, session_id: str, text: str = "", *, audio: bytes = b"") -> TurnMeasure:
-        """One turn, typed or (with `audio`, a WAV) spoken, timed from the request to each event."""
+    def turn(
+        self, session_id: str, text: str = "", *, audio: bytes = b"", crisis_only: bool = False
+    ) -> TurnMeasure:
+        """One turn, typed or (with `audio`, a WAV) spoken, timed from the request to each event.
+
+        `crisis_only` hangs up as soon as the turn shows it is not a crisis, as a device would, so that the
+        model is not kept writing a reply nobody waits for."""
         boundary = "tadbotbench"
         if audio:
             part = (
@@ -141,7 +148,11 @@ class LiveServer:
         first: float | None = None
         sentences = words = 0
         safety = heard = ""
-        for item in self._events(request):
+        events = self._events(request)
+        for item in events:
+            if crisis_only and heard and item["type"] not in ("emotions", "safety") and not safety:
+                events.close()
+                return TurnMeasure({}, sentences, first, time.monotonic() - started, words, heard=heard)
             if item["type"] == "transcript":
                 heard = item["text"]
             elif item["type"] == "safety":
@@ -159,7 +170,7 @@ class LiveServer:
                 raise TadbotError("bench_failed", f"a turn failed: {item['code']}: {item['message']}")
         raise TadbotError("bench_failed", "a turn's stream ended without `done`")
 
-    def _events(self, request: urllib.request.Request) -> Iterator[dict[str, Any]]:
+    def _events(self, request: urllib.request.Request) -> Generator[dict[str, Any]]:
         with self._opener().open(request, timeout=900) as answer:
             for line in answer:
                 if line.strip():

@@ -22,16 +22,14 @@ import statistics
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.bench.live import BENCH_CLIENT, LiveServer
+from server.bench.live import BENCH_CLIENT, LiveServer, Say
 from server.records import Conversation
 
-Say = Callable[[str], None]
 REREAD_RATIO = 1.3
 """A turn that evaluated more than this many tokens per token it added re-read part of its prompt."""
 SPEAKING_WPM = 165
@@ -73,8 +71,8 @@ def run_llm_bench(options: BenchOptions, say: Say) -> dict[str, Any]:
             measured = server.session(wanted, progress=True)
             peak_rss_mb = server.peak_rss_mb()
         conversation = _conversation(data / "tadbot.sqlite3")
-        say("raw llama.cpp on the same model")
-        raw_tps = _raw_decode_rate(options, wanted[:3])
+        say("raw llama.cpp on the same model and the server's last prompts")
+        raw_tps = _raw_decode_rate(options, _last_prompts(conversation[1], 3))
         say("the same conversation with the memories at the top of the prompt")
         naive = _naive_prefix_eval_ratio(options, conversation, data) if remembered else None
     last, before = measured[-1].timings, measured[-2].timings if len(measured) > 1 else None
@@ -161,12 +159,33 @@ def _conversation(database: Path) -> tuple[str, Conversation]:
     return last, records.conversation(last)
 
 
-def _raw_decode_rate(options: BenchOptions, lines: list[str]) -> float:
-    """Median decode speed of plain `Llama` streaming on prompts like the server's, with the same threads."""
+def _last_prompts(conversation: Conversation, count: int) -> list[list[dict[str, str]]]:
+    """The messages of the session's last `count` user turns, as the server laid them out."""
+    from server.prompt import Prompts, build_messages
+
+    prompts = Prompts.load("Tad")
+    turns = conversation.turns
+    users = [i for i, turn in enumerate(turns) if turn.role == "user"][-count:]
+    return [
+        build_messages(
+            prompts,
+            summary=conversation.summary,
+            history=[{"role": t.role, "content": t.prompt} for t in turns[:index]],
+            content=turns[index].prompt,
+        )
+        for index in users
+    ]
+
+
+def _raw_decode_rate(options: BenchOptions, chats: list[list[dict[str, str]]]) -> float:
+    """Median decode speed of plain `Llama` chat streaming on the server's own prompts (so the context is
+    as long), with the same threads and sampling."""
     import llama_cpp
 
-    from server.prompt import Prompts
+    from server.config import LlmSection
+    from server.llm import fold_system
 
+    sampling = LlmSection()
     llm = llama_cpp.Llama(
         model_path=str(options.model),
         n_ctx=options.n_ctx,
@@ -175,13 +194,21 @@ def _raw_decode_rate(options: BenchOptions, lines: list[str]) -> float:
         swa_full=True,
         verbose=False,
     )
-    system = Prompts.load("Tad").system
     rates = []
-    for text in lines:
-        prompt = f"<start_of_turn>user\n{system}\n\n{text}<end_of_turn>\n<start_of_turn>model\n"
+    for messages in chats:
+        llm.reset()
         llama_cpp.llama_perf_context_reset(llm.ctx)
         first = 0.0
-        for index, _ in enumerate(llm.create_completion(prompt, max_tokens=options.max_tokens, stream=True)):
+        stream = llm.create_chat_completion(
+            messages=fold_system(messages),  # type: ignore[arg-type]
+            max_tokens=options.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            repeat_penalty=sampling.repeat_penalty,
+            stream=True,
+        )
+        for index, _ in enumerate(stream):
             if index == 0:
                 first = time.monotonic()
         decode_s = time.monotonic() - first

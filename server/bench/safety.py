@@ -1,8 +1,10 @@
 """`tadbot bench safety`: how soon a person in crisis hears the crisis reply, whatever the model is doing.
 
 The crisis reply never waits for the language model, so it must start just as fast while the model is busy
-with another turn's reply as when it is idle. Both are measured through the real server, in one run:
-typed, and spoken (through speech recognition) where espeak-ng is installed to say the words.
+with another turn's reply as when it is idle. Both are measured through the real server, in one run. Where
+espeak-ng is installed to say the words, spoken turns are timed too (speech recognition, then the check),
+with the model idle: a line the recogniser mishears is no crisis to the server, and it then waits for the
+model like any other turn.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.bench.live import BENCH_CLIENT, LiveServer, TurnMeasure
+from server.bench.live import BENCH_CLIENT, LiveServer, Say, TurnMeasure
 from server.errors import TadbotError
-
-Say = Callable[[str], None]
 
 GOAL_MS = 1000.0
 """The crisis reply must start within a second of the request."""
@@ -59,24 +59,25 @@ def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
             crisis_session = _session(server)
             say(f"{len(lines)} crisis turns with the model idle")
             idle = [_crisis_turn(server, crisis_session, text=line) for line in lines]
-            say("the same while the model writes another reply")
-            busy, overlapped = _while_busy(server, busy_line, lambda: _all_turns(server, lines, spoken))
-    typed_busy, spoken_busy = busy[: len(lines)], busy[len(lines) :]
-    caught = [m for m in spoken_busy if m.source == "crisis"]
+            if spoken:
+                say(f"{len(spoken)} spoken, through speech recognition, with the model idle")
+            heard = [server.turn(crisis_session, audio=wav, crisis_only=True) for wav in spoken]
+            say("the typed ones again while the model writes another reply")
+            busy, overlapped = _while_busy(server, busy_line, lambda: _typed_turns(server, lines))
+    caught = [m for m in heard if m.safety == "crisis"]
     return {
         "model": str(options.model),
         "goal_ms": GOAL_MS,
         "crisis_first_sentence_ms_idle": _summary(idle),
-        "crisis_first_sentence_ms_busy": _summary(typed_busy),
-        "spoken_crisis_first_sentence_ms_busy": _summary(caught) if caught else None,
-        # Speech recognition is the weak link: what it heard, and whether that still read as a crisis.
-        "spoken": [
-            {"said": said, "heard": m.heard, "crisis": m.source == "crisis"}
-            for said, m in zip(lines, spoken_busy, strict=False)
-        ],
+        "crisis_first_sentence_ms_busy": _summary(busy),
         "model_was_busy": overlapped,
-        "meets_goal": max((m.first_sentence_s or 0.0) for m in [*idle, *typed_busy, *caught]) * 1000
-        < GOAL_MS,
+        "meets_goal": max((m.first_sentence_s or 0.0) for m in [*idle, *busy]) * 1000 < GOAL_MS,
+        # Spoken, speech recognition comes first: its time, what it heard, and whether that read as a crisis.
+        "spoken_crisis_first_sentence_ms": _summary(caught) if caught else None,
+        "spoken": [
+            {"said": said, "heard": m.heard, "crisis": m.safety == "crisis"}
+            for said, m in zip(lines, heard, strict=False)
+        ],
     }
 
 
@@ -93,10 +94,9 @@ def _crisis_turn(server: LiveServer, session_id: str, *, text: str) -> TurnMeasu
     return measured
 
 
-def _all_turns(server: LiveServer, lines: list[str], spoken: list[bytes]) -> list[TurnMeasure]:
+def _typed_turns(server: LiveServer, lines: list[str]) -> list[TurnMeasure]:
     session_id = _session(server)
-    typed = [_crisis_turn(server, session_id, text=line) for line in lines]
-    return typed + [server.turn(session_id, audio=wav) for wav in spoken]
+    return [_crisis_turn(server, session_id, text=line) for line in lines]
 
 
 def _while_busy(
