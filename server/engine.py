@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +21,13 @@ from server.care import Care, Line
 from server.components import Components
 from server.config import Settings
 from server.errors import LlmError, MemoryStoreError, TadbotError
+from server.history import History
 from server.llm import GenerationStats
+from server.model_queue import ModelQueue
 from server.prompt import Prompts, build_messages, stage_for, turn_content
-from server.records import Conversation, SessionRow, Turn
+from server.records import Conversation, SessionRow
 from server.safety import Assessment, Level
-from server.summary import TURN_OVERHEAD_TOKENS, Summariser, fallback_summary, plan_fold, summarise_prompt
+from server.summary import Summariser
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,30 +72,21 @@ class Companion:
         self.prompts = prompts
         # The safety rules and exercises are data shipped with the package: cheap and certain to load.
         self.care = care or Care.load(settings.safety)
-        self._turns = 0
-        self._turns_changed = threading.Condition()
-        self.summariser = Summariser(self._fold_with_model)
+        self.queue = ModelQueue(settings.llm.queue_max)
+        self.history = History(lambda: self.components, settings, prompts, self.queue)
 
     def close(self) -> None:
-        """Stop the background summaries; a fold left undone is made deterministically at the next turn."""
-        self.summariser.close()
+        self.history.close()
 
     def admit(self) -> None:
-        """Take a place for one turn, or refuse at once when too many already wait for the model."""
-        limit = 1 + self.settings.llm.queue_max
-        with self._turns_changed:
-            if self._turns >= limit:
-                raise LlmError(
-                    "llm_busy",
-                    f"{self._turns} turns are already in progress or waiting; try again in a few seconds",
-                    503,
-                )
-            self._turns += 1
+        self.queue.admit()
 
     def release(self) -> None:
-        with self._turns_changed:
-            self._turns -= 1
-            self._turns_changed.notify_all()
+        self.queue.release()
+
+    @property
+    def summariser(self) -> Summariser:
+        return self.history.summariser
 
     @property
     def records(self) -> Any:
@@ -199,7 +191,7 @@ class Companion:
     ) -> Iterator[dict[str, Any]]:
         """A reply from the language model, or without it when it is missing or too busy to wait for."""
         t0 = time.perf_counter()
-        conversation = self._fit(session.id)
+        conversation = self.history.fit(session.id)
         memories = self._recall(session, text, conversation)
         timings["memory_ms"] = _ms(t0)
         exchange = len(self.records.user_turns(session.id)) + 1
@@ -217,7 +209,7 @@ class Companion:
                 self.prompts, user_text=text, memories=notes, stage=stage, top3=top3, safety_note=note
             )
 
-        conversation, content = self._within_context(session.id, conversation, content_with, memories)
+        conversation, content = self.history.within_context(session.id, conversation, content_with, memories)
         turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content)
         if note:
             trigger = f"{assessment.rule}: {assessment.trigger}"
@@ -252,7 +244,7 @@ class Companion:
             yield from self._speak(session, messages, started, timings, offer)
         finally:
             self.release()
-        if self._needs_fold(conversation, content, early=True):
+        if self.history.needs_fold(conversation, content, early=True):
             self.summariser.submit(session.id)
 
     def _scripted(
@@ -451,141 +443,12 @@ class Companion:
         for item in found:
             if item.text in shown:
                 continue  # already in the prompt, from an earlier turn of this session
-            cost = self._count(item.text)
+            cost = self.history.count(item.text)
             if spent + cost > settings.recall_tokens:
                 break
             kept.append(item.text)
             spent += cost
         return kept
-
-    # The running summary -------------------------------------------------------------------------
-
-    def _count(self, text: str) -> int:
-        chat = self.components.chat
-        # Without a model nothing is generated; a rough count still keeps the record's folds sensible.
-        return chat.count_tokens(text) if chat is not None else len(text) // 3 + 1
-
-    def _cost(self, turn: Turn) -> int:
-        return self._count(turn.prompt)
-
-    def _needs_fold(self, conversation: Conversation, content: str, *, early: bool) -> bool:
-        """`early`: worth folding in the background, before the budget is actually reached."""
-        budget = self.settings.memory.history_tokens
-        limit = budget * 3 // 4 if early else budget
-        spent = sum(self._cost(t) for t in conversation.turns) + self._count(content)
-        return spent > limit
-
-    def _prompt_tokens(self, conversation: Conversation, content: str) -> int:
-        system = self.prompts.system + self.prompts.summary_note.format(summary=conversation.summary)
-        turns = sum(self._cost(t) + TURN_OVERHEAD_TOKENS for t in conversation.turns)
-        # The new turn's markers, <bos> and the model's opening marker.
-        return self._count(system) + turns + self._count(content) + 2 * TURN_OVERHEAD_TOKENS
-
-    def _within_context(
-        self,
-        session_id: str,
-        conversation: Conversation,
-        content_with: Callable[[Sequence[str]], str],
-        memories: Sequence[str],
-    ) -> tuple[Conversation, str]:
-        """Make the prompt and the reply fit the context window: never an overflow in the middle of a turn.
-
-        The budgets in config normally see to it; a long system prompt or a small window may not. Then the
-        whole conversation is folded into the summary, and then the memories are left out.
-        """
-        room = self.settings.llm.n_ctx - self.settings.llm.max_tokens
-        content = content_with(memories)
-        if self._prompt_tokens(conversation, content) <= room:
-            return conversation, content
-        conversation = self._fit(session_id, limit=0)
-        if self._prompt_tokens(conversation, content) <= room:
-            return conversation, content
-        content = content_with(())
-        needed = self._prompt_tokens(conversation, content)
-        if needed <= room:
-            return conversation, content
-        raise LlmError(
-            "context_too_small",
-            f"the system prompt and this turn need {needed} tokens, but llm.n_ctx = "
-            f"{self.settings.llm.n_ctx} leaves {room} after llm.max_tokens; raise llm.n_ctx or shorten the "
-            "system prompt",
-            503,
-        )
-
-    def _fit(self, session_id: str, limit: int | None = None) -> Conversation:
-        """The conversation within its token budget (or `limit`), folding deterministically now if it must."""
-        conversation = self.records.conversation(session_id)
-        budget = self.settings.memory.history_tokens
-        limit = budget if limit is None else limit
-        plan = plan_fold(conversation.turns, self._cost, limit=limit, target=min(limit, budget // 2))
-        if plan is None:
-            return conversation
-        summary = fallback_summary(
-            self.prompts, conversation.summary, plan.folded, self._count, self.settings.memory.summary_tokens
-        )
-        if self.records.fold(
-            session_id, summary=summary, through=plan.through, expected_through=conversation.folded_through
-        ):
-            _LOGGER.info("session %s: folded %d turns without the model", session_id, len(plan.folded))
-        return self.records.conversation(session_id)
-
-    def _fold_with_model(self, session_id: str) -> None:
-        """The background job: let the model write the running summary, then read the new prompt start in."""
-        with self._turns_changed:
-            self._turns_changed.wait_for(lambda: self._turns == 0)
-        chat = self.components.chat
-        conversation = self.records.conversation(session_id)
-        budget = self.settings.memory.history_tokens
-        plan = plan_fold(conversation.turns, self._cost, limit=budget * 3 // 4, target=budget // 2)
-        if plan is None or chat is None:
-            return
-        summary = self._model_summary(conversation.summary, plan.folded)
-        if summary is None:
-            summary = fallback_summary(
-                self.prompts,
-                conversation.summary,
-                plan.folded,
-                self._count,
-                self.settings.memory.summary_tokens,
-            )
-        if not self.records.fold(
-            session_id, summary=summary, through=plan.through, expected_through=conversation.folded_through
-        ):
-            return
-        _LOGGER.info("session %s: folded %d turns into the running summary", session_id, len(plan.folded))
-        # The next prompt starts with this; reading it in now, while nobody waits, saves that time then.
-        messages = build_messages(
-            self.prompts,
-            summary=summary,
-            history=[{"role": t.role, "content": t.prompt} for t in plan.kept],
-            content="",
-        )[:-1]
-        if not self._turns and not self.summariser.stopping.is_set():
-            for _ in chat.stream_chat(messages, max_tokens=1, temperature=0.0):
-                pass
-
-    def _model_summary(self, previous: str, folded: Sequence[Turn]) -> str | None:
-        """The model's summary, or None when it fails or a person starts talking meanwhile."""
-        limit = self.settings.memory.summary_tokens
-        prompt = summarise_prompt(self.prompts, previous, folded, self.settings.persona.name)
-        pieces: list[str] = []
-        stream = self.components.chat.stream_chat(
-            [{"role": "user", "content": prompt}], max_tokens=limit, temperature=0.3
-        )
-        try:
-            with contextlib.closing(stream):
-                for piece in stream:
-                    if self._turns or self.summariser.stopping.is_set():
-                        _LOGGER.info("summary given up: a turn is waiting for the model")
-                        return None
-                    pieces.append(piece)
-        except LlmError as exc:
-            _LOGGER.warning("the model could not summarise: %s", exc.message)
-            return None
-        from server.sentences import clean_for_speech
-
-        summary = clean_for_speech("".join(pieces))
-        return summary if summary and self._count(summary) <= limit else None
 
     def _remember(self, session: SessionRow, role: str, text: str, kind: str = "turn") -> None:
         memory = self.components.memory

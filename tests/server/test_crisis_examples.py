@@ -43,7 +43,8 @@ def care(embedder: MiniLMEmbedder, tmp_path_factory: pytest.TempPathFactory) -> 
     "text",
     [
         "I think tonight is finally the night I do it",
-        "this is my last night on earth and I'm strangely calm",
+        "I have made my peace and said my goodbyes, tonight I go",
+        "my mind is made up, I am going to end everything on Sunday",
         "I don't see myself still being here next week, it's all arranged",
     ],
 )
