@@ -210,6 +210,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """The figures on stderr for a person, then one JSON object on the last line of stdout."""
     import json
 
+    _require("server")
+    report = _eval_fer(args) if args.target == "fer" else _eval_safety(args)
+    print(json.dumps(report, ensure_ascii=False))
+    return 0
+
+
+def _eval_fer(args: argparse.Namespace) -> dict[str, object]:
+    from server.eval.fer import evaluate, read_photos
+    from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+
+    settings = _settings(args)
+    model = _fer_model(args.model or settings.fer.model_path)
+    photos = read_photos(Path(args.data))
+    pipeline = FerPipeline(FaceDetector(), EmotionClassifier(model, threads=settings.fer.threads))
+    report: dict[str, object] = {"model": str(model), **evaluate(photos, pipeline)}
+    print(
+        f"fer: {report['n']} photos, a face found in {report['face_found_rate']}, "
+        f"accuracy {report['accuracy']} on those",
+        file=sys.stderr,
+    )
+    return report
+
+
+def _fer_model(chosen: str) -> Path:
+    """An .onnx path, or a catalogue name or role whose .onnx has been pulled into the models dir."""
+    from server.models import load_catalogue, models_dir, resolve_model_path
+
+    if chosen.endswith(".onnx") or Path(chosen).is_file():
+        return resolve_model_path(chosen)
+    (entry,) = load_catalogue().select([chosen])
+    (onnx,) = [f for f in entry.files if f.dest.endswith(".onnx")]
+    return models_dir() / onnx.dest
+
+
+def _eval_safety(args: argparse.Namespace) -> dict[str, object]:
     from server.care import Care
     from server.config import SafetySection
     from server.embedding import MiniLMEmbedder, find_embedder_dir
@@ -228,8 +263,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"recall {alone['recall']}, false alarms {alone['false_alarm_rate']}",
         file=sys.stderr,
     )
-    print(json.dumps(report, ensure_ascii=False))
-    return 0
+    return report
 
 
 def _build_progress(say: Callable[[str], None]) -> Callable[[str, int, int], None]:
@@ -305,9 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluation = add("eval", cmd_eval, "measure quality on labelled data; one JSON object on the last line")
-    evaluation.add_argument("target", choices=("safety",))
+    evaluation.add_argument("target", choices=("safety", "fer"))
     evaluation.add_argument(
-        "--data", required=True, help="CSV with columns label,text; labels crisis, concern or safe"
+        "--data",
+        required=True,
+        help="safety: a CSV with columns label,text (crisis, concern or safe); "
+        "fer: a folder with images/ and labels.csv (image,emotion)",
+    )
+    evaluation.add_argument(
+        "--model", help="fer: an .onnx path or a catalogue name (default: fer.model_path)"
     )
     return parser
 

@@ -76,6 +76,13 @@ class LlmSection:
 class FerSection:
     model_path: str = _opt("models/fer.onnx", "ONNX emotion classifier; its manifest (.json) sits beside it.")
     threads: int = _opt(1, "onnxruntime intra-op threads.", lo=1, hi=64)
+    smoothing: float = _opt(
+        0.5,
+        "How far each new face reading moves the session's estimate (exponential moving average); "
+        "1.0 is no smoothing, lower is steadier.",
+        lo=0.01,
+        hi=1.0,
+    )
 
 
 @dataclass(frozen=True)

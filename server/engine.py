@@ -21,6 +21,7 @@ from server.care import Care, Line
 from server.components import Components
 from server.config import Settings
 from server.errors import LlmError, MemoryStoreError, TadbotError
+from server.fer_smoothing import EmotionSmoother
 from server.history import History
 from server.llm import GenerationStats
 from server.model_queue import ModelQueue
@@ -73,6 +74,7 @@ class Companion:
         # The safety rules and exercises are data shipped with the package: cheap and certain to load.
         self.care = care or Care.load(settings.safety)
         self.queue = ModelQueue(settings.llm.queue_max)
+        self.faces = EmotionSmoother(settings.fer.smoothing)
         self.history = History(lambda: self.components, settings, prompts, self.queue)
 
     def close(self) -> None:
@@ -98,8 +100,10 @@ class Companion:
         return {"session_id": session_id, "greeting": self.prompts.greeting}
 
     def read_frame(self, session: SessionRow, image: Any) -> dict[str, Any]:
-        """A frame between turns: one emotion-timeline sample."""
+        """A frame between turns: one raw emotion-timeline sample, and a step of the session's estimate."""
         reading = self.components.fer.read(image)
+        if reading.faces:
+            self.faces.update(session.id, reading.probs)
         top3 = _top3_json(reading.top3)
         self.records.add_emotion_sample(session.id, "frame", reading.faces, top3)
         return {"faces": reading.faces, "top3": top3}
@@ -395,15 +399,15 @@ class Companion:
     def _read_faces(
         self, session: SessionRow, frames: Sequence[Any]
     ) -> tuple[int, list[dict[str, Any]]] | None:
-        """Every frame goes to the timeline; the turn's reading averages the frames that showed a face.
+        """Every frame goes to the timeline as it was; the turn's reading is the session's smoothed estimate
+        after the frames that showed a face.
 
         A face that cannot be read must not cost the person their reply: the turn goes on without emotions.
         """
         from server.fer import rank_top3
 
         faces = 0
-        totals: dict[str, float] = {}
-        seen = 0
+        smoothed: dict[str, float] = {}
         for image in frames:
             try:
                 reading = self.components.fer.read(image)
@@ -413,11 +417,8 @@ class Companion:
             self.records.add_emotion_sample(session.id, "turn", reading.faces, _top3_json(reading.top3))
             faces = max(faces, reading.faces)
             if reading.faces:
-                seen += 1
-                for label, p in reading.probs.items():
-                    totals[label] = totals.get(label, 0.0) + p
-        averaged_probs = {label: total / seen for label, total in totals.items()}
-        return faces, _top3_json(rank_top3(averaged_probs))
+                smoothed = self.faces.update(session.id, reading.probs)
+        return faces, _top3_json(rank_top3(smoothed))
 
     def _recall(self, session: SessionRow, text: str, conversation: Conversation) -> list[str]:
         """What they said in earlier sessions that bears on this turn, new to this prompt, within budget."""
@@ -469,6 +470,8 @@ class Companion:
         if rolling:
             summary = f"{rolling} {summary}"
         turns = self.records.end_session(session.id, summary)
+        self.faces.forget(session.id)
+        self.care.forget(session.id)
         if said and session.ended_at is None:
             self._remember(session, "summary", summary, kind="summary")
         _LOGGER.info("session %s ended after %d exchanges", session.id, turns)
