@@ -171,8 +171,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    model = _bench_model(args, say)
     threads = args.threads or os.cpu_count() or 4
+    if args.target == "fer":
+        from server.bench.fer import FerBenchOptions, run_fer_bench
+
+        if not args.data:
+            raise TadbotError("bad_data", "bench fer needs --data DIR, a folder with images/ of faces")
+        settings = _settings(args)
+        model = _fer_model(args.model or settings.fer.model_path)
+        print(json.dumps(run_fer_bench(FerBenchOptions(Path(args.data), model, settings.fer.threads))))
+        return 0
+    model = _bench_model(args, say)
     if args.target == "safety":
         from server.bench.safety import SafetyBenchOptions, run_safety_bench
 
@@ -332,11 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = add("bench", cmd_bench, "measure speed; prints one JSON object on the last line of stdout")
     bench.add_argument(
-        "target", choices=("llm", "safety"), help="llm: reply speed; safety: how soon a crisis reply starts"
+        "target",
+        choices=("llm", "safety", "fer"),
+        help="llm: reply speed; safety: how soon a crisis reply starts; fer: face reading per frame",
     )
     bench.add_argument(
-        "--model", help="GGUF to measure (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once)"
+        "--model",
+        help="llm, safety: a GGUF (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once); "
+        "fer: an .onnx path or catalogue name (default: fer.model_path)",
     )
+    bench.add_argument("--data", help="fer: a folder with images/ of faces")
     bench.add_argument("--turns", type=int, default=20, help="turns in the measured conversation")
     bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
     bench.add_argument("--n-ctx", type=int, default=2048, help="context window, as llm.n_ctx")

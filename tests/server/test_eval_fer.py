@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import FACES, tadbot
 
 
-def _folder(root: Path, face_jpeg: Path) -> Path:
+def labelled_folder(root: Path, face_jpeg: Path) -> Path:
     images = root / "images"
     images.mkdir(parents=True)
     shutil.copy(face_jpeg, images / "face.jpg")
@@ -26,7 +26,7 @@ def _folder(root: Path, face_jpeg: Path) -> Path:
 def test_eval_fer_reports_faces_found_accuracy_and_recall_per_class(
     tmp_path: Path, tiny_fer: Path, face_jpeg: Path
 ) -> None:
-    data = _folder(tmp_path / "set", face_jpeg)
+    data = labelled_folder(tmp_path / "set", face_jpeg)
     done = tadbot("eval", "fer", "--data", str(data), "--model", str(tiny_fer), env=dict(os.environ))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
