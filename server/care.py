@@ -18,7 +18,7 @@ from server.alerts import CrisisAlerts
 from server.config import SafetySection
 from server.crisis_examples import CrisisExamples
 from server.exercises import Exercise, Exercises
-from server.guard import OutputGuard, Verdict
+from server.guard import OutputGuard
 from server.safety import Assessment, CrisisDetector, CrisisReply, Level
 
 _LOGGER = logging.getLogger(__name__)
@@ -138,14 +138,13 @@ class Care:
         )
         return exercise.offer
 
-    def check_sentence(self, sentence: str) -> Verdict:
-        return self.guard.check(sentence)
+    def exercise_lines(self, exercise: Exercise) -> list[Line]:
+        return [Line(step.text, step.pause_ms) for step in exercise.steps]
 
-    def without_model(self, exercise: Exercise | None = None) -> list[Line]:
-        """The talk-down and an exercise (the default unless one was asked for): a reply with no model."""
-        chosen = exercise or self.exercises.get(self.exercises.default)
-        steps = (*self.exercises.talk_down, *chosen.steps)
-        return [Line(step.text, step.pause_ms) for step in steps]
+    def without_model(self) -> list[Line]:
+        """The talk-down and the default exercise: a reply with no model."""
+        talk_down = [Line(step.text, step.pause_ms) for step in self.exercises.talk_down]
+        return talk_down + self.exercise_lines(self.exercises.get(self.exercises.default))
 
     def forget(self, session_id: str) -> None:
         with self._lock:

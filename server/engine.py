@@ -146,7 +146,7 @@ class Companion:
             if exercise is not None:
                 self.records.add_turn(session.id, "user", text, {})
                 self._remember(session, "user", text)
-                lines = [Line(step.text, step.pause_ms) for step in exercise.steps]
+                lines = self.care.exercise_lines(exercise)
                 yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
                 return
             yield from self._answer(session, text, assessment, top3, started, timings)
@@ -221,23 +221,19 @@ class Companion:
                 session.id, turn_id, Level.CONCERN, trigger, "the model was asked to answer with care"
             )
         self._remember(session, "user", text)
-        offer = self.care.offer(session.id, exchange, assessment, top3)
 
         if self.components.chat is None:
             status = self.components.status.get("llm")
-            _LOGGER.warning(
-                "session %s: no language model (%s); talking down without it",
-                session.id,
-                status.detail if status else "not loaded",
-            )
-            yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
+            why = f"no language model ({status.detail if status else 'not loaded'})"
+            yield from self._offline(session, why, started, timings)
             return
         try:
             self.admit()
         except LlmError as exc:
-            _LOGGER.warning("session %s: %s; talking down without the model", session.id, exc.message)
-            yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
+            yield from self._offline(session, exc.message, started, timings)
             return
+        # Only a reply from the model carries an offer: the talk-down already leads into an exercise.
+        offer = self.care.offer(session.id, exchange, assessment, top3)
         try:
             messages = build_messages(
                 self.prompts,
@@ -250,6 +246,13 @@ class Companion:
             self.release()
         if self.history.needs_fold(conversation, content, early=True):
             self.summariser.submit(session.id)
+
+    def _offline(
+        self, session: SessionRow, why: str, started: float, timings: dict[str, float]
+    ) -> Iterator[dict[str, Any]]:
+        """The talk-down and an exercise, in place of a model that is missing, busy, failed or silent."""
+        _LOGGER.warning("session %s: %s; talking down without the model", session.id, why)
+        yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
 
     def _scripted(
         self,
@@ -309,7 +312,7 @@ class Companion:
             try:
                 with contextlib.closing(self._reply(messages, raw, stats)) as replies:
                     for sentence in replies:
-                        verdict = self.care.check_sentence(sentence)
+                        verdict = self.care.guard.check(sentence)
                         if verdict.blocked:
                             self._blocked(session, sentence, verdict.category or "", verdict.replacement)
                             sentence, blocked = verdict.replacement, True
@@ -322,12 +325,10 @@ class Companion:
             except LlmError as exc:
                 if sentences:
                     raise
-                _LOGGER.warning("session %s: %s; talking down without the model", session.id, exc.message)
+                yield from self._offline(session, exc.message, started, timings)
+                return
             if not sentences:
-                _LOGGER.warning("session %s: the model said nothing; talking down without it", session.id)
-                yield from self._scripted(
-                    session, self.care.without_model(), Source.OFFLINE, started, timings
-                )
+                yield from self._offline(session, "the model said nothing", started, timings)
                 return
             if offer:
                 sentences.append(offer)

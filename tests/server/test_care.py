@@ -211,3 +211,11 @@ def test_a_model_that_fails_before_saying_anything_is_replaced(tmp_path: Path) -
     _, (events,) = _turns(companion, "lu", ["are you there"])
     assert events[-1]["source"] == "offline"
     companion.admit()  # the failed turn gave its place in the queue back
+
+
+def test_without_a_model_no_offer_is_left_waiting_for_a_yes(tmp_path: Path) -> None:
+    companion = _companion(tmp_path, None)
+    _, (first, second) = _turns(companion, "mo", ["I'm panicking", "yes"])
+    offer = companion.care.exercises.get("box_breathing").offer
+    assert offer not in _said(first)
+    assert second[-1]["source"] == "offline", "a yes to an offer that was never said starts nothing"
