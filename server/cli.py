@@ -177,9 +177,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         if not args.data:
             raise TadbotError("bad_data", "bench fer needs --data DIR, a folder with images/ of faces")
+        from server.components import fer_options
+
         settings = _settings(args)
         model = _fer_model(args.model or settings.fer.model_path)
-        print(json.dumps(run_fer_bench(FerBenchOptions(Path(args.data), model, settings.fer.threads))))
+        print(json.dumps(run_fer_bench(FerBenchOptions(Path(args.data), model, fer_options(settings)))))
         return 0
     model = _bench_model(args, say)
     if args.target == "safety":
@@ -226,14 +228,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_fer(args: argparse.Namespace) -> dict[str, object]:
+    from server.components import fer_options
     from server.eval.fer import evaluate, read_photos
-    from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+    from server.fer import build_pipeline
 
     settings = _settings(args)
     model = _fer_model(args.model or settings.fer.model_path)
     photos = read_photos(Path(args.data))
-    pipeline = FerPipeline(FaceDetector(), EmotionClassifier(model, threads=settings.fer.threads))
-    report: dict[str, object] = {"model": str(model), **evaluate(photos, pipeline)}
+    pipeline = build_pipeline(model, **fer_options(settings))
+    report: dict[str, object] = {
+        "model": str(model),
+        "detector": pipeline.detector.name,
+        **evaluate(photos, pipeline),
+    }
     print(
         f"fer: {report['n']} photos, a face found in {report['face_found_rate']}, "
         f"accuracy {report['accuracy']} on those",

@@ -90,11 +90,22 @@ def _build_stt(settings: Settings) -> Any:
 
 
 def _build_fer(settings: Settings) -> Any:
-    from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+    from server.fer import build_pipeline
     from server.models import resolve_model_path
 
-    classifier = EmotionClassifier(resolve_model_path(settings.fer.model_path), threads=settings.fer.threads)
-    return FerPipeline(FaceDetector(), classifier)
+    return build_pipeline(resolve_model_path(settings.fer.model_path), **fer_options(settings))
+
+
+def fer_options(settings: Settings) -> dict[str, Any]:
+    """How the configured face pipeline is built, less the model: `eval fer` and `bench fer` swap that."""
+    from server.models import resolve_model_path
+
+    return {
+        "detector": settings.fer.detector,
+        "detector_path": resolve_model_path(settings.fer.detector_path),
+        "policy": settings.fer.face_policy,
+        "threads": settings.fer.threads,
+    }
 
 
 def _build_llm(settings: Settings) -> Any:

@@ -76,6 +76,18 @@ class LlmSection:
 class FerSection:
     model_path: str = _opt("models/fer.onnx", "ONNX emotion classifier; its manifest (.json) sits beside it.")
     threads: int = _opt(1, "onnxruntime intra-op threads.", lo=1, hi=64)
+    detector: str = _opt(
+        "auto",
+        "Face detector: yunet (landmarks, for aligned models), haar (OpenCV's built-in cascade), or auto: "
+        "yunet when detector_path exists, else haar.",
+        choices=("auto", "yunet", "haar"),
+    )
+    detector_path: str = _opt("models/yunet.onnx", "YuNet face detector model (`tadbot models pull`).")
+    face_policy: str = _opt(
+        "largest",
+        "Which face to read when several are in view: largest (nearest the camera) or central.",
+        choices=("largest", "central"),
+    )
     smoothing: float = _opt(
         0.5,
         "How far each new face reading moves the session's estimate (exponential moving average); "

@@ -9,119 +9,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from server.errors import ModelError
+from server.face_align import align_face
+from server.faces import Detector, Face, open_detector
 from server.fer_manifest import VOCABULARY, Manifest, bad_manifest, load_manifest
 
 if TYPE_CHECKING:
     import numpy as np
 
 _LOGGER = logging.getLogger(__name__)
-
-_POLICIES = ("largest",)
-
-
-# --- detection ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Box:
-    """A face rectangle in image pixels."""
-
-    x: int
-    y: int
-    w: int
-    h: int
-
-    @property
-    def area(self) -> int:
-        return self.w * self.h
-
-
-class Detector(Protocol):
-    """Finds faces; the first box returned is the one to read."""
-
-    def detect(self, image: np.ndarray) -> list[Box]: ...
-
-
-class FaceDetector:
-    """OpenCV's Haar frontal-face cascade: ships inside the opencv wheel, so it works offline and on a Pi."""
-
-    def __init__(
-        self,
-        *,
-        policy: str = "largest",
-        scale_factor: float = 1.1,
-        min_neighbors: int = 5,
-        min_face: float = 0.1,
-        detect_side: int = 640,
-        pad: float = 0.2,
-    ) -> None:
-        """`detect_side` caps the longest side the cascade scans. `min_face` skips faces narrower than that
-        fraction of the shorter side: the small scales cost the most, and 0.1 of a 640x480 webcam frame still
-        finds a face about 1.5 m away. `pad` adds a black border of that fraction of the longest side: a face
-        that fills the frame, as when someone leans into the camera, is otherwise missed (faces found in the
-        dev photos: 72% unpadded, 93% at 0.2)."""
-        if policy not in _POLICIES:
-            raise ValueError(f"unknown face policy {policy!r}; expected one of {_POLICIES}")
-        import cv2
-
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
-        self._cascade = cv2.CascadeClassifier(str(path))
-        if self._cascade.empty():
-            raise ModelError(
-                "model_missing",
-                f"The Haar cascade {path} could not be loaded; install opencv-python-headless>=4.10,<5, "
-                "whose wheel ships it.",
-            )
-        self._scale_factor = scale_factor
-        self._min_neighbors = min_neighbors
-        self._min_face = min_face
-        self._detect_side = detect_side
-        self._pad = pad
-        # CascadeClassifier keeps scratch state per instance; OpenCV does not promise it is re-entrant.
-        self._lock = threading.Lock()
-
-    def detect(self, image: np.ndarray) -> list[Box]:
-        """Faces in a BGR image, largest first: the person talking sits closest to the camera."""
-        import cv2
-
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        factor = min(1.0, self._detect_side / max(gray.shape))
-        if factor < 1.0:
-            gray = cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        height, width = gray.shape
-        pad = round(self._pad * max(height, width))
-        min_side = round(self._min_face * min(height, width))
-        padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        with self._lock:
-            found = self._cascade.detectMultiScale(
-                padded,
-                scaleFactor=self._scale_factor,
-                minNeighbors=self._min_neighbors,
-                minSize=(min_side, min_side),
-            )
-        boxes = []
-        for x, y, w, h in found:
-            # Back to image coordinates, clipped: a box around a face at the edge reaches into the border.
-            left, top = max(int(x) - pad, 0), max(int(y) - pad, 0)
-            right, bottom = min(int(x + w) - pad, width), min(int(y + h) - pad, height)
-            if right > left and bottom > top:
-                boxes.append(
-                    Box(
-                        round(left / factor),
-                        round(top / factor),
-                        round((right - left) / factor),
-                        round((bottom - top) / factor),
-                    )
-                )
-        return sorted(boxes, key=lambda box: box.area, reverse=True)
 
 
 # --- classification -----------------------------------------------------------------------------------------
@@ -281,34 +183,50 @@ class FaceReading:
 
 
 class FerPipeline:
-    """Detect, pick the first face the detector offers, classify: the whole read of one frame."""
+    """Detect, pick the face the detector offers first, align it if the model wants that, classify."""
 
     def __init__(self, detector: Detector, classifier: EmotionClassifier) -> None:
         self.detector = detector
         self.classifier = classifier
-        if classifier.manifest.aligned:
+        if classifier.manifest.aligned and not detector.gives_landmarks:
             _LOGGER.warning(
-                "FER model %s expects landmark-aligned faces but the detector gives boxes only; "
-                "readings will be less accurate",
+                "FER model %s expects landmark-aligned faces but the Haar detector gives boxes only; "
+                "readings will be less accurate. `tadbot models pull` fetches YuNet, which gives landmarks.",
                 classifier.manifest.path,
             )
+
+    def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """What the classifier reads: the aligned face when the model and detector allow, else the box."""
+        template = self.classifier.manifest.align_template
+        if template is not None and face.landmarks is not None:
+            return align_face(image, face.landmarks, template, self.classifier.manifest.input_size)
+        box = face.box
+        return image[box.y : box.y + box.h, box.x : box.x + box.w]
 
     def read(self, image: np.ndarray) -> FaceReading:
         """Read a BGR frame. No face is an ordinary answer (faces=0), not an error: people look away."""
         started = time.perf_counter()
-        boxes = self.detector.detect(image)
+        faces = self.detector.detect(image)
         detected = time.perf_counter()
-        if not boxes:
+        if not faces:
             _LOGGER.debug("FER read: faces=0 detect_ms=%.1f", (detected - started) * 1000)
             return FaceReading(0, (), {})
-        box = boxes[0]
-        probs = self.classifier.classify(image[box.y : box.y + box.h, box.x : box.x + box.w])
+        probs = self.classifier.classify(self.crop(image, faces[0]))
         top3 = rank_top3(probs)
         _LOGGER.debug(
             "FER read: faces=%d top=%s detect_ms=%.1f classify_ms=%.1f",
-            len(boxes),
+            len(faces),
             top3[0].label,
             (detected - started) * 1000,
             (time.perf_counter() - detected) * 1000,
         )
-        return FaceReading(len(boxes), top3, probs)
+        return FaceReading(len(faces), top3, probs)
+
+
+def build_pipeline(
+    model_path: Path, *, detector: str, detector_path: Path, policy: str, threads: int
+) -> FerPipeline:
+    """The pipeline as configured; the server, `eval fer` and `bench fer` all read faces through this."""
+    return FerPipeline(
+        open_detector(detector, detector_path, policy=policy), EmotionClassifier(model_path, threads=threads)
+    )

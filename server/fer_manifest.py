@@ -87,6 +87,9 @@ class Manifest:
     """logits (softmax is applied here) or probs (the model already ends in a softmax)."""
     aligned: bool
     """True if the model was trained on landmark-aligned faces; a box-only detector then costs accuracy."""
+    align_template: tuple[tuple[float, float], ...] | None
+    """Where an aligned model's training faces had their five landmarks (eyes, nose tip, mouth corners), in
+    input pixels; required when `aligned` is true."""
     source: str
     license: str
 
@@ -153,6 +156,24 @@ def _per_channel(norm: dict[str, Any], path: Path, key: str, channels: int) -> t
     return tuple(float(item) for item in value)
 
 
+def _align_template(
+    raw: dict[str, Any], path: Path, size: tuple[int, int]
+) -> tuple[tuple[float, float], ...]:
+    value = raw.get("align_template")
+    expected = "expected 5 [x, y] points (eyes, nose tip, mouth corners) inside input_size"
+    if not isinstance(value, list) or len(value) != 5:
+        raise bad_manifest(path, "align_template", f"is {value!r}; {expected}")
+    points = []
+    for point in value:
+        if not (isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)):
+            raise bad_manifest(path, "align_template", f"has {point!r}; {expected}")
+        x, y = float(point[0]), float(point[1])
+        if not (0 <= x <= size[0] and 0 <= y <= size[1]):
+            raise bad_manifest(path, "align_template", f"has {point!r} outside input_size; {expected}")
+        points.append((x, y))
+    return tuple(points)
+
+
 def load_manifest(path: Path) -> Manifest:
     """Read and check a model manifest; a bad one stops start-up with the file and key named."""
     path = Path(path)
@@ -183,10 +204,11 @@ def load_manifest(path: Path) -> Manifest:
         raise bad_manifest(path, "normalize.std", "must not contain 0")
     if not isinstance(raw["aligned"], bool):
         raise bad_manifest(path, "aligned", f"is {raw['aligned']!r}; expected true or false")
+    input_size = _input_size(raw, path)
     return Manifest(
         path=path,
         labels=_labels(raw, path),
-        input_size=_input_size(raw, path),
+        input_size=input_size,
         color=color,
         layout=_choice(raw, path, "layout", _LAYOUTS),
         scale=float(norm["scale"]),
@@ -194,6 +216,7 @@ def load_manifest(path: Path) -> Manifest:
         std=std,
         output=_choice(raw, path, "output", _OUTPUTS),
         aligned=raw["aligned"],
+        align_template=_align_template(raw, path, input_size) if raw["aligned"] else None,
         source=_text(raw, path, "source"),
         license=_text(raw, path, "license"),
     )

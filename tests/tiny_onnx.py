@@ -81,3 +81,91 @@ def rewrite_manifest(path: Path, **changes: object) -> None:
         else:
             manifest[key] = value
     path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+ALIGN_TEMPLATE_112 = (
+    (38.2946, 51.6963),
+    (73.5318, 51.5014),
+    (56.0252, 71.7366),
+    (41.5493, 92.3655),
+    (70.7299, 92.2041),
+)
+"""The five-point face template (eyes, nose tip, mouth corners) of 112x112 aligned crops."""
+
+YUNET_FACE_SIDE = 96
+"""The side of every face the tiny YuNet reports, in input pixels."""
+
+
+def build_tiny_yunet_onnx(path: Path) -> Path:
+    """Write a stand-in for YuNet that `cv2.FaceDetectorYN` runs: it "finds" bright 96x96 squares.
+
+    It has YuNet's input and its twelve outputs (cls/obj/bbox/kps at strides 8, 16 and 32), so OpenCV's own
+    decoding and NMS run on it. Only stride 32 answers: a 3x3-cell mean of brightness scores each cell, so a
+    white square laid on the 32-pixel grid peaks at its centre cell with score 1 and its edge neighbours score
+    2/3. Every face is a 96x96 box centred on its cell, with the five landmarks where ALIGN_TEMPLATE_112 puts
+    them, scaled to the box.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cells = YUNET_FACE_SIDE / 32
+    box = np.array([0.5, 0.5, np.log(cells), np.log(cells)], np.float32)
+    kps = np.array(
+        [offset for point in ALIGN_TEMPLATE_112 for offset in (-1 + p * cells / 112 for p in point)],
+        np.float32,
+    )
+    initializers = [
+        numpy_helper.from_array(np.array([1, -1, 1], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "to_unit"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(box, "box"),
+        numpy_helper.from_array(kps, "kps"),
+    ]
+    nodes = [helper.make_node("ReduceMean", ["input"], ["gray"], axes=[1], keepdims=1)]
+    for stride in (8, 16, 32):
+        if stride == 32:
+            pool = helper.make_node(
+                "AveragePool",
+                ["gray"],
+                [f"pool_{stride}"],
+                kernel_shape=[3 * stride, 3 * stride],
+                strides=[stride, stride],
+                pads=[stride] * 4,
+                count_include_pad=1,
+            )
+            scale = helper.make_node("Mul", [f"pool_{stride}", "to_unit"], [f"map_{stride}"])
+        else:
+            pool = helper.make_node(
+                "AveragePool", ["gray"], [f"pool_{stride}"], kernel_shape=[stride] * 2, strides=[stride] * 2
+            )
+            scale = helper.make_node("Mul", [f"pool_{stride}", "zero"], [f"map_{stride}"])
+        nodes += [
+            pool,
+            scale,
+            helper.make_node("Reshape", [f"map_{stride}", "flat_shape"], [f"cls_{stride}"]),
+            helper.make_node("Identity", [f"cls_{stride}"], [f"obj_{stride}"]),
+            helper.make_node("Mul", [f"cls_{stride}", "zero"], [f"none_{stride}"]),
+            helper.make_node("Add", [f"none_{stride}", "box"], [f"bbox_{stride}"]),
+            helper.make_node("Add", [f"none_{stride}", "kps"], [f"kps_{stride}"]),
+        ]
+    outputs = [
+        helper.make_tensor_value_info(f"{name}_{stride}", TensorProto.FLOAT, [1, f"n{stride}", width])
+        for name, width in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))
+        for stride in (8, 16, 32)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_yunet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        outputs,
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="tadbot-tests"
+    )
+    model.ir_version = _IR_VERSION
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

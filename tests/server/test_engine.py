@@ -12,7 +12,8 @@ from server.components import Components
 from server.config import load_settings
 from server.engine import Companion, TurnInput
 from server.errors import LlmError
-from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+from server.faces import HaarDetector
+from server.fer import EmotionClassifier, FerPipeline
 from server.llm import LlamaCppChat
 from server.memory import Memory
 from server.prompt import Prompts
@@ -146,7 +147,7 @@ def test_a_frame_that_cannot_be_read_does_not_cost_the_reply(
     import numpy as np
 
     companion = _companion(tmp_path, LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3))
-    fer = FerPipeline(FaceDetector(), EmotionClassifier(tiny_fer))
+    fer = FerPipeline(HaarDetector(), EmotionClassifier(tiny_fer))
     companion.components = Components(records=companion.records, chat=companion.components.chat, fer=fer)
     session_id = companion.start_session("ida", None)["session_id"]
     unreadable = np.zeros((0, 0, 3), dtype=np.uint8)  # OpenCV's detector raises on an empty image

@@ -12,6 +12,7 @@ import pytest
 
 from server import fer
 from server.errors import ModelError
+from server.faces import HaarDetector
 from server.fer_manifest import VOCABULARY, load_manifest
 from server.images import decode_image
 from tests.conftest import FACES
@@ -19,8 +20,8 @@ from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx, rewrite_manifes
 
 
 @pytest.fixture(scope="module")
-def detector() -> fer.FaceDetector:
-    return fer.FaceDetector()
+def detector() -> HaarDetector:
+    return HaarDetector()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(detector: fer.FaceDetector, tiny_model: Path) -> fer.FerPipeline:
+def pipeline(detector: HaarDetector, tiny_model: Path) -> fer.FerPipeline:
     return fer.FerPipeline(detector, fer.EmotionClassifier(tiny_model))
 
 
@@ -200,7 +201,7 @@ def test_real_faces_are_read(pipeline: fer.FerPipeline, faces: dict[str, str]) -
 
 
 @pytest.mark.usefixtures("faces")
-def test_two_faces_read_the_larger(pipeline: fer.FerPipeline, detector: fer.FaceDetector) -> None:
+def test_two_faces_read_the_larger(pipeline: fer.FerPipeline, detector: HaarDetector) -> None:
     large = photo("Gerhard_Schroeder_0088.jpg")
     small = cv2.resize(photo("Hisao_Oguchi_0002.jpg"), None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
     frame = np.full((500, 1000, 3), 128, np.uint8)
@@ -208,7 +209,7 @@ def test_two_faces_read_the_larger(pipeline: fer.FerPipeline, detector: fer.Face
     frame[75 : 75 + large.shape[0], 575 : 575 + large.shape[1]] = large  # "first found" would be wrong
 
     reading = pipeline.read(frame)
-    boxes = detector.detect(frame)
+    boxes = [face.box for face in detector.detect(frame)]
     assert reading.faces == 2
     assert boxes[0].x >= 500 > boxes[1].x + boxes[1].w
     assert boxes[0].area > boxes[1].area
@@ -218,7 +219,7 @@ def test_two_faces_read_the_larger(pipeline: fer.FerPipeline, detector: fer.Face
     assert reading.probs != pipeline.classifier.classify(smaller)
 
 
-def test_haar_detection_rate_on_dev_photos(detector: fer.FaceDetector, faces: dict[str, str]) -> None:
+def test_haar_detection_rate_on_dev_photos(detector: HaarDetector, faces: dict[str, str]) -> None:
     """Guards the detector settings: a change that loses faces on plain portraits shows up here.
 
     The set's one WebP file is left out: the API takes JPEG and PNG only.

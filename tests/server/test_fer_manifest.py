@@ -86,6 +86,10 @@ def test_manifest_missing_key_is_named(manifest_path: Path, key: str) -> None:
         ({"normalize": {"scale": 1, "mean": [0], "std": [0]}}, "normalize.std"),
         ({"normalize": {"scale": 1, "mean": [0, 0], "std": [1]}}, "normalize.mean"),
         ({"normalize": {"mean": [0], "std": [1]}}, "normalize.scale"),
+        ({"aligned": True}, "align_template"),
+        ({"aligned": True, "align_template": [[10, 10]] * 4}, "align_template"),
+        ({"aligned": True, "align_template": [[10, 10]] * 4 + [[10, 60]]}, "align_template"),
+        ({"aligned": True, "align_template": [[10, 10]] * 4 + [["10", 20]]}, "align_template"),
     ],
 )
 def test_manifest_invalid_value_is_named(manifest_path: Path, changes: dict[str, object], key: str) -> None:
@@ -94,6 +98,15 @@ def test_manifest_invalid_value_is_named(manifest_path: Path, changes: dict[str,
         fer_manifest.load_manifest(manifest_path)
     assert info.value.code == "bad_manifest"
     assert repr(key) in info.value.message
+
+
+def test_aligned_manifest_keeps_its_template(manifest_path: Path) -> None:
+    template = [[13.1, 17.7], [34.9, 17.6], [24.0, 29.1], [14.8, 39.6], [33.3, 39.5]]
+    rewrite_manifest(manifest_path, aligned=True, align_template=template)
+    manifest = fer_manifest.load_manifest(manifest_path)
+    assert manifest.aligned and manifest.align_template == tuple(tuple(point) for point in template)
+    rewrite_manifest(manifest_path, aligned=False)
+    assert fer_manifest.load_manifest(manifest_path).align_template is None
 
 
 def test_manifest_that_is_not_json(manifest_path: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 from server.components import Components
 from server.config import load_settings
 from server.engine import Companion, TurnInput
-from server.fer import EmotionClassifier, FaceDetector, FerPipeline
+from server.faces import HaarDetector
+from server.fer import EmotionClassifier, FerPipeline
 from server.fer_smoothing import EmotionSmoother
 from server.images import decode_image
 from server.prompt import Prompts
@@ -46,7 +47,7 @@ def test_the_turn_reports_the_smoothed_face_and_the_timeline_keeps_each_frame(
     config = tmp_path / "tadbot.toml"
     config.write_text("[fer]\nsmoothing = 0.5\n", encoding="utf-8")
     settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
-    fer = FerPipeline(FaceDetector(), EmotionClassifier(tiny_fer))
+    fer = FerPipeline(HaarDetector(), EmotionClassifier(tiny_fer))
     companion = Companion(
         Components(records=Records(tmp_path / "db.sqlite3"), fer=fer), settings, Prompts.load("Tad")
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import ModelError
+from server.fer_manifest import load_manifest
 from server.models import VerifyState, list_models, load_catalogue, pull, verify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,7 +293,7 @@ def test_default_lookup_prefers_the_models_dir(tmp_path: Path, monkeypatch: pyte
 def test_shipped_catalogue_is_complete() -> None:
     cat = load_catalogue(REPO / "models" / "catalogue.toml")
 
-    assert {e.role for e in cat.select()} >= {"llm", "fer", "embedder"}
+    assert {e.role for e in cat.select()} >= {"llm", "fer", "face_detector", "embedder"}
     for entry in cat.entries:
         assert entry.license and entry.config_key, entry.name
         for f in entry.files:
@@ -305,6 +306,19 @@ def test_shipped_catalogue_is_complete() -> None:
     keys = {"labels", "input_size", "color", "layout", "normalize", "aligned", "output", "source", "license"}
     assert keys <= manifest.keys()
     assert manifest["labels"] == ["angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"]
+    for entry in cat.entries:
+        if entry.manifest is not None:
+            assert load_manifest(entry.manifest.source).labels, entry.name
+
+
+def test_default_models_land_where_the_config_looks() -> None:
+    """`tadbot models pull` and the settings' defaults agree, so a pulled model is used with no edits."""
+    from server.config import Settings
+
+    settings = Settings()
+    for entry in load_catalogue(REPO / "models" / "catalogue.toml").select(["llm", "fer", "face_detector"]):
+        section, key = entry.config_key.split(".")
+        assert getattr(getattr(settings, section), key) == f"models/{entry.files[0].dest}", entry.name
 
 
 def test_default_model_paths_follow_the_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
