@@ -79,12 +79,14 @@ class Care:
             examples=CrisisExamples.load(embedder, cache_dir) if embedder is not None else None,
         )
 
-    def assess(self, text: str, *, skip_identical: bool = False) -> Assessment:
+    def assess(self, text: str, *, skip_identical: bool = False, second_opinion: bool = True) -> Assessment:
         """The rules' reading, and where they found nothing certain, the nearest examples' second opinion.
 
-        `skip_identical` is for evaluating on the examples themselves."""
+        `skip_identical` is for evaluating on the examples themselves. `second_opinion=False` leaves the
+        examples out, for an utterance that is only a spoken command: a lone "goodbye" sits near farewell
+        notes in meaning, yet it is a goodbye, and the rules still read any words of harm around it."""
         found = self.detector.assess(text)
-        if found.level == Level.CRISIS or found.ruled_out or self.examples is None:
+        if found.level == Level.CRISIS or found.ruled_out or self.examples is None or not second_opinion:
             return found
         try:
             near = self.examples.nearest(text, skip_identical=skip_identical)

@@ -1,7 +1,8 @@
 """Where a reply is decided: one spoken turn from words (and a face) to streamed sentences.
 
-A reply comes from one of four places, decided in this order: the crisis script (the model is never asked),
-a guided exercise the person asked for or accepted, the language model, or, when the model is missing,
+A reply comes from one of five places, decided in this order: the crisis script (the model is never asked),
+a spoken command (start over, goodbye, be quiet: tagged for the device and answered from a data file), a
+guided exercise the person asked for or accepted, the language model, or, when the model is missing,
 busy or failing, a steady talk-down and an exercise. The engine receives ready components and never builds
 its own. Every turn stream ends with `done` or `error`; the turn is committed to the record before `done`
 is sent.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.care import Care, Line
+from server.commands import Command, Commands
 from server.components import Components
 from server.config import Settings
 from server.errors import LlmError, MemoryStoreError, TadbotError
@@ -37,6 +39,7 @@ class EventType(enum.StrEnum):
     TRANSCRIPT = "transcript"
     EMOTIONS = "emotions"
     SAFETY = "safety"
+    COMMAND = "command"
     SENTENCE = "sentence"
     DONE = "done"
     ERROR = "error"
@@ -62,17 +65,25 @@ class Source(enum.StrEnum):
     CRISIS = "crisis"
     EXERCISE = "exercise"
     OFFLINE = "offline"
+    COMMAND = "command"
 
 
 class Companion:
     def __init__(
-        self, components: Components, settings: Settings, prompts: Prompts, care: Care | None = None
+        self,
+        components: Components,
+        settings: Settings,
+        prompts: Prompts,
+        care: Care | None = None,
+        commands: Commands | None = None,
     ) -> None:
         self.components = components
         self.settings = settings
         self.prompts = prompts
-        # The safety rules and exercises are data shipped with the package: cheap and certain to load.
+        # The safety rules, exercises and commands are data shipped with the package: cheap and certain to
+        # load, and a bad file stops start-up here rather than a turn later.
         self.care = care or Care.load(settings.safety)
+        self.commands = commands or Commands.load()
         self.queue = ModelQueue(settings.llm.queue_max)
         self.faces = EmotionSmoother(settings.fer.smoothing)
         self.history = History(lambda: self.components, settings, prompts, self.queue)
@@ -137,10 +148,15 @@ class Companion:
                 return
 
             t0 = time.perf_counter()
-            assessment = self.care.assess(text)
+            command = self.commands.match(text)
+            assessment = self.care.assess(text, second_opinion=command is None)
             timings["safety_ms"] = _ms(t0)
             if assessment.level == Level.CRISIS:
                 yield from self._crisis(session, text, assessment, started, timings)
+                return
+            # Only words the safety check found nothing in can be a command: a concern goes to the model.
+            if command is not None and assessment.level == Level.NONE:
+                yield from self._command(session, text, command, started, timings)
                 return
             exercise = self.care.exercise_for(session.id, text)
             if exercise is not None:
@@ -183,6 +199,27 @@ class Companion:
         self._remember(session, "user", text)
         yield event(EventType.SAFETY, level=str(Level.CRISIS), message=helpline)
         yield from self._scripted(session, self.care.crisis_lines(), Source.CRISIS, started, timings)
+
+    def _command(
+        self, session: SessionRow, text: str, command: Command, started: float, timings: dict[str, float]
+    ) -> Iterator[dict[str, Any]]:
+        """Tag the turn for the device and answer from the commands file; the model is never asked.
+
+        The engine ends nothing itself: for end_session and new_session the device calls /end, so a
+        session still has one way to end. Neither the command nor its reply goes to the vector memory:
+        they say nothing about the person, and recalled later they would crowd out what does. A silent
+        reply (pause) records no companion turn, so `done` carries the person's turn.
+        """
+        turn_id = self.records.add_turn(session.id, "user", text, {})
+        _LOGGER.info("session %s: command %s", session.id, command.name)
+        yield event(EventType.COMMAND, name=str(command.name))
+        if command.reply:
+            lines = [Line(sentence) for sentence in command.reply]
+            yield from self._scripted(session, lines, Source.COMMAND, started, timings, remember=False)
+            return
+        timings["total_ms"] = _ms(started)
+        self.records.set_timings(turn_id, timings)
+        yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(Source.COMMAND))
 
     def _answer(
         self,
@@ -261,6 +298,8 @@ class Companion:
         source: Source,
         started: float,
         timings: dict[str, float],
+        *,
+        remember: bool = True,
     ) -> Iterator[dict[str, Any]]:
         """Stream fixed lines as sentences (with their pauses) and record them as the companion's turn."""
         sent: list[str] = []
@@ -278,7 +317,8 @@ class Companion:
             timings["total_ms"] = _ms(started)
             turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
             committed = True
-            self._remember(session, "assistant", reply)
+            if remember:
+                self._remember(session, "assistant", reply)
             _LOGGER.info(
                 "reply %d in session %s from %s: %d sentences", turn_id, session.id, source, len(sent)
             )
@@ -464,7 +504,9 @@ class Companion:
             _LOGGER.warning("memory write failed: %s", exc.message)
 
     def end_session(self, session: SessionRow) -> dict[str, Any]:
-        said = self.records.user_turns(session.id)
+        # "Goodbye" and "start over" say nothing about the person: a summary that quoted them would be
+        # remembered, and recalled into the next session's prompts.
+        said = [text for text in self.records.user_turns(session.id) if self.commands.match(text) is None]
         quoted = "; ".join(f"'{s[:120]}'" for s in said[:5]) or "nothing"
         summary = self.prompts.summary.format(turns=len(said), said=quoted)
         rolling = self.records.conversation(session.id).summary

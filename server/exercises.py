@@ -103,7 +103,7 @@ class Exercises:
         A decline wins over everything; then the first exercise, in file order, whose asks match; then a
         general ask, which means the default exercise.
         """
-        plain = _plain(text)
+        plain = plain_text(text)
         if _first_match(self.declines, plain) is not None:
             return None
         for exercise in self.by_id.values():
@@ -119,7 +119,7 @@ class Exercises:
 
     def accepted(self, text: str) -> bool:
         """Whether `text` says yes to an exercise just offered; a decline wins here too."""
-        plain = _plain(text)
+        plain = plain_text(text)
         return _first_match(self.declines, plain) is None and _first_match(self.accepts, plain) is not None
 
     def get(self, exercise_id: str) -> Exercise:
@@ -135,7 +135,7 @@ class _Invalid(ValueError):
     """What is wrong with the file; `from_text` adds the file's name."""
 
 
-def _plain(text: str) -> str:
+def plain_text(text: str) -> str:
     return _NOT_WORD.sub(" ", _APOSTROPHES.sub("", text.lower())).strip()
 
 

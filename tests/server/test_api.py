@@ -288,3 +288,73 @@ def test_missing_models_leave_the_server_up_and_degraded(tmp_path: Path) -> None
         )
     finally:
         stop_server(server)
+
+
+def test_a_spoken_command_is_tagged_for_the_device_and_recorded(live_server: LiveServer) -> None:
+    session_id = _session(live_server, "commander")
+    streams = []
+    for text in ("Okay, start over please.", "be quiet"):
+        answer = requests.post(
+            f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+            headers=live_server.device_headers(),
+            data={"text": text},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        streams.append([json.loads(line) for line in answer.text.splitlines()])
+    restart, pause = streams
+    assert restart[:4] == [
+        {"type": "transcript", "text": "Okay, start over please."},
+        {"type": "command", "name": "new_session"},
+        {"type": "sentence", "text": "Of course."},
+        {"type": "sentence", "text": "Let's start again, fresh."},
+    ]
+    assert [e["type"] for e in pause] == ["transcript", "command", "done"]
+    assert pause[1] == {"type": "command", "name": "pause"}
+    for done in (restart[-1], pause[-1]):
+        assert done["type"] == "done" and done["source"] == "command"
+        assert "prompt_tokens" not in done["timings"], "the model answered a command"
+    log = requests.get(
+        f"{live_server.url}/api/v1/sessions/{session_id}", headers=live_server.therapist_headers(), timeout=10
+    ).json()
+    assert log["ended_at"] is None, "the server ended the session itself; that is the device's call"
+    assert [(t["role"], t["text"]) for t in log["turns"]] == [
+        ("user", "Okay, start over please."),
+        ("assistant", "Of course. Let's start again, fresh."),
+        ("user", "be quiet"),
+    ]
+    assert [t["id"] for t in log["turns"]][1:] == [restart[-1]["turn_id"], pause[-1]["turn_id"]]
+
+
+def test_goodbye_ends_the_session_politely_not_as_a_crisis(live_server: LiveServer) -> None:
+    """With the embedder loaded, a lone "goodbye" sits near farewell notes in meaning; as a bare command it
+    is read by the crisis rules alone, so the person hears a goodbye and the therapist gets no alarm."""
+    session_id = _session(live_server, "leaver")
+    for text in ("goodbye", "okay goodbye", "thank you, goodbye for now"):
+        answer = requests.post(
+            f"{live_server.url}/api/v1/sessions/{session_id}/turns",
+            headers=live_server.device_headers(),
+            data={"text": text},
+            timeout=60,
+        )
+        events = [json.loads(line) for line in answer.text.splitlines()]
+        assert [e["type"] for e in events[:2]] == ["transcript", "command"], (text, events)
+        assert events[1]["name"] == "end_session"
+    log = requests.get(
+        f"{live_server.url}/api/v1/sessions/{session_id}", headers=live_server.therapist_headers(), timeout=10
+    ).json()
+    assert log["safety_events"] == []
+
+
+def test_openapi_documents_every_command_and_reply_source(live_server: LiveServer) -> None:
+    from server.commands import CommandName
+    from server.engine import Source
+
+    spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
+    events = {
+        e["properties"]["type"]["const"]: e for e in spec["components"]["schemas"]["TurnEvent"]["oneOf"]
+    }
+    assert list(events) == ["transcript", "emotions", "safety", "command", "sentence", "done", "error"]
+    assert events["command"]["required"] == ["type", "name"]
+    assert events["command"]["properties"]["name"]["enum"] == [str(name) for name in CommandName]
+    assert events["done"]["properties"]["source"]["enum"] == [str(source) for source in Source]

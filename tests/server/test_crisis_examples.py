@@ -55,6 +55,14 @@ def test_the_examples_catch_crisis_the_rules_miss(care: Care, text: str) -> None
     assert found.trigger.startswith("like '")
 
 
+def test_a_bare_command_is_read_by_the_rules_alone(care: Care) -> None:
+    """The examples would call a lone goodbye a crisis (it sits near "i've said my goodbyes to everyone");
+    without the second opinion it is a goodbye, while words of harm are still caught by the rules."""
+    assert care.assess("goodbye").level == Level.CRISIS
+    assert care.assess("goodbye", second_opinion=False).level == Level.NONE
+    assert care.assess("goodbye, I'm going to kill myself", second_opinion=False).level == Level.CRISIS
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -255,3 +255,105 @@ def test_turns_past_the_queue_bound_are_refused(companion: Companion) -> None:
     assert refused.value.status == 503 and refused.value.code == "llm_busy"
     companion.release()
     companion.admit()
+
+
+def _refuse(*_: Any, **__: Any) -> Any:
+    raise AssertionError("called for a spoken command")
+
+
+def test_a_spoken_command_is_tagged_answered_and_recorded_without_the_model(
+    companion: Companion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = companion.components.chat
+    memory = companion.components.memory
+    # Any of these called would end the stream with an internal_error instead of `done`.
+    monkeypatch.setattr(memory, "recall", _refuse)
+    monkeypatch.setattr(companion.care, "exercise_for", _refuse)
+    session_id, events = _say(companion, "nia", "Okay Tad, can we start over please?")
+    reply = ["Of course.", "Let's start again, fresh."]
+    assert [e["type"] for e in events] == ["transcript", "command", "sentence", "sentence", "done"]
+    assert events[1] == {"type": "command", "name": "new_session"}
+    assert [e["text"] for e in events[2:4]] == reply
+    done = events[-1]
+    assert done["source"] == "command"
+    assert chat.calls == [], "the model was asked to answer a command"
+    assert {"safety_ms", "first_sentence_ms", "total_ms"} <= done["timings"].keys()
+    assert "prompt_tokens" not in done["timings"]
+    log = companion.records.session_log(session_id)
+    assert [(t["role"], t["text"]) for t in log["turns"]] == [
+        ("user", "Okay Tad, can we start over please?"),
+        ("assistant", "Of course. Let's start again, fresh."),
+    ]
+    assert log["turns"][1]["id"] == done["turn_id"]
+    assert log["turns"][1]["timings"]["total_ms"] == done["timings"]["total_ms"]
+    assert log["ended_at"] is None, "the device ends the session with /end, never the engine"
+    assert memory.count("nia") == 0, "a command went to the vector memory"
+
+
+def test_a_goodbye_is_said_and_the_session_is_left_for_the_device_to_end(companion: Companion) -> None:
+    session_id, events = _say(companion, "oli", "goodbye, thank you")
+    assert events[1] == {"type": "command", "name": "end_session"}
+    assert [e["text"] for e in events if e["type"] == "sentence"] == [
+        "Goodbye for now.",
+        "Take gentle care of yourself, and come back whenever you need me.",
+    ]
+    assert events[-1]["type"] == "done" and events[-1]["source"] == "command"
+    assert companion.records.session(session_id).ended_at is None
+    assert companion.components.chat.calls == []
+
+
+def test_a_pause_is_silent_and_recorded(companion: Companion) -> None:
+    session_id, events = _say(companion, "pia", "Tad, be quiet please")
+    assert [e["type"] for e in events] == ["transcript", "command", "done"]
+    assert events[1] == {"type": "command", "name": "pause"}
+    assert events[2]["source"] == "command" and "first_sentence_ms" not in events[2]["timings"]
+    turns = companion.records.session_log(session_id)["turns"]
+    # Nothing was said back, so no companion turn: `done` carries the person's turn.
+    assert [(t["role"], t["text"]) for t in turns] == [("user", "Tad, be quiet please")]
+    assert turns[0]["id"] == events[2]["turn_id"]
+    assert turns[0]["timings"]["total_ms"] == events[2]["timings"]["total_ms"]
+    assert companion.components.chat.calls == []
+
+
+def test_the_model_answers_the_turn_after_a_pause(companion: Companion) -> None:
+    session_id = companion.start_session("quin", None)["session_id"]
+    done = _talk(companion, session_id, ["shh", "my hands are shaking"])
+    assert [d["source"] for d in done] == ["command", "llm"]
+    (call,) = companion.components.chat.calls
+    # The pause is in the history the model reads, with no reply after it; the backend folds the two turns.
+    assert [m["role"] for m in call] == ["system", "user", "user"] and call[1]["content"] == "shh"
+
+
+def test_a_crisis_wins_over_a_command(companion: Companion) -> None:
+    session_id, events = _say(companion, "ray", "stop, I want to die")
+    types = [e["type"] for e in events]
+    assert types[:2] == ["transcript", "safety"] and "command" not in types
+    assert events[-1]["source"] == "crisis"
+    assert companion.components.chat.calls == []
+    assert [e["level"] for e in companion.records.session_log(session_id)["safety_events"]] == ["crisis"]
+
+
+def test_a_command_comes_after_the_face_reading(tmp_path: Path, tiny_gguf: Path, tiny_fer: Path) -> None:
+    import numpy as np
+
+    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3))
+    companion = _companion(tmp_path, chat)
+    fer = FerPipeline(HaarDetector(), EmotionClassifier(tiny_fer))
+    companion.components = Components(records=companion.records, chat=chat, fer=fer)
+    session_id = companion.start_session("sam", None)["session_id"]
+    frame = np.zeros((64, 64, 3), dtype=np.uint8)
+    given = TurnInput(text="pause", frames=[frame])
+    events = list(companion.turn(companion.records.session(session_id), given))
+    assert [e["type"] for e in events] == ["transcript", "emotions", "command", "done"]
+    assert "fer_ms" in events[-1]["timings"] and chat.calls == []
+
+
+def test_commands_are_left_out_of_the_session_summary(companion: Companion) -> None:
+    session_id = companion.start_session("tia", None)["session_id"]
+    _talk(companion, session_id, ["my chest is tight on the bus", "okay goodbye"])
+    ended = companion.end_session(companion.records.session(session_id))
+    assert "my chest is tight on the bus" in ended["summary"] and "goodbye" not in ended["summary"]
+    only_a_restart, _ = _say(companion, "uma", "start over")
+    companion.end_session(companion.records.session(only_a_restart))
+    # A session that held nothing but a command leaves nothing to recall in the next one.
+    assert companion.components.memory.count("uma") == 0
