@@ -1,4 +1,10 @@
-"""`tadbot device`: build the settings and components once, then run one conversation.
+"""`tadbot device`: build the settings and components once, then run the conversation.
+
+The daemon is threads joined by queues: the listener (microphone or `--mic-file`, with VAD endpointing)
+puts utterances on a queue, the main loop sends each as a turn, the voice thread speaks the reply while it
+streams in, and the camera and frame threads keep the latest picture and feed the emotion timeline. They
+are stopped in a fixed order: listening first, then the session is ended, then the voice finishes, then the
+camera, then the HTTP clients.
 
 Exit codes: 0 done or stopped by SIGTERM, 1 runtime failure (server unreachable for a one-shot turn, a
 turn failed), 2 bad usage or config (including a device token the server refuses), 130 interrupted.
@@ -10,21 +16,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import queue
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from device.audio import AudioSource
+from device import notify
 from device.backoff import Backoff
-from device.camera import CameraSource, FrameSource, ImageFileSource
+from device.camera import CameraSource, CameraWatcher, FrameSource, ImageFileSource
 from device.client import ServerClient
 from device.errors import DeviceConfigError, DeviceError
+from device.exercises import load_exercises
 from device.lines import load_lines
+from device.listen import END, Failed, Gate, Heard, Item, Listener, MicPcm, PcmSource, WavPcm
 from device.session import Conversation, Utterance
 from device.settings import DeviceSettings, load_settings, settings_to_toml
-from device.speaker import Pyttsx3Speaker, Speaker, WavFileSpeaker
+from device.speaker import Pyttsx3Speaker, Speaker, WavDirSpeaker, WavFileSpeaker
+from device.states import StateMachine
+from device.timeline import FramePoster
+from device.vad import EndpointConfig, Endpointer
+from device.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--audio-file", metavar="WAV", help="send this WAV as one turn, then exit (default: microphone)"
     )
     said.add_argument("--text", metavar="TEXT", help="send this text as one turn, then exit")
+    said.add_argument(
+        "--mic-file",
+        metavar="WAV",
+        help="let this WAV play the microphone: each utterance in it is a turn; exit at its end",
+    )
     seen = parser.add_mutually_exclusive_group()
     seen.add_argument(
         "--frame", metavar="IMAGE", help="use this image, or a folder of images, instead of the webcam"
@@ -62,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera", metavar="INDEX", type=int, help="webcam index (default: [device] camera_index)"
     )
     parser.add_argument(
-        "--tts-out", metavar="WAV", help="write the spoken replies to this WAV instead of the speaker"
+        "--tts-out",
+        metavar="WAV|DIR",
+        help="write the spoken replies to this WAV instead of the speaker; with --mic-file, a folder that "
+        "gets one numbered WAV per reply",
     )
     parser.add_argument(
         "--config", metavar="PATH", help="TOML config file (default: $TADBOT_CONFIG, /etc/tadbot/...)"
@@ -74,34 +97,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _utterances(args: argparse.Namespace, settings: DeviceSettings) -> Iterator[Utterance]:
-    """The person's side: one typed or recorded turn, or the microphone until stopped.
-
-    The source is built here, before the session opens, so a bad file or a missing PyAudio fails first.
-    """
+def _one_shot(args: argparse.Namespace) -> list[Utterance] | None:
+    """The single turn of `--text` or `--audio-file` (the whole file, not endpointed), else None."""
     if args.text is not None:
-        return iter([Utterance(text=args.text)])
-    source: AudioSource
+        return [Utterance(text=args.text)]
     if args.audio_file is not None:
         from device.wavfile import WavFileSource
 
-        source = WavFileSource(args.audio_file)
-    else:
-        from device.mic import MicrophoneSource
+        return [Utterance(audio=wav) for wav in WavFileSource(args.audio_file).utterances()]
+    return None
 
-        source = MicrophoneSource(
-            None if settings.mic_index < 0 else settings.mic_index,
-            calibration_s=settings.mic_calibration_s,
+
+def _pcm(args: argparse.Namespace, settings: DeviceSettings) -> PcmSource:
+    if args.mic_file is not None:
+        return WavPcm(args.mic_file, realtime=True)
+    return MicPcm(None if settings.mic_index < 0 else settings.mic_index)
+
+
+def _endpointer(settings: DeviceSettings) -> Endpointer:
+    return Endpointer(
+        EndpointConfig(
+            pre_roll_s=settings.pre_roll_s,
+            end_silence_s=settings.end_silence_s,
+            min_speech_s=settings.min_speech_s,
             max_utterance_s=settings.max_utterance_s,
+            aggressiveness=settings.vad_aggressiveness,
         )
-    return _heard(source)
+    )
 
 
-def _heard(source: AudioSource) -> Iterator[Utterance]:
-    """Each utterance `source` hears; closing this closes the source's generator, and the microphone."""
-    with contextlib.closing(source.utterances()) as wavs:
-        for wav in wavs:
-            yield Utterance(audio=wav)
+class _Listening:
+    """The listener thread and its queue, seen by the conversation as utterances with idle ticks between.
+
+    A listener that crashes is started again; the microphone's own failures it already rides out.
+    """
+
+    def __init__(self, make: Callable[[queue.Queue[Item]], Listener], heartbeat: Callable[[], None]) -> None:
+        self._make = make
+        self._heartbeat = heartbeat
+        self._queue: queue.Queue[Item] = queue.Queue()
+        self._listener = make(self._queue)
+        self._listener.start()
+
+    def utterances(self) -> Iterator[Utterance | None]:
+        """Utterances as they are heard, None each idle second; closing it stops the listener first."""
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    yield None
+                    continue
+                if item is END:
+                    return
+                if isinstance(item, Failed):
+                    _LOGGER.error("the listener failed (%s); starting it again", item.exc)
+                    self._listener.stop()
+                    time.sleep(1.0)
+                    self._listener = self._make(self._queue)
+                    self._listener.start()
+                    continue
+                assert isinstance(item, Heard)
+                _LOGGER.info("heard %.1f s of speech", item.speech_s)
+                yield Utterance(audio=item.wav)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._listener.stop()
+        self._listener.join(5.0)
 
 
 def _frames(args: argparse.Namespace, settings: DeviceSettings) -> FrameSource | None:
@@ -109,15 +173,40 @@ def _frames(args: argparse.Namespace, settings: DeviceSettings) -> FrameSource |
         return ImageFileSource(args.frame)
     if settings.camera_index < 0:
         return None
-    return CameraSource(settings.camera_index)
+    camera = CameraSource(settings.camera_index)
+    return CameraWatcher(camera, fps=settings.camera_fps, reopen=camera.reopen)
 
 
 def _speaker(args: argparse.Namespace, settings: DeviceSettings) -> Speaker:
-    if args.tts_out is not None:
-        return WavFileSpeaker(
-            args.tts_out, settings.tts_voice, settings.tts_rate, settings.tts_volume, settings.language
-        )
-    return Pyttsx3Speaker(settings.tts_voice, settings.tts_rate, settings.tts_volume, settings.language)
+    voice = (settings.tts_voice, settings.tts_rate, settings.tts_volume, settings.language)
+    if args.tts_out is None:
+        return Pyttsx3Speaker(*voice)
+    if args.mic_file is not None or Path(args.tts_out).is_dir():
+        return WavDirSpeaker(args.tts_out, *voice)
+    return WavFileSpeaker(args.tts_out, *voice)
+
+
+def _barge_in(voice: Voice) -> Callable[[], None]:
+    """The person started talking: if the device is speaking, it stops and listens."""
+
+    def interrupt() -> None:
+        if voice.busy:
+            voice.interrupt()
+
+    return interrupt
+
+
+class _Watchdog:
+    """Feeds systemd's watchdog from the main loop, at half the interval the unit asks for."""
+
+    def __init__(self) -> None:
+        self._every = notify.watchdog_interval()
+        self._last = 0.0
+
+    def __call__(self) -> None:
+        if self._every is not None and time.monotonic() - self._last >= self._every:
+            notify.watchdog()
+            self._last = time.monotonic()
 
 
 def _fail(message: str, code: int) -> int:
@@ -140,23 +229,61 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
         raise DeviceConfigError(
             "no device token: pass --token, or set [device] token or TADBOT_DEVICE__TOKEN"
         )
-    one_shot = args.text is not None or args.audio_file is not None
-    lines = load_lines()
-    with contextlib.ExitStack() as stack:  # closed in reverse: client, speaker (writes --tts-out), camera
-        utterances = _utterances(args, settings)  # not started yet: the conversation closes it
+    lines, exercises = load_lines(), load_exercises()
+    one_shot = _one_shot(args)  # read before anything opens, so a bad file fails first
+    watchdog = _Watchdog()
+    with contextlib.ExitStack() as stack:  # closed in reverse: clients, camera, speaker, voice
+        client = ServerClient(settings.server_url, settings.token, settings.request_timeout_s)
+        stack.callback(client.close)
         frames = _frames(args, settings)
         if frames is not None:
             stack.callback(frames.close)
         speaker = _speaker(args, settings)
         stack.callback(speaker.close)
-        client = ServerClient(settings.server_url, settings.token, settings.request_timeout_s)
-        stack.callback(client.close)
-        # The daemon waits for a server that is not up yet; a one-shot turn reports it and exits 1.
+        gate = Gate(barge_in=settings.barge_in)
+        voice = Voice(speaker, None if one_shot else gate, tail_s=settings.mute_tail_s)
+        stack.callback(voice.close)
         conversation = Conversation(
-            client, speaker, frames, lines=lines, backoff=None if one_shot else Backoff()
+            client,
+            voice,
+            frames,
+            lines=lines,
+            exercises=exercises,
+            backoff=None if one_shot else Backoff(),
+            states=StateMachine(),
+            think_ack_s=settings.think_ack_s,
+            heartbeat=watchdog,
+            ready=None if one_shot else notify.ready,
         )
-        failed = conversation.run(settings.client, utterances)
-    if failed:
+        if one_shot is not None:
+            failed = conversation.run(settings.client, one_shot)
+        else:
+            if frames is not None and settings.frame_interval_s > 0:
+                poster = FramePoster(
+                    ServerClient(settings.server_url, settings.token, settings.request_timeout_s),
+                    frames,
+                    lambda: conversation.session_id,
+                    lambda: conversation.in_turn,
+                    settings.frame_interval_s,
+                )
+                stack.callback(poster.close)
+            listening = _Listening(
+                lambda out: Listener(
+                    _pcm(args, settings),
+                    _endpointer(settings),
+                    gate,
+                    out,
+                    on_speech_start=_barge_in(voice) if settings.barge_in else None,
+                    calibrate_s=settings.mic_calibration_s,
+                ),
+                watchdog,
+            )
+            try:
+                failed = conversation.run(settings.client, listening.utterances())
+            finally:
+                listening.stop()
+                notify.stopping()
+    if failed and one_shot is not None:
         return _fail(f"{failed} turn(s) failed; see the lines above", 1)
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,16 +97,27 @@ class CameraSource:
 
         self._cv2 = cv2
         self.index = index
-        self._capture = cv2.VideoCapture(index)
         self._warned = False
-        if not self._capture.isOpened():
+        self._capture = self._open()
+
+    def _open(self) -> Any:
+        cv2 = self._cv2
+        capture = cv2.VideoCapture(self.index)
+        self._capture = capture
+        if not capture.isOpened():
             self._warn(
                 "cannot open camera %d (is a webcam plugged in? try `ls /dev/video*`); going on without it"
             )
         else:
             # Keep the driver queue short so an on-demand grab is recent, not a frame from seconds ago.
-            self._capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-            _LOGGER.info("camera %d opened", index)
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            _LOGGER.info("camera %d opened", self.index)
+        return capture
+
+    def reopen(self) -> bool:
+        """Try the device again (it was unplugged, or never there); True once it gives frames."""
+        self._capture.release()
+        return bool(self._open().isOpened())
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -123,3 +136,60 @@ class CameraSource:
 
     def close(self) -> None:
         self._capture.release()
+
+
+class CameraWatcher:
+    """Grabs frames at a low rate in its own thread and keeps only the latest, in memory.
+
+    A turn then sends a frame from the last half second instead of waiting for a grab, and a camera that
+    is unplugged mid-run is retried every `retry_s` while the conversation goes on without pictures.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        fps: float = 2.0,
+        retry_s: float = 10.0,
+        reopen: Callable[[], bool] | None = None,
+    ) -> None:
+        self._source = source
+        self._interval = 1.0 / fps
+        self._retry_s = retry_s
+        self._reopen = reopen
+        self._latest: bytes | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.grabbed = 0
+        self._thread = threading.Thread(target=self._run, name="camera", daemon=True)
+        self._thread.start()
+
+    def latest(self) -> bytes | None:
+        with self._lock:
+            return self._latest
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self._source.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._source.latest()
+            except CameraError as exc:
+                _LOGGER.warning("camera: %s", exc.message)
+                frame = None
+            except Exception:  # a driver fault must not end the watcher: the camera may come back
+                _LOGGER.exception("camera grab failed")
+                frame = None
+            with self._lock:
+                self._latest = frame
+            if frame is not None:
+                self.grabbed += 1
+                self._stop.wait(self._interval)
+                continue
+            if self._stop.wait(self._retry_s):
+                return
+            if self._reopen is not None and self._reopen():
+                _LOGGER.warning("camera is back")

@@ -64,12 +64,15 @@ class ServerClient:
 
     def _post(self, path: str, *, stream: bool = False, **kwargs: Any) -> Any:
         """POST and return the response, mapping every transport failure and error answer to ServerError."""
+        return self._request("POST", path, stream=stream, **kwargs)
+
+    def _request(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> Any:
         import urllib3
         from requests import exceptions as failed
 
         url = f"{self.base_url}{API}{path}"
         try:
-            response = self._http.post(url, timeout=self._timeout, stream=stream, **kwargs)
+            response = self._http.request(method, url, timeout=self._timeout, stream=stream, **kwargs)
             if response.status_code >= 400:
                 raise self._error_from(response)
         except (
@@ -94,7 +97,7 @@ class ServerClient:
         # Anything else (a redirect loop, a body that will not decode) is one line too, never a traceback.
         except (failed.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise ServerError(
-                "request_failed", f"POST {API}{path} to {self.base_url} failed: {_one_line(exc)}"
+                "request_failed", f"{method} {API}{path} to {self.base_url} failed: {_one_line(exc)}"
             ) from exc
         return response
 
@@ -114,8 +117,8 @@ class ServerClient:
         finally:
             response.close()
 
-    def _json(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._post(path, **kwargs)
+    def _json(self, path: str, *, method: str = "POST", **kwargs: Any) -> dict[str, Any]:
+        response = self._request(method, path, **kwargs)
         try:
             body = response.json()
         except ValueError as exc:
@@ -123,6 +126,10 @@ class ServerClient:
         if not isinstance(body, dict):
             raise ServerError("bad_response", f"{path} answered with JSON that is not an object")
         return body
+
+    def health(self) -> dict[str, Any]:
+        """`{"status": "ok"|"degraded", "components": {...}, "version"}`; needs no token."""
+        return self._json("/health", method="GET")
 
     def start_session(self, client: str) -> tuple[str, str]:
         """Open a session for the pseudonym `client`; returns (session_id, greeting to speak)."""

@@ -21,11 +21,13 @@ _STATUS_KEYS = ("waiting_for_server", "refused")
 
 @dataclass(frozen=True)
 class Lines:
-    """The device's own lines: two status lines and one line per error code, `default` for the rest."""
+    """The device's own lines: status lines, one line per error code (`default` for the rest), and the
+    gentle acknowledgements for a long wait."""
 
     waiting_for_server: str
     refused: str
     errors: Mapping[str, str]
+    thinking: tuple[str, ...]
 
     def for_error(self, code: str) -> str:
         """The line to speak when a turn failed with `code`."""
@@ -64,4 +66,11 @@ def load_lines(path: Path | None = None) -> Lines:
     missing += ["[errors] default"] if "default" not in errors else []
     if missing:
         raise DeviceError("bad_lines", f"{where} lacks {', '.join(missing)}")
-    return Lines(status["waiting_for_server"], status["refused"], errors)
+    thinking = document.get("thinking")
+    if (
+        not isinstance(thinking, list)
+        or len(thinking) < 2
+        or not all(isinstance(line, str) and line.strip() and "\n" not in line for line in thinking)
+    ):
+        raise DeviceError("bad_lines", f"{where}: thinking must list at least two one-line acknowledgements")
+    return Lines(status["waiting_for_server"], status["refused"], errors, tuple(thinking))

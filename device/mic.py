@@ -1,22 +1,27 @@
-"""The microphone as the audio source, through SpeechRecognition's energy-threshold endpointing.
+"""The microphone: PyAudio at the device's own rate, as 16 kHz mono PCM16 frames for the endpointer.
 
-This is the walking skeleton's VAD: `Recognizer.listen()` returns when the person pauses. A real VAD (vad.py)
-can later replace the endpointing behind the same `AudioSource` seam.
+`MicPcm` is the `PcmSource` a `Listener` reads. `MicrophoneSource` is the older pull-one-utterance
+`AudioSource` on top of the same pieces, for a caller that listens only between its own turns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import sys
-import warnings
-from collections.abc import Generator, Iterator
+import threading
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
-from device.audio import to_pcm16_mono_16k
-from device.backoff import Backoff
+import numpy as np
+
+from device.audio import SAMPLE_RATE, encode_wav
+from device.backoff import DELAYS_S, Backoff
 from device.errors import AudioInputError
+from device.vad import EndpointConfig, Endpointer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,20 +46,202 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _speech_recognition() -> Any:
-    # On Python 3.11-3.12 it imports the deprecated `aifc` and `audioop` modules; that is its business, not
-    # a reason to fail under `-W error`.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import speech_recognition
-    return speech_recognition
+class StreamResampler:
+    """Polyphase windowed-sinc resampling of a stream that arrives in chunks of any size.
+
+    Each output sample is computed from the input around it, and the input not yet used is carried over
+    to the next chunk, so chunk edges leave no clicks: the output is the same however the input is cut.
+    The low-pass sits below both Nyquist limits, so a 44.1 kHz microphone does not alias into 16 kHz.
+    """
+
+    _ZERO_CROSSINGS = 16
+    """Filter length each side, in zero crossings of the sinc: long enough for a narrow transition band."""
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE) -> None:
+        divisor = math.gcd(rate_in, rate_out)
+        self._up, self._down = rate_out // divisor, rate_in // divisor
+        cutoff = 0.4 * min(1.0, rate_out / rate_in)  # in cycles per input sample
+        self._half = math.ceil(self._ZERO_CROSSINGS / (2 * cutoff))
+        self._taps = np.arange(-self._half + 1, self._half + 1)
+        # Output sample n sits at input position n * down / up; its fraction takes one of `up` values,
+        # one row of weights each.
+        distance = self._taps[None, :] - (np.arange(self._up) / self._up)[:, None]
+        angle = np.pi * distance / self._half
+        window = 0.42 + 0.5 * np.cos(angle) + 0.08 * np.cos(2 * angle)  # Blackman
+        weights = np.sinc(2 * cutoff * distance) * window
+        self._weights = weights / weights.sum(axis=1, keepdims=True)
+        self._held = np.zeros(self._half)  # silence before the stream starts
+        self._held_from = -self._half  # input index of _held[0]
+        self._next = 0  # index of the next output sample
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Resample the next chunk; returns as many output samples as the input so far allows."""
+        if self._up == self._down:
+            return samples
+        held = np.concatenate([self._held, samples])
+        last_usable = self._held_from + len(held) - 1 - self._half  # latest centre whose taps all exist
+        last = ((last_usable + 1) * self._up - 1) // self._down
+        wanted = np.arange(self._next, last + 1)
+        centres, phases = np.divmod(wanted * self._down, self._up)
+        out = np.einsum(
+            "ij,ij->i", held[centres[:, None] + self._taps[None, :] - self._held_from], self._weights[phases]
+        )
+        self._next = max(self._next, last + 1)
+        keep_from = self._next * self._down // self._up - self._half + 1
+        drop = min(max(0, keep_from - self._held_from), len(held))
+        self._held, self._held_from = held[drop:], self._held_from + drop
+        return out
+
+
+class MicPcm:
+    """The microphone as a `PcmSource`: opened on the first read and reopened, with growing waits, when it
+    is missing, unplugged or busy. That is never fatal: it logs a line now and then until it works again."""
+
+    live = True
+
+    def __init__(
+        self, device_index: int | None = None, *, frame_ms: int = 30, delays: Sequence[float] = DELAYS_S
+    ) -> None:
+        try:
+            import pyaudio
+        except ImportError as exc:
+            raise AudioInputError("no_microphone", _NO_PYAUDIO) from exc
+        self._pyaudio = pyaudio
+        self._device_index = device_index
+        self._where = "default" if device_index is None else f"index {device_index}"
+        self._frame_ms = frame_ms
+        self._frame_samples = SAMPLE_RATE * frame_ms // 1000
+        self._closed = threading.Event()
+        self._backoff = Backoff(delays, stop=self._closed)
+        self._lock = threading.Lock()  # one reader at a time, and no release in the middle of a read
+        self._audio: Any = None
+        self._stream: Any = None
+        self._resampler = StreamResampler(SAMPLE_RATE)  # replaced at each open, for the device's rate
+        self._chunk = 0
+        self._rate = 0
+        self._pending = np.zeros(0)
+        self._read_since_open = 0
+
+    def read(self) -> bytes | None:
+        with self._lock:
+            while len(self._pending) < self._frame_samples:
+                if self._closed.is_set():
+                    self._release()
+                    return None
+                try:
+                    self._pending = np.concatenate([self._pending, self._capture()])
+                except (AudioInputError, OSError) as exc:
+                    self._release()
+                    delay = self._backoff.failed()
+                    if self._backoff.worth_logging:
+                        reason = (
+                            exc.message if isinstance(exc, AudioInputError) else f"microphone failed: {exc}"
+                        )
+                        _LOGGER.warning(
+                            "%s; retrying in %g s (failure %d in a row)",
+                            reason,
+                            delay,
+                            self._backoff.failures,
+                        )
+                    self._backoff.wait(delay)
+            frame, self._pending = self._pending[: self._frame_samples], self._pending[self._frame_samples :]
+        return np.clip(np.round(frame * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+    def _wait_after(self, exc: AudioInputError | OSError) -> None:
+        """Back off before the next open; `close()` ends the wait at once."""
+        delay = self._backoff.failed()
+        if self._backoff.worth_logging:
+            reason = exc.message if isinstance(exc, AudioInputError) else f"microphone failed: {exc}"
+            _LOGGER.warning(
+                "%s; retrying in %g s (failure %d in a row)", reason, delay, self._backoff.failures
+            )
+        self._backoff.wait(delay)
+
+    def close(self) -> None:
+        """Stop reading and release the device; waits for a read in progress, at most one chunk."""
+        self._closed.set()
+        with self._lock:
+            self._release()
+
+    def _capture(self) -> np.ndarray:
+        if self._stream is None:
+            self._open()
+        data = self._stream.read(self._chunk, exception_on_overflow=False)
+        self._read_since_open += self._chunk
+        if self._read_since_open >= self._rate:  # a second of audio: the microphone works again
+            self._backoff.reset()
+        return self._resampler.push(np.frombuffer(data, dtype="<i2") / 32768.0)
+
+    def _open(self) -> None:
+        with _quiet_native_stderr():
+            audio = self._pyaudio.PyAudio()
+            try:
+                info = self._device_info(audio)
+                rate = int(info["defaultSampleRate"])
+                chunk = rate * self._frame_ms // 1000
+                try:
+                    stream = audio.open(
+                        format=self._pyaudio.paInt16,
+                        channels=1,
+                        rate=rate,
+                        input=True,
+                        input_device_index=self._device_index,
+                        frames_per_buffer=chunk,
+                    )
+                except (OSError, ValueError) as exc:
+                    raise AudioInputError(
+                        "no_microphone",
+                        f"cannot open the microphone ({self._where}): {exc}; unplugged, busy, or not an "
+                        "input? list devices with `arecord -l`",
+                    ) from exc
+            except AudioInputError:
+                audio.terminate()
+                raise
+        self._audio, self._stream, self._rate, self._chunk = audio, stream, rate, chunk
+        self._resampler = StreamResampler(rate)
+        self._read_since_open = 0
+        _LOGGER.info("microphone open (%s, %s, %d Hz)", self._where, info.get("name", "?"), rate)
+
+    def _device_info(self, audio: Any) -> dict[str, Any]:
+        try:
+            if self._device_index is None:
+                info: dict[str, Any] = audio.get_default_input_device_info()
+            else:
+                info = audio.get_device_info_by_index(self._device_index)
+        except OSError as exc:
+            raise AudioInputError(
+                "no_microphone", f"no microphone found ({self._where}): {exc}; list devices with `arecord -l`"
+            ) from exc
+        if int(info.get("maxInputChannels", 0)) < 1:
+            raise AudioInputError(
+                "no_microphone",
+                f"{info.get('name', 'the device')} ({self._where}) is not a microphone: it has no inputs; "
+                "list devices with `arecord -l`",
+            )
+        return info
+
+    def _release(self) -> None:
+        """Close the stream, if open; the next read opens it again unless closed."""
+        stream, audio, self._stream, self._audio = self._stream, self._audio, None, None
+        self._pending = np.zeros(0)
+        if stream is None:
+            return
+        try:
+            stream.stop_stream()
+            stream.close()
+        except OSError as exc:  # an unplugged device can fail to close; it is released either way
+            _LOGGER.debug("closing the microphone: %s", exc)
+        with _quiet_native_stderr():
+            audio.terminate()
+        _LOGGER.debug("microphone closed (%s)", self._where)
 
 
 class MicrophoneSource:
-    """Yields one WAV per utterance, listening only between turns so the device never hears itself speak.
+    """The microphone as an `AudioSource`: yields one WAV per utterance, cut by the `Endpointer`.
 
-    A microphone that is missing, unplugged or busy is not fatal: the daemon logs one line and tries again
-    with growing waits, so plugging the microphone back in is all it takes.
+    It listens only while the caller waits for the next utterance, and starts each one afresh, so the
+    device does not answer what it said itself in between. A threaded daemon uses `MicPcm` with a
+    `Listener` and a `Gate` instead.
     """
 
     def __init__(
@@ -62,74 +249,30 @@ class MicrophoneSource:
         device_index: int | None = None,
         calibration_s: float = 1.0,
         max_utterance_s: float = 30.0,
-        backoff: Backoff | None = None,
+        *,
+        config: EndpointConfig | None = None,
+        delays: Sequence[float] = DELAYS_S,
     ) -> None:
-        try:
-            import pyaudio  # noqa: F401  (here to fail early and clearly; SpeechRecognition uses it)
-        except ImportError as exc:
-            raise AudioInputError("no_microphone", _NO_PYAUDIO) from exc
-        self._sr = _speech_recognition()
-        self._device_index = device_index
-        self._where = "default" if device_index is None else f"index {device_index}"
+        self._pcm = MicPcm(device_index, delays=delays)
+        self._config = dataclasses.replace(config or EndpointConfig(), max_utterance_s=max_utterance_s)
         self._calibration_s = calibration_s
-        self._max_utterance_s = max_utterance_s
-        self._backoff = backoff or Backoff()
-        self._recognizer = self._sr.Recognizer()
-
-    @contextlib.contextmanager
-    def _opened(self) -> Iterator[Any]:
-        """The microphone, open, or AudioInputError.
-
-        SpeechRecognition 3.17's `Microphone.__enter__` swallows a failed open and returns a source whose
-        stream is None: listening on it then fails with AssertionError, and its `__exit__` with
-        AttributeError. So the open is checked here, and `__exit__` is only called on an open microphone.
-        """
-        with _quiet_native_stderr():
-            try:
-                microphone = self._sr.Microphone(device_index=self._device_index)
-            except (AssertionError, OSError) as exc:  # AssertionError: "Device index out of range"
-                raise AudioInputError(
-                    "no_microphone",
-                    f"no microphone found ({self._where}): {exc}; list devices with `arecord -l`",
-                ) from exc
-            source = microphone.__enter__()
-        if source.stream is None:
-            raise AudioInputError(
-                "no_microphone",
-                f"cannot open the microphone ({self._where}): unplugged, busy, or not an input; "
-                "list devices with `arecord -l`",
-            )
-        _LOGGER.info("microphone open (%s, %d Hz)", self._where, source.SAMPLE_RATE)
-        try:
-            yield source
-        finally:
-            try:
-                microphone.__exit__(None, None, None)
-            except OSError as exc:  # an unplugged device can fail to close; it is released either way
-                _LOGGER.debug("closing the microphone: %s", exc)
 
     def utterances(self) -> Generator[bytes, None, None]:
-        """Listen until closed; a failing microphone is reopened after a back-off, never raised."""
-        while True:
-            try:
-                with self._opened() as source:
-                    if self._calibration_s > 0:
-                        self._recognizer.adjust_for_ambient_noise(source, duration=self._calibration_s)
-                        _LOGGER.info(
-                            "speech threshold %.0f after calibration", self._recognizer.energy_threshold
-                        )
-                    while True:
-                        audio = self._recognizer.listen(source, phrase_time_limit=self._max_utterance_s)
-                        self._backoff.reset()
-                        yield to_pcm16_mono_16k(
-                            audio.get_wav_data(), "microphone", max_seconds=self._max_utterance_s
-                        )
-            except (AudioInputError, OSError) as exc:
-                delay = self._backoff.failed()
-                if self._backoff.worth_logging:
-                    reason = exc.message if isinstance(exc, AudioInputError) else f"microphone failed: {exc}"
-                    _LOGGER.warning(
-                        "%s; retrying in %g s (failure %d in a row)", reason, delay, self._backoff.failures
-                    )
-                if not self._backoff.wait(delay):
+        """Listen until the generator is closed; the microphone is released then."""
+        endpointer = Endpointer(self._config)
+        try:
+            calibration: list[bytes] = []
+            while len(calibration) < self._config.frames(self._calibration_s):
+                frame = self._pcm.read()
+                if frame is None:
                     return
+                calibration.append(frame)
+            if calibration:
+                endpointer.calibrate(calibration)
+            while (frame := self._pcm.read()) is not None:
+                pcm = endpointer.feed(frame)
+                if pcm is not None:
+                    yield encode_wav(np.frombuffer(pcm, dtype="<i2") / 32768.0)
+                    endpointer.reset()
+        finally:
+            self._pcm.close()

@@ -1,17 +1,22 @@
 """The conversation loop: greet, then for each utterance send one turn and speak the reply as it streams in.
 
-The loop is half-duplex on purpose: the next utterance is only listened for after the reply has been
-spoken, so the microphone never hears the device's own voice. It outlives what it can: a failed turn gets
-a spoken line that fits its error code, a broken camera means a turn without a frame, a broken speaker a
-logged line. It stops only when going on would be pointless or harmful: the server refuses this device.
+Sentences go to the voice thread as they arrive, so the first is heard while the server writes the next;
+the microphone is muted while the device speaks (see device.voice and device.listen). The loop outlives
+what it can: a failed turn gets a spoken line that fits its error code, and a server that cannot be reached
+gets the device's own talk-down and exercise while it is retried; a broken camera means a turn without a
+frame, a broken speaker a logged line. It stops only when going on would be pointless or harmful: the
+server refuses this device. Every change of state is logged by device.states.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import sys
-from collections.abc import Generator, Iterable
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TextIO
@@ -19,17 +24,17 @@ from typing import Any, TextIO
 from device.backoff import Backoff
 from device.camera import FrameSource
 from device.client import ServerClient
-from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError, SpeakerError
+from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError
+from device.exercises import OfflineExercises, Step
 from device.lines import Lines
-from device.speaker import Speaker
+from device.states import State, StateMachine
+from device.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
 
 _REFUSED = frozenset({401, 403})
 """The server does not accept this device: retrying cannot help, and would only hammer it."""
 _SESSION_GONE = frozenset({404, 409})
-MAX_PAUSE_MS = 20_000
-"""Longest silence a sentence may ask for: an exercise's longest phase, with room to spare."""
 """The server lost the session (404) or it has ended (409): a new one fixes that."""
 
 
@@ -40,8 +45,17 @@ class EventType(StrEnum):
     EMOTIONS = "emotions"
     SAFETY = "safety"
     SENTENCE = "sentence"
+    COMMAND = "command"
     DONE = "done"
     ERROR = "error"
+
+
+class Command(StrEnum):
+    """What the server found the person asking of the device itself ("start over", "goodbye", "be quiet")."""
+
+    NEW_SESSION = "new_session"
+    END_SESSION = "end_session"
+    PAUSE = "pause"
 
 
 @dataclass(frozen=True)
@@ -64,105 +78,169 @@ def describe_faces(event: dict[str, Any]) -> str:
 
 
 class Conversation:
-    """One session with the server, spoken through `speaker` and printed to `out` as a readable transcript.
+    """Sessions with the server, spoken through `voice` and printed to `out` as a readable transcript.
 
-    With a `backoff` (the daemon), a server that cannot be reached when the session opens is waited for;
+    `utterances` may yield None while nobody speaks (the daemon's microphone does, about once a second):
+    those ticks keep the watchdog fed and retry a server that is down. With a `backoff` (the daemon), a
+    server that cannot be reached is retried and the person hears the device's own exercises meanwhile;
     without one (a one-shot turn), that is an error at once.
     """
 
     def __init__(
         self,
         client: ServerClient,
-        speaker: Speaker,
+        voice: Voice,
         frames: FrameSource | None = None,
         *,
         lines: Lines,
+        exercises: OfflineExercises | None = None,
         backoff: Backoff | None = None,
         out: TextIO | None = None,
+        states: StateMachine | None = None,
+        think_ack_s: float = 0.0,
+        heartbeat: Callable[[], None] | None = None,
+        ready: Callable[[], object] | None = None,
     ) -> None:
         self._client = client
-        self._speaker = speaker
+        self._voice = voice
         self._frames = frames
         self._lines = lines
+        self._offline: Iterator[tuple[str, tuple[Step, ...]]] | None = None
+        self._talk_down: tuple[Step, ...] = ()
+        if exercises is not None:
+            self._offline, self._talk_down = exercises.rotation(), exercises.talk_down
         self._backoff = backoff
         self._out = out or sys.stdout
+        self.states = states or StateMachine()
+        self._think_ack_s = think_ack_s
+        self._heartbeat = heartbeat or (lambda: None)
+        self._ready = ready
         self._client_name = ""
         self._session_id = ""  # none open
-        self._speaker_failing = False
+        self._next_try = 0.0
+        self._waiting_said = False
+        self._last_ack = ""
+        self._lock = threading.Lock()
+        self.in_turn = False
+
+    @property
+    def session_id(self) -> str:
+        """The open session, or "" (for the frame poster, which must not post into a turn's session gap)."""
+        with self._lock:
+            return self._session_id
 
     def _print(self, line: str) -> None:
         print(line, file=self._out, flush=True)
 
-    def _say(self, text: str) -> None:
-        """Speak, or log why not: a broken speaker must not end the conversation (the transcript goes on)."""
-        try:
-            self._speaker.say(text)
-        except SpeakerError as exc:
-            if not self._speaker_failing:
-                _LOGGER.warning("cannot speak (%s: %s); going on without the voice", exc.code, exc.message)
-            self._speaker_failing = True
-        else:
-            self._speaker_failing = False
+    def _say(self, text: str, pause_ms: int = 0) -> None:
+        self._voice.say(text, pause_ms)
 
-    def run(self, client_name: str, utterances: Iterable[Utterance]) -> int:
-        """Run the whole session; returns how many turns failed. The session is ended even on Ctrl-C.
+    def _settle(self) -> None:
+        """Wait until everything queued has been said, feeding the watchdog meanwhile."""
+        self._voice.end_reply()
+        while not self._voice.wait_idle(1.0):
+            self._heartbeat()
+
+    def run(self, client_name: str, utterances: Iterable[Utterance | None]) -> int:
+        """Run until the utterances end; returns how many turns failed. The session is ended even on Ctrl-C.
 
         Shutdown goes in order: stop listening (a generator, the microphone, is closed here rather than
-        whenever it is collected), then end the session, then the caller closes speaker and camera.
+        whenever it is collected), then end the session, then the caller closes voice, speaker and camera.
         """
         self._client_name = client_name
         heard = iter(utterances)
         failed = 0
         try:
-            self._session_id = self._open(greet=True)
+            self._start()
             for utterance in heard:
+                self._heartbeat()
+                if utterance is None:
+                    self._retry_if_due()
+                    continue
                 if not self._turn(utterance):
                     failed += 1
+                self._settle()
+                self.states.go(State.LISTENING if self._session_id else State.WAITING)
         finally:
             if isinstance(heard, Generator):
                 heard.close()
+            self.states.go(State.STOPPING)
             self._end()
+            self._settle()
         return failed
 
-    def _open(self, *, greet: bool) -> str:
-        """Open a session; in daemon mode, wait for a server that is down, saying so once."""
-        waiting = False
-        while True:
-            try:
-                session_id, greeting = self._client.start_session(self._client_name)
-                break
-            except ServerError as exc:
-                if exc.status in _REFUSED:
-                    raise self._refused(exc) from exc
-                if self._backoff is None or not exc.transient:
-                    raise
-                delay = self._backoff.failed()
-                if not waiting:
-                    self._print(f"bot: {self._lines.waiting_for_server}")
-                    self._say(self._lines.waiting_for_server)
-                    waiting = True
-                if self._backoff.worth_logging:
-                    _LOGGER.warning(
-                        "waiting for the server: %s; retrying in %g s (failure %d in a row)",
-                        exc.message,
-                        delay,
-                        self._backoff.failures,
-                    )
-                if not self._backoff.wait(delay):
-                    raise
+    # --- the session ----------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Open the first session. A one-shot turn needs the server now; the daemon waits for it."""
+        if self._backoff is None:
+            self._set_session(self._open_once(greet=True))
+            self.states.go(State.LISTENING)
+            return
+        self._retry_if_due()
+
+    def _retry_if_due(self) -> None:
+        """Daemon only: try the server again once the back-off says so; greet when it answers."""
+        if self._session_id or self._backoff is None or time.monotonic() < self._next_try:
+            return
+        try:
+            if self._ready is not None:
+                self._client.health()
+                self._ready()  # the daemon is up: systemd may start what waits for it
+                self._ready = None
+            session_id = self._open_once(greet=True)
+        except ServerError as exc:
+            if not exc.transient:
+                raise
+            self._server_down(exc)
+            return
+        self._set_session(session_id)
+        self.states.go(State.LISTENING)
+
+    def _server_down(self, exc: ServerError) -> None:
+        assert self._backoff is not None
+        delay = self._backoff.failed()
+        self._next_try = time.monotonic() + delay
+        self.states.go(State.WAITING, exc.code)
+        if not self._waiting_said:
+            self._print(f"bot: {self._lines.waiting_for_server}")
+            self._say(self._lines.waiting_for_server)
+            self._waiting_said = True
+        if self._backoff.worth_logging:
+            _LOGGER.warning(
+                "waiting for the server: %s; retrying in %g s (failure %d in a row)",
+                exc.message,
+                delay,
+                self._backoff.failures,
+            )
+
+    def _set_session(self, session_id: str) -> None:
+        with self._lock:
+            self._session_id = session_id
+
+    def _open_once(self, *, greet: bool) -> str:
+        """Open a session or raise ServerError; a refused token stops the device."""
+        try:
+            session_id, greeting = self._client.start_session(self._client_name)
+        except ServerError as exc:
+            if exc.status in _REFUSED:
+                raise self._refused(exc) from exc
+            raise
         if self._backoff is not None:
-            if waiting:
+            if self._backoff.failures:
                 _LOGGER.warning("the server answers again, after %d failed tries", self._backoff.failures)
             self._backoff.reset()
+        self._waiting_said = False
         _LOGGER.info("session %s opened for client %s", session_id, self._client_name)
         if greet and greeting:
             self._print(f"bot: {greeting}")
             self._say(greeting)
+            self._voice.end_reply("greeting")
         return session_id
 
     def _refused(self, exc: ServerError) -> DeviceConfigError:
         """The server refuses this device's token: say so once, and stop rather than retry for ever."""
-        self._session_id = ""  # ending it would be refused too
+        self._set_session("")  # ending it would be refused too
         self._say(self._lines.refused)
         return DeviceConfigError(
             f"the server refused this device ({exc.status} {exc.code}: {exc.message}); check the device "
@@ -170,13 +248,17 @@ class Conversation:
         )
 
     def _end(self) -> None:
-        if not self._session_id:
+        session_id = self.session_id
+        if not session_id:
             return
+        self._set_session("")
         try:
-            summary = self._client.end_session(self._session_id)
-            _LOGGER.info("session %s ended after %s turn(s)", self._session_id, summary.get("turns", "?"))
+            summary = self._client.end_session(session_id)
+            _LOGGER.info("session %s ended after %s turn(s)", session_id, summary.get("turns", "?"))
         except ServerError as exc:
-            _LOGGER.warning("could not end session %s: %s", self._session_id, exc.message)
+            _LOGGER.warning("could not end session %s: %s", session_id, exc.message)
+
+    # --- one turn -------------------------------------------------------------------------------------------
 
     def _turn(self, utterance: Utterance) -> bool:
         """Send one turn and speak its reply as it arrives; True when the stream ended with `done`.
@@ -184,13 +266,21 @@ class Conversation:
         A session the server no longer knows (404) or has ended (409) is replaced by a new one, once, and
         the utterance sent again, so the person's words are not lost.
         """
+        if not self._session_id:
+            try:
+                self._set_session(self._open_once(greet=False))
+            except ServerError as exc:
+                return self._failed(exc)
         try:
             return self._send(utterance)
         except ServerError as exc:
             if exc.status not in _SESSION_GONE:
                 return self._failed(exc)
             _LOGGER.warning("session %s is gone (%s); starting a new one", self._session_id, exc.code)
-        self._session_id = self._open(greet=False)
+        try:
+            self._set_session(self._open_once(greet=False))
+        except ServerError as exc:
+            return self._failed(exc)
         try:
             return self._send(utterance)
         except ServerError as exc:
@@ -204,13 +294,29 @@ class Conversation:
 
     def _send(self, utterance: Utterance) -> bool:
         frame = self._frame()
-        events = self._client.turn(
-            self._session_id, audio=utterance.audio, text=utterance.text, frames=[frame] if frame else []
-        )
-        with contextlib.closing(events):
-            for event in events:
-                if self._handle(event):
-                    return True
+        self.states.go(State.SENDING, "text" if utterance.text is not None else "speech")
+        self.in_turn = True
+        waiting = _ThinkingAck(self, self._think_ack_s) if self._think_ack_s > 0 else None
+        command: Command | None = None
+        try:
+            events = self._client.turn(
+                self._session_id, audio=utterance.audio, text=utterance.text, frames=[frame] if frame else []
+            )
+            with contextlib.closing(events):
+                for event in events:
+                    self._heartbeat()
+                    if event.get("type") == EventType.SENTENCE and waiting is not None:
+                        waiting.cancel()
+                    if event.get("type") == EventType.COMMAND:
+                        command = _command(event)
+                    if self._handle(event):
+                        if command is not None:
+                            self._obey(command)
+                        return True
+        finally:
+            self.in_turn = False
+            if waiting is not None:
+                waiting.cancel()
         return False
 
     def _frame(self) -> bytes | None:
@@ -227,7 +333,41 @@ class Conversation:
         if exc.status in _REFUSED:
             raise self._refused(exc) from exc
         self._fail(exc.code, exc.message)
+        if exc.transient and self._backoff is not None:
+            self._speak_offline(exc)
         return False
+
+    def _speak_offline(self, exc: ServerError) -> None:
+        """The server failed the turn (down, overloaded, cut off): the device's own talk-down and exercise,
+        so the person is not left in silence; the server is tried again with a back-off meanwhile."""
+        assert self._backoff is not None
+        self.states.go(State.OFFLINE, exc.code)
+        if self._session_id and exc.status is None:
+            self._set_session("")  # a server that went away may come back without it; a new one is opened
+        self._next_try = time.monotonic() + self._backoff.failed()
+        if self._offline is None:
+            return
+        name, steps = next(self._offline)
+        _LOGGER.info("speaking the offline exercise %s while the server is away", name)
+        for step in (*self._talk_down, *steps):
+            self._print(f"bot: {step.text}")
+            self._say(step.text, step.pause_ms)
+
+    def _obey(self, command: Command) -> None:
+        """Act on a command turn once its reply (a goodbye, say) has been queued."""
+        _LOGGER.info("voice command: %s", command)
+        if command is Command.PAUSE:
+            self._voice.interrupt()
+        elif command is Command.END_SESSION:
+            self._settle()
+            self._end()
+        elif command is Command.NEW_SESSION:
+            self._settle()
+            self._end()
+            try:
+                self._set_session(self._open_once(greet=True))
+            except ServerError as exc:
+                self._failed(exc)
 
     def _handle(self, event: dict[str, Any]) -> bool:
         """Show and speak one event; True when it is `done`."""
@@ -241,11 +381,12 @@ class Conversation:
             self._print(f"safety: {event.get('level', '?')}: {event.get('message', '')}")
         elif kind == EventType.SENTENCE:
             text = str(event.get("text", ""))
+            self.states.go(State.SPEAKING, "first sentence")
             self._print(f"bot: {text}")
-            self._say(text)
             pause_ms = event.get("pause_ms", 0)
-            if isinstance(pause_ms, int) and pause_ms > 0:
-                self._speaker.pause(min(pause_ms, MAX_PAUSE_MS) / 1000)
+            self._say(text, pause_ms if isinstance(pause_ms, int) else 0)
+        elif kind == EventType.COMMAND:
+            self._print(f"command: {event.get('name', '?')}")
         elif kind == EventType.DONE:
             _LOGGER.info("turn %s done; timings %s", event.get("turn_id"), event.get("timings", {}))
             return True
@@ -262,3 +403,39 @@ class Conversation:
         line = self._lines.for_error(code)
         self._print(f"bot: {line}")
         self._say(line)
+
+    def acknowledge(self) -> None:
+        """Say a short "one moment" while the server thinks; never the same one twice in a row."""
+        choices = [line for line in self._lines.thinking if line != self._last_ack]
+        self._last_ack = random.choice(choices)
+        self._print(f"bot: {self._last_ack}")
+        self._say(self._last_ack)
+
+
+def _command(event: dict[str, Any]) -> Command | None:
+    try:
+        return Command(str(event.get("name")))
+    except ValueError:
+        _LOGGER.warning("ignoring unknown command %r", event.get("name"))
+        return None
+
+
+class _ThinkingAck:
+    """A timer for one turn: after `delay_s` without a sentence, and every `delay_s * 3` after that, the
+    device says it is still there, so a slow server is not mistaken for being ignored."""
+
+    def __init__(self, conversation: Conversation, delay_s: float) -> None:
+        self._conversation = conversation
+        self._delay_s = delay_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="thinking", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = self._delay_s
+        while not self._done.wait(delay):
+            self._conversation.acknowledge()
+            delay = self._delay_s * 3
+
+    def cancel(self) -> None:
+        self._done.set()

@@ -55,6 +55,38 @@ class DeviceSettings:
         default=120.0, metadata=_doc("Seconds to wait for each part of an answer.")
     )
     language: str = field(default="en", metadata=_doc("Language tag (en, en-GB, ...) picking the TTS voice."))
+    vad_aggressiveness: int = field(
+        default=2,
+        metadata=_doc("WebRTC VAD aggressiveness, 0-3: higher ignores more noise, and some speech."),
+    )
+    pre_roll_s: float = field(
+        default=0.8, metadata=_doc("Audio kept from before speech starts, so the first word is whole.")
+    )
+    end_silence_s: float = field(
+        default=0.7,
+        metadata=_doc("Silence that ends an utterance; raise it for people who pause mid-thought."),
+    )
+    min_speech_s: float = field(
+        default=0.3, metadata=_doc("Shorter bursts of sound (a cough, a click) are not sent.")
+    )
+    mute_tail_s: float = field(
+        default=0.3, metadata=_doc("The microphone stays muted this long after the device stops speaking.")
+    )
+    barge_in: bool = field(
+        default=False,
+        metadata=_doc("Listen while speaking and stop when the person talks; needs echo cancellation."),
+    )
+    camera_fps: float = field(
+        default=2.0, metadata=_doc("Frames grabbed per second; only the latest is kept.")
+    )
+    frame_interval_s: float = field(
+        default=5.0,
+        metadata=_doc("Between turns, send a frame for the emotion timeline this often; 0: never."),
+    )
+    think_ack_s: float = field(
+        default=3.0,
+        metadata=_doc("Say a short 'one moment' after this much silence from the server; 0: never."),
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -98,6 +130,15 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     ),
     "request_timeout_s": (lambda v: 1.0 <= v <= 3600.0, "a number of seconds from 1 to 3600"),
     "language": (lambda v: _LANGUAGE_RE.fullmatch(v) is not None, "a language tag such as en or en-GB"),
+    "vad_aggressiveness": (lambda v: 0 <= v <= 3, "an integer from 0 to 3"),
+    "pre_roll_s": (lambda v: 0.0 <= v <= 2.0, "a number of seconds from 0 to 2"),
+    "end_silence_s": (lambda v: 0.3 <= v <= 3.0, "a number of seconds from 0.3 to 3"),
+    "min_speech_s": (lambda v: 0.05 <= v <= 2.0, "a number of seconds from 0.05 to 2"),
+    "mute_tail_s": (lambda v: 0.0 <= v <= 2.0, "a number of seconds from 0 to 2"),
+    "barge_in": (lambda v: True, "true or false"),
+    "camera_fps": (lambda v: 0.2 <= v <= 15.0, "a number of frames per second from 0.2 to 15"),
+    "frame_interval_s": (lambda v: v == 0.0 or 1.0 <= v <= 600.0, "0 (never) or seconds from 1 to 600"),
+    "think_ack_s": (lambda v: v == 0.0 or 1.0 <= v <= 60.0, "0 (never) or seconds from 1 to 60"),
 }
 
 
@@ -120,6 +161,11 @@ def _coerce(key: str, value: object, source: str) -> object:
     """Give `value` the field's type: env strings are parsed, TOML values must already fit."""
     kind = _TYPES[key]
     allowed = _CHECKS[key][1]
+    if isinstance(value, str) and kind is bool:
+        flag = value.strip().lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise _bad(key, value, allowed, source)
+        return flag in ("true", "1", "yes")
     if isinstance(value, str) and kind is not str:
         try:
             return kind(value.strip())

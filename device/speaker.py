@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +39,15 @@ class Speaker(Protocol):
 
     def pause(self, seconds: float) -> None:
         """Keep quiet for `seconds`: the pacing of a guided exercise ("Breathe in." then four seconds)."""
+        ...
+
+    def end_reply(self, name: str = "") -> None:
+        """One reply is complete: a speaker that keeps replies apart (one file each) closes this one.
+        `name` marks a part that is not an answer to the person ("greeting")."""
+        ...
+
+    def stop(self) -> None:
+        """Cut the sentence or pause in progress short (barge-in, "be quiet"); callable from any thread."""
         ...
 
     def close(self) -> None:
@@ -148,27 +156,52 @@ class Pyttsx3Speaker:
             prefix="tadbot-tts-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
         )
         self._wav = Path(self._scratch.name) / "sentence.wav"
+        self._stopped = threading.Event()
+        self._playing: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
 
     def say(self, text: str) -> None:
         if not text.strip():
             return
+        self._stopped.clear()
         self._engine.save(text, self._wav)
         try:
-            played = subprocess.run(
-                [self._aplay, "-q", str(self._wav)], capture_output=True, text=True, timeout=_budget_s(text)
-            )
-        except subprocess.TimeoutExpired:
-            _LOGGER.warning("aplay did not finish within %.0f s; skipping the sentence", _budget_s(text))
-            return
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                playing = self._playing = subprocess.Popen(
+                    [self._aplay, "-q", str(self._wav)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            try:
+                _, errors = playing.communicate(timeout=_budget_s(text))
+            except subprocess.TimeoutExpired:
+                playing.kill()
+                playing.communicate()
+                _LOGGER.warning("aplay did not finish within %.0f s; skipping the sentence", _budget_s(text))
+                return
         finally:
+            with self._lock:
+                self._playing = None
             self._wav.unlink(missing_ok=True)
-        if played.returncode != 0:
+        if playing.returncode != 0 and not self._stopped.is_set():
             # A missing or busy sound card must not end the conversation: the transcript still has the reply.
-            reason = (played.stderr.strip().splitlines() or ["aplay failed"])[-1]
+            reason = (errors.strip().splitlines() or ["aplay failed"])[-1]
             _LOGGER.warning("could not play speech: %s", reason)
 
     def pause(self, seconds: float) -> None:
-        time.sleep(seconds)
+        self._stopped.wait(seconds)
+
+    def end_reply(self, name: str = "") -> None:
+        """Sentences are played as they come; there is nothing to close."""
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            if self._playing is not None:
+                self._playing.terminate()
 
     def close(self) -> None:
         self._engine.close()
@@ -198,6 +231,12 @@ class WavFileSpeaker:
     def pause(self, seconds: float) -> None:
         """Nobody waits on a file, so an exercise's pauses are left out of it."""
 
+    def end_reply(self, name: str = "") -> None:
+        """Everything said goes into the one file, written at close."""
+
+    def stop(self) -> None:
+        """A file cannot be talked over; what was said is kept."""
+
     def close(self) -> None:
         try:
             if not self._sentences:
@@ -206,5 +245,53 @@ class WavFileSpeaker:
             self._engine.save(" ".join(self._sentences), self.path)
             _LOGGER.info("wrote %d sentence(s) of speech to %s", len(self._sentences), self.path)
             self._sentences.clear()
+        finally:
+            self._engine.close()
+
+
+class WavDirSpeaker:
+    """Writes each reply as its own numbered WAV (reply-001.wav, ...) in a folder: `--mic-file` runs, where
+    every turn's answer must be heard on its own."""
+
+    def __init__(
+        self, folder: str | Path, voice: str = "", rate: int = 165, volume: float = 1.0, language: str = "en"
+    ) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpeakerError("bad_output", f"cannot create folder {self.folder}: {exc.strerror}") from exc
+        if not os.access(self.folder, os.W_OK):
+            raise SpeakerError("bad_output", f"cannot write to folder {self.folder}: it is read-only")
+        self._engine = _Engine(voice, rate, volume, language)
+        self._sentences: list[str] = []
+        self._replies = 0
+        self.written: list[Path] = []
+
+    def say(self, text: str) -> None:
+        if text.strip():
+            self._sentences.append(text.strip())
+
+    def pause(self, seconds: float) -> None:
+        """Nobody waits on a file, so an exercise's pauses are left out of it."""
+
+    def end_reply(self, name: str = "") -> None:
+        """Write what was said since the last reply: `<name>.wav`, else the next reply-NNN.wav."""
+        if not self._sentences:
+            return
+        if not name:
+            self._replies += 1
+        path = self.folder / (f"{name}.wav" if name else f"reply-{self._replies:03d}.wav")
+        self._engine.save(" ".join(self._sentences), path)
+        self._sentences.clear()
+        self.written.append(path)
+        _LOGGER.info("wrote %s", path)
+
+    def stop(self) -> None:
+        """A file cannot be talked over; what was said is kept."""
+
+    def close(self) -> None:
+        try:
+            self.end_reply()
         finally:
             self._engine.close()

@@ -67,6 +67,14 @@ def cmd_device(args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "device", *config, *args.rest])
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`tadbot doctor` is the device's check of the box (device/doctor.py), in its own process: the server
+    package imports nothing from the device."""
+    _require("device")
+    config = ["--config", args.config] if args.config else []
+    return subprocess.call([sys.executable, "-m", "device.doctor", *config, *args.rest])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """`tadbot train` runs `python -m training.fer` in its own process, as `tadbot device` runs the device:
     the server never imports the training package, and the CLI starts without torch."""
@@ -391,10 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train", add_help=False, help="train a model and export it (see `tadbot train fer --help`)"
     )
     train.set_defaults(func=cmd_train)
+    doctor = sub.add_parser(
+        "doctor", add_help=False, help="check mic, speaker, camera, server, models, disk and memory"
+    )
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
-PASS_THROUGH = ("device", "run", "train")
+PASS_THROUGH = ("device", "run", "train", "doctor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

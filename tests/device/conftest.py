@@ -98,7 +98,7 @@ def fake_mic(monkeypatch: pytest.MonkeyPatch) -> None:
 
     Tests change the scene through that module's attributes; all are restored afterwards.
     """
-    for name in ("rate", "pcm", "plugged", "open_failures", "after"):
+    for name in ("rate", "pcm", "plugged", "open_failures", "after", "pace_wav"):
         monkeypatch.setattr(fake_pyaudio, name, getattr(fake_pyaudio, name))
     monkeypatch.setattr(fake_pyaudio, "log", [])
     fake_pyaudio.load(spoken_wav())

@@ -1,12 +1,15 @@
 """A stand-in for PyAudio, because there is no microphone here.
 
-SpeechRecognition's real `Microphone` and `Recognizer.listen` run on top of it, so the device takes the
-same code path as on a Pi. The microphone "hears" a real WAV file (16-bit mono), then silence. Module
-state sets the scene:
+The device's real `MicPcm` (open, resample, reopen) runs on top of it, so it takes the same code path as
+on a Pi. The microphone "hears" a real WAV file (16-bit mono), then silence. Module state sets the scene
+(the `fake_mic` fixture restores it, except `pace_wav`: change that one with monkeypatch):
 - `plugged`: False when no input device exists at all;
 - `open_failures`: how many opens fail before one works (a busy or just re-plugged device);
-- `after`: what comes after the WAV: "silence", paced like a real device, or "interrupt", which is
-  2 s of silence and then Ctrl-C.
+- `pace_wav`: True (the default) hands the WAV out at the pace of a real device, which blocks for as long
+  as the audio lasts, so a listener thread hears it in real time; False hands it over at once;
+- `after`: what comes after the WAV: "silence", paced like a real device; "interrupt", which is 2 s of
+  that silence and then Ctrl-C (a KeyboardInterrupt in the main thread, whichever thread reads); or
+  "unplug", a read that fails as a pulled USB microphone does (a reopened stream hears the WAV again).
 
 `log` records "open failed", "open" and "close". In a subprocess, FAKE_MIC_WAV names the WAV and
 FAKE_MIC_LOG a file that gets the same records, one per line.
@@ -14,6 +17,7 @@ FAKE_MIC_LOG a file that gets the same records, one per line.
 
 from __future__ import annotations
 
+import _thread
 import io
 import os
 import time
@@ -28,6 +32,7 @@ pcm = b""
 plugged = True
 open_failures = 0
 after = "silence"
+pace_wav = True
 log: list[str] = []
 
 _LOG_FILE = os.environ.get("FAKE_MIC_LOG")
@@ -85,6 +90,7 @@ class _Stream:
     def __init__(self) -> None:
         self._offset = 0
         self._silence_s = 0.0
+        self._interrupted = False
         self._stopped = False
 
     def read(self, frames: int, exception_on_overflow: bool = True) -> bytes:
@@ -92,13 +98,16 @@ class _Stream:
         chunk = pcm[self._offset : self._offset + size]
         self._offset += len(chunk)
         if chunk:
+            if pace_wav:
+                time.sleep(frames / rate)
             return chunk.ljust(size, b"\0")
+        if after == "unplug":
+            raise OSError(-9999, "Unanticipated host error")
         self._silence_s += frames / rate
-        if after == "interrupt":
-            if self._silence_s > _INTERRUPT_AFTER_S:
-                raise KeyboardInterrupt
-        else:
-            time.sleep(frames / rate)  # a real device blocks for as long as the audio lasts
+        if after == "interrupt" and self._silence_s > _INTERRUPT_AFTER_S and not self._interrupted:
+            self._interrupted = True
+            _thread.interrupt_main()  # what Ctrl-C does: the main thread gets KeyboardInterrupt
+        time.sleep(frames / rate)  # a real device blocks for as long as the audio lasts
         return bytes(size)
 
     def is_stopped(self) -> bool:

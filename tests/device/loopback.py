@@ -7,6 +7,7 @@ until the test has seen the events before it (proof that events arrive as they a
 
 from __future__ import annotations
 
+import copy
 import email.parser
 import json
 import re
@@ -21,6 +22,12 @@ TOKEN = "device-token-123"
 GREETING = "Hello, I'm here with you."
 GATE = "gate"
 """A script item: wait until the test opens `Loopback.gate` before writing further events."""
+HEALTHY: dict[str, Any] = {
+    "status": "ok",
+    "components": {name: {"status": "ok"} for name in ("db", "stt", "fer", "llm", "memory", "safety")},
+    "version": "0.1.0+loopback",
+}
+"""What GET /api/v1/health answers unless a test sets `Loopback.health`."""
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Loopback:
     opened: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     turn_status: dict[str, int] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(HEALTHY))
 
     def turn_parts(self) -> list[Part]:
         """The multipart parts of the last turn request."""
@@ -96,6 +104,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        """Not recorded in `requests`, which the tests read as the device's POSTs only."""
+        state = self.server.state
+        if self.path == "/api/v1/health":  # anyone may ask: no token needed
+            self._send(200, json.dumps(state.health).encode())
+        else:
+            self._send(404, _error("not_found", f"no GET route {self.path}"))
 
     def do_POST(self) -> None:
         state = self.server.state

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import queue
 import signal
@@ -19,7 +20,7 @@ from device.__main__ import main
 from device.lines import load_lines
 from tests.device import fake_pyaudio
 from tests.device.conftest import spoken_wav, tone, wav_bytes
-from tests.device.loopback import GATE, GREETING, TOKEN, Loopback, serve
+from tests.device.loopback import GATE, GREETING, TOKEN, Loopback, parse_multipart, serve
 from tests.device.test_speaker import needs_espeak
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,7 +218,7 @@ def test_a_refused_token_stops_the_daemon_at_once(
     assert line.startswith("tadbot device: error: the server refused this device (401 bad_token: ")
     assert "`tadbot admin add-device NAME`" in line
     assert loopback.paths() == ["/api/v1/sessions"], "no retries hammering the server"
-    assert fake_pyaudio.log == [], "the microphone was never opened"
+    assert fake_pyaudio.log[-1:] == ["close"], "the microphone, opened at start, was released"
     assert _rms(reply) > 500, "the person heard why the device stopped"
 
 
@@ -231,6 +232,8 @@ def test_the_daemon_waits_for_a_server_that_starts_late(
 ) -> None:
     monkeypatch.setenv("TADBOT_DEVICE__MIC_CALIBRATION_S", "0")
     fake_pyaudio.after = "interrupt"  # Ctrl-C while listening for the second utterance
+    # The microphone listens from the start; the person speaks once the greeting has been said.
+    fake_pyaudio.load(spoken_wav(lead_s=4.0))
     servers: list[Generator[Loopback, None, None]] = []
     started: list[Loopback] = []
 
@@ -279,7 +282,7 @@ def test_sigterm_stops_the_daemon_mid_turn_ends_the_session_and_exits_0(
         "sys.modules[__name__] = importlib.import_module('tests.device.fake_pyaudio')\n",
         encoding="utf-8",
     )
-    (tmp_path / "speech.wav").write_bytes(spoken_wav())
+    (tmp_path / "speech.wav").write_bytes(spoken_wav(lead_s=1.5))  # after the greeting
     mic_log, stderr_path = tmp_path / "mic.log", tmp_path / "stderr.txt"
     env = {
         **os.environ,
@@ -318,3 +321,97 @@ def test_sigterm_stops_the_daemon_mid_turn_ends_the_session_and_exits_0(
     assert loopback.ended == ["s1"]
     assert mic_log.read_text(encoding="utf-8").split() == ["open", "close"], "the microphone was released"
     assert "stopped by SIGTERM" in errors and "Traceback" not in errors
+
+
+def conversation_wav(*parts: str | float) -> bytes:
+    """A 16 kHz recording of a person: each str is spoken by espeak-ng, each float is seconds of silence."""
+    from device.audio import to_pcm16_mono_16k
+    from tests.speech import speak
+
+    pcm = b""
+    for part in parts:
+        if isinstance(part, str):
+            with wave.open(io.BytesIO(to_pcm16_mono_16k(speak(part), part))) as reader:
+                pcm += reader.readframes(reader.getnframes())
+        else:
+            pcm += b"\0\0" * round(part * 16_000)
+    return wav_bytes(np.frombuffer(pcm, "<i2") / 32768.0, 16_000)
+
+
+@needs_espeak
+def test_a_mic_file_is_endpointed_into_turns_with_one_wav_per_reply(
+    loopback: Loopback, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loopback.script = REPLY
+    mic = tmp_path / "two_utterances.wav"
+    mic.write_bytes(conversation_wav(0.5, "hello, I feel anxious today", 1.5, "my heart is racing", 0.5))
+    replies = tmp_path / "replies"
+    code = main([*_base(loopback), "--camera=-1", "--mic-file", str(mic), "--tts-out", str(replies)])
+    assert code == 0
+    assert loopback.paths() == [
+        "/api/v1/sessions",
+        "/api/v1/sessions/s1/turns",
+        "/api/v1/sessions/s1/turns",
+        "/api/v1/sessions/s1/end",
+    ]
+    durations = []
+    for _, path, headers, body in loopback.requests:
+        if path.endswith("/turns"):
+            (audio,) = parse_multipart(headers["Content-Type"], body)
+            with wave.open(io.BytesIO(audio.data)) as reader:
+                durations.append(reader.getnframes() / reader.getframerate())
+    assert all(1.0 < seconds < 4.0 for seconds in durations), durations
+    assert sorted(p.name for p in replies.iterdir()) == ["greeting.wav", "reply-001.wav", "reply-002.wav"]
+    assert all(_rms(path) > 500 for path in replies.iterdir())
+    assert capsys.readouterr().out.count("bot: Hello, it is good to hear you.") == 2
+
+
+@needs_espeak
+def test_a_server_that_goes_away_gets_the_offline_exercise_and_is_used_again_when_back(
+    unused_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server is down for the first utterance and back for the second: the person hears the
+    device's own exercise, then a real reply, with no restart."""
+    mic = tmp_path / "mic.wav"
+    mic.write_bytes(conversation_wav(0.3, "I can't breathe properly", 5.0, "that helped a little", 0.5))
+    servers: list[Generator[Loopback, None, None]] = []
+    started: list[Loopback] = []
+
+    def start_server() -> None:
+        servers.append(serve(port=unused_port))
+        started.append(next(servers[0]))
+        started[0].script = REPLY
+
+    timer = threading.Timer(4.0, start_server)  # after the first utterance, before the second
+    timer.start()
+    replies = tmp_path / "replies"
+    try:
+        url = f"http://127.0.0.1:{unused_port}"
+        code = main(
+            [
+                "--server",
+                url,
+                "--token",
+                TOKEN,
+                "--camera=-1",
+                "--mic-file",
+                str(mic),
+                "--tts-out",
+                str(replies),
+            ]
+        )
+        timer.join(timeout=10)
+    finally:
+        timer.cancel()
+        for running in servers:
+            running.close()
+    out = capsys.readouterr().out.splitlines()
+    lines = load_lines()
+    assert code == 0
+    assert out[0] == f"bot: {lines.waiting_for_server}"
+    assert f"bot: {lines.errors['server_unreachable']}" in out
+    assert "bot: I'm here with you." in out, "the offline talk-down"
+    assert out[-1] == "bot: Hello, it is good to hear you.", "answered by the server once it was back"
+    (server,) = started
+    assert server.paths()[-2:] == ["/api/v1/sessions/s1/turns", "/api/v1/sessions/s1/end"]
+    assert sorted(p.name for p in replies.iterdir())[-2:] == ["reply-001.wav", "reply-002.wav"]

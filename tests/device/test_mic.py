@@ -1,5 +1,5 @@
-"""The microphone through SpeechRecognition's real `Microphone` and `listen`, on a fake PyAudio (no device
-here) that hears real WAV audio, or on the real PyAudio, which finds no device here at all."""
+"""The microphone: on a fake PyAudio (no device here) that hears real WAV audio at a USB microphone's
+44.1 kHz, or on the real PyAudio, which finds no device here at all."""
 
 from __future__ import annotations
 
@@ -8,17 +8,23 @@ import logging
 import math
 import sys
 import threading
+import time
 import wave
 
 import numpy as np
 import pytest
 
 from device.audio import SAMPLE_RATE
-from device.backoff import Backoff
 from device.errors import AudioInputError
-from device.mic import MicrophoneSource
+from device.mic import MicPcm, MicrophoneSource, StreamResampler
 from tests.device import fake_pyaudio
-from tests.device.conftest import spoken_wav
+from tests.device.conftest import MIC_RATE, spoken_wav, tone
+
+
+@pytest.fixture(autouse=True)
+def _fast_wav(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read here is one caller's; nothing is lost by handing the WAV over at once."""
+    monkeypatch.setattr(fake_pyaudio, "pace_wav", False)
 
 
 def _heard(wav: bytes) -> tuple[int, float, float]:
@@ -31,97 +37,145 @@ def _heard(wav: bytes) -> tuple[int, float, float]:
     return rate, count / rate, peak
 
 
-def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "device.mic" and r.levelno >= logging.WARNING]
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "device.mic" and r.levelno >= logging.WARNING]
+
+
+def _read_s(mic: MicPcm, seconds: float) -> np.ndarray:
+    frames = []
+    for _ in range(round(seconds / 0.03)):
+        frame = mic.read()
+        assert frame is not None and len(frame) == 960, "exactly one 30 ms frame of 16 kHz PCM16"
+        frames.append(frame)
+    return np.frombuffer(b"".join(frames), dtype="<i2") / 32768.0
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000, 22_050, 8_000, 16_000])
+def test_resampling_a_stream_in_chunks_is_clean(rate: int) -> None:
+    """Whatever the chunk sizes, the output is the same, and a sine stays a clean sine: no clicks."""
+    signal = tone(440, 1.0, rate)
+    whole = StreamResampler(rate).push(signal)
+    resampler, pieces, start = StreamResampler(rate), [], 0
+    for size in np.random.default_rng(rate).integers(1, 2000, size=200):
+        pieces.append(resampler.push(signal[start : start + size]))
+        start += size
+    chunked = np.concatenate(pieces)
+    assert np.allclose(chunked, whole[: len(chunked)], atol=1e-12)
+    assert len(chunked) == pytest.approx(SAMPLE_RATE, abs=40)
+    ideal = tone(440, 1.0, SAMPLE_RATE)[: len(chunked)]
+    settled = slice(20, len(chunked))  # the stream starts from silence
+    assert np.max(np.abs(chunked[settled] - ideal[settled])) < 0.01
+
+
+def test_resampling_down_removes_what_16k_cannot_hold() -> None:
+    out = StreamResampler(48_000).push(tone(10_000, 1.0, 48_000))
+    assert np.sqrt(np.mean(out**2)) < 0.005, "10 kHz must vanish, not fold back to 6 kHz"
 
 
 @pytest.mark.usefixtures("fake_mic")
-def test_an_utterance_is_heard_as_16k_mono() -> None:
-    utterances = MicrophoneSource(calibration_s=0).utterances()
-    rate, seconds, peak = _heard(next(utterances))
-    utterances.close()
-    assert rate == SAMPLE_RATE
-    assert peak == pytest.approx(440, abs=3)
-    assert 1.0 <= seconds <= 2.0, "the 1 s of speech, with at most half a second either side"
-    assert fake_pyaudio.log == ["open", "close"], "closing the generator releases the microphone"
+def test_the_microphone_gives_16k_frames_of_what_it_hears_at_44k1() -> None:
+    assert fake_pyaudio.rate == MIC_RATE == 44_100, "through the resampler"
+    mic = MicPcm()
+    heard = _read_s(mic, 1.5)
+    mic.close()
+    assert mic.read() is None
+    assert fake_pyaudio.log == ["open", "close"]
+    lead = round(0.3 * SAMPLE_RATE)
+    assert np.max(np.abs(heard[: lead - 40])) == 0
+    expected = tone(440, 1.0, SAMPLE_RATE)
+    said = heard[lead + 40 : lead + SAMPLE_RATE - 40]
+    assert np.max(np.abs(said - expected[40 : SAMPLE_RATE - 40])) < 0.01, "in step, no clicks between reads"
 
 
 @pytest.mark.usefixtures("fake_mic")
 def test_a_microphone_that_fails_to_open_is_retried_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:
-    # SpeechRecognition 3.17 swallows the failed open and hands back a source with no stream; listening
-    # on it raised AssertionError, and leaving it AttributeError, which killed the daemon.
     fake_pyaudio.open_failures = 5
-    backoff = Backoff((0.01, 0.02))
+    mic = MicPcm(delays=(0.01, 0.02))
     with caplog.at_level(logging.WARNING, logger="device.mic"):
-        utterances = MicrophoneSource(calibration_s=0, backoff=backoff).utterances()
-        _, _, peak = _heard(next(utterances))
-        utterances.close()
-    assert peak == pytest.approx(440, abs=3)
+        assert mic.read() is not None
+    mic.close()
     assert fake_pyaudio.log == ["open failed"] * 5 + ["open", "close"]
-    assert backoff.failures == 0, "a heard utterance resets the back-off"
     # Failures 1, 2 and 4 are logged, 3 and 5 are not: the log grows with the log of the outage.
-    assert [r.getMessage() for r in _warnings(caplog)] == [
-        "cannot open the microphone (default): unplugged, busy, or not an input; list devices with "
-        f"`arecord -l`; retrying in {delay:g} s (failure {n} in a row)"
+    assert _warnings(caplog) == [
+        "cannot open the microphone (default): [Errno -9985] Device unavailable; unplugged, busy, or not "
+        f"an input? list devices with `arecord -l`; retrying in {delay:g} s (failure {n} in a row)"
         for n, delay in ((1, 0.01), (2, 0.02), (4, 0.02))
     ]
     assert all(r.exc_info is None for r in caplog.records), "no traceback in the journal"
 
 
 @pytest.mark.usefixtures("fake_mic")
-def test_a_microphone_that_is_not_there_is_waited_for(caplog: pytest.LogCaptureFixture) -> None:
-    fake_pyaudio.plugged = False
-
-    class PluggedInAfterThreeTries(Backoff):
-        def wait(self, seconds: float) -> bool:
-            fake_pyaudio.plugged = self.failures >= 3
-            return super().wait(seconds)
-
-    backoff = PluggedInAfterThreeTries((0.01,))
+def test_an_unplugged_microphone_is_reopened(caplog: pytest.LogCaptureFixture) -> None:
+    fake_pyaudio.after = "unplug"
+    mic = MicPcm(delays=(0.01,))
     with caplog.at_level(logging.WARNING, logger="device.mic"):
-        utterances = MicrophoneSource(calibration_s=0, backoff=backoff).utterances()
-        _, _, peak = _heard(next(utterances))
-        utterances.close()
-    assert peak == pytest.approx(440, abs=3)
-    messages = [r.getMessage() for r in _warnings(caplog)]
-    assert len(messages) == 2  # failures 1 and 2; the 3rd is not logged
-    assert messages[0].startswith("no microphone found (default): No Default Input Device Available;")
-    assert "arecord -l" in messages[0]
+        heard = _read_s(mic, 3.5)
+    mic.close()
+    assert fake_pyaudio.log == ["open", "close", "open", "close", "open", "close"]
+    # A second of good audio resets the back-off: each failure is the first in a row again.
+    failed = "microphone failed: [Errno -9999] Unanticipated host error"
+    assert _warnings(caplog) == [f"{failed}; retrying in 0.01 s (failure 1 in a row)"] * 2
+    loud = np.abs(heard) > 0.1
+    assert np.mean(loud[round(1.3 * SAMPLE_RATE) : round(2.6 * SAMPLE_RATE)]) > 0.5, "heard again"
+
+
+@pytest.mark.usefixtures("fake_mic")
+def test_close_ends_a_wait_for_a_missing_microphone() -> None:
+    fake_pyaudio.plugged = False
+    mic = MicPcm(delays=(30.0,))
+    timer = threading.Timer(0.2, mic.close)
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert mic.read() is None
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 1.0
 
 
 def test_no_microphone_at_all_is_one_line_per_logged_retry_and_no_native_noise(
     capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The real PyAudio finds no device at index 999; the loop retries until it is stopped."""
+    """The real PyAudio finds no device at index 999; reads wait until the microphone is closed."""
     pytest.importorskip("pyaudio", reason="PyAudio is not installed")
-    stop = threading.Event()
-    backoff = Backoff((0.01,), stop=stop)
-    timer = threading.Timer(0.5, stop.set)
+    mic = MicPcm(999, delays=(0.01,))
+    timer = threading.Timer(0.5, mic.close)
     timer.start()
     try:
         with caplog.at_level(logging.WARNING, logger="device.mic"):
-            assert list(MicrophoneSource(device_index=999, backoff=backoff).utterances()) == []
+            assert mic.read() is None
     finally:
         timer.cancel()
-    messages = [r.getMessage() for r in _warnings(caplog)]
-    assert 1 <= len(messages) <= 1 + math.log2(backoff.failures)
-    assert messages[0].startswith("no microphone found (index 999): Device index out of range")
-    assert all("\n" not in m for m in messages)
+    messages = _warnings(caplog)
+    assert 1 <= len(messages) <= 1 + math.log2(0.5 / 0.01)
+    assert messages[0].startswith("no microphone found (index 999): ")
+    assert all("arecord -l" in m and "\n" not in m for m in messages)
     assert "ALSA lib" not in capfd.readouterr().err, "native probe noise must not reach stderr"
 
 
 @pytest.mark.usefixtures("fake_mic")
-def test_an_utterance_is_cut_at_max_utterance_s() -> None:
-    # SpeechRecognition's phrase limit leaves out the lead-in it keeps: 1 s of phrase came back as 1.3 s.
+def test_the_microphone_source_yields_one_endpointed_utterance() -> None:
+    utterances = MicrophoneSource(calibration_s=0).utterances()
+    rate, seconds, peak = _heard(next(utterances))
+    utterances.close()
+    assert rate == SAMPLE_RATE
+    assert peak == pytest.approx(440, abs=3)
+    assert seconds == pytest.approx(0.3 + 1.0 + 0.69, abs=0.1), "lead-in, the tone, end_silence_s"
+    assert fake_pyaudio.log == ["open", "close"], "closing the generator releases the microphone"
+
+
+@pytest.mark.usefixtures("fake_mic")
+def test_the_microphone_source_cuts_at_max_utterance_s() -> None:
     fake_pyaudio.load(spoken_wav(tone_s=3.0))
     utterances = MicrophoneSource(calibration_s=0, max_utterance_s=1.0).utterances()
     _, seconds, _ = _heard(next(utterances))
     utterances.close()
-    assert seconds == pytest.approx(1.0, abs=0.001)
+    assert seconds == pytest.approx(0.99, abs=0.001), "33 whole frames: never over the limit"
 
 
 def test_microphone_without_pyaudio_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyaudio", None)  # makes `import pyaudio` raise ImportError
-    with pytest.raises(AudioInputError) as caught:
-        MicrophoneSource()
-    assert "portaudio19-dev" in caught.value.message and "pip install pyaudio" in caught.value.message
+    for build in (MicrophoneSource, MicPcm):
+        with pytest.raises(AudioInputError) as caught:
+            build()
+        assert "portaudio19-dev" in caught.value.message and "pip install pyaudio" in caught.value.message

@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
-from collections.abc import Generator, Iterable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import pytest
 
 from device.backoff import Backoff
 from device.client import ServerClient
 from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError, SpeakerError
+from device.exercises import load_exercises
 from device.lines import load_lines
 from device.session import Conversation, Utterance, describe_faces
+from device.voice import Voice
 from tests.device.loopback import GREETING, TOKEN, Loopback, serve
 
 LINES = load_lines()
@@ -43,8 +45,18 @@ class RecordingSpeaker:
     def pause(self, seconds: float) -> None:
         self.pauses.append(seconds)
 
+    def end_reply(self, name: str = "") -> None:
+        self.said.append("<end>")
+
+    def stop(self) -> None:
+        """Nothing is playing for real."""
+
     def close(self) -> None:
         self.closed = True
+
+    @property
+    def sentences(self) -> list[str]:
+        return [text for text in self.said if text != "<end>"]
 
 
 class OneFrame:
@@ -69,17 +81,31 @@ class BrokenCamera:
 
 def _run(
     server: Loopback | str,
-    utterances: Iterable[Utterance],
+    utterances: Iterable[Utterance | None],
     speaker: RecordingSpeaker | None = None,
     frames: OneFrame | BrokenCamera | None = None,
     backoff: Backoff | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    think_ack_s: float = 0.0,
 ) -> tuple[int, str, RecordingSpeaker]:
     out, speaker = io.StringIO(), speaker or RecordingSpeaker()
     url = server if isinstance(server, str) else server.url
+    voice = Voice(speaker)
     conversation = Conversation(
-        ServerClient(url, TOKEN, 10), speaker, frames or OneFrame(), lines=LINES, backoff=backoff, out=out
+        ServerClient(url, TOKEN, 10),
+        voice,
+        frames or OneFrame(),
+        lines=LINES,
+        exercises=load_exercises(),
+        backoff=backoff,
+        out=out,
+        heartbeat=heartbeat,
+        think_ack_s=think_ack_s,
     )
-    failed = conversation.run("anon", utterances)
+    try:
+        failed = conversation.run("anon", utterances)
+    finally:
+        voice.close()
     return failed, out.getvalue(), speaker
 
 
@@ -102,7 +128,7 @@ def test_a_turn_is_printed_and_each_sentence_spoken(loopback: Loopback) -> None:
         "bot: I'm here.",
         "bot: Breathe out slowly.",
     ]
-    assert speaker.said == [GREETING, "I'm here.", "Breathe out slowly."]
+    assert speaker.sentences == [GREETING, "I'm here.", "Breathe out slowly."]
     assert [p.name for p in loopback.turn_parts()] == ["text", "frame"]
     assert loopback.ended == ["s1"]
 
@@ -123,7 +149,7 @@ def test_an_error_event_is_printed_and_answered_with_its_own_line(
     failed, out, speaker = _run(loopback, [Utterance(text="hello")])
     assert failed == 1
     assert out.splitlines()[-2:] == [f"error: {code}: the server's reason", f"bot: {line}"]
-    assert speaker.said == [GREETING, line]
+    assert speaker.sentences == [GREETING, line]
     assert loopback.ended == ["s1"]
 
 
@@ -133,7 +159,7 @@ def test_a_safety_message_is_shown_and_the_sentences_after_it_are_spoken(loopbac
     failed, out, speaker = _run(loopback, [Utterance(text="my heart is racing")])
     assert failed == 0
     assert f"safety: crisis: {crisis}" in out.splitlines()
-    assert speaker.said == [GREETING, "I'm here.", "Breathe out slowly."]
+    assert speaker.sentences == [GREETING, "I'm here.", "Breathe out slowly."]
 
 
 def test_an_exercise_step_is_followed_by_its_pause(loopback: Loopback) -> None:
@@ -146,7 +172,7 @@ def test_an_exercise_step_is_followed_by_its_pause(loopback: Loopback) -> None:
     ]
     failed, _, speaker = _run(loopback, [Utterance(text="help me breathe")])
     assert failed == 0
-    assert speaker.said == [GREETING, "Breathe in.", "Hold.", "How do you feel now?"]
+    assert speaker.sentences == [GREETING, "Breathe in.", "Hold.", "How do you feel now?"]
     assert speaker.pauses == [4.0, 20.0], "a pause is kept, and an absurd one is cut to 20 s"
 
 
@@ -158,7 +184,7 @@ def test_a_broken_camera_sends_the_turn_without_a_frame(
         failed, _, speaker = _run(loopback, [Utterance(text="hello")], frames=BrokenCamera())
     assert failed == 0
     assert [p.name for p in loopback.turn_parts()] == ["text"]
-    assert speaker.said[-1] == "Breathe out slowly."
+    assert speaker.sentences[-1] == "Breathe out slowly."
     (warning,) = caplog.records
     assert (
         warning.getMessage() == "no frame for this turn (bad_image: OpenCV could not encode a frame as JPEG)"
@@ -170,11 +196,11 @@ def test_a_broken_speaker_is_logged_once_and_the_conversation_goes_on(
 ) -> None:
     loopback.script = REPLY
     speaker = RecordingSpeaker(fails_on=[GREETING, "I'm here."])
-    with caplog.at_level(logging.WARNING, logger="device.session"):
+    with caplog.at_level(logging.WARNING, logger="device.voice"):
         failed, out, _ = _run(loopback, [Utterance(text="one"), Utterance(text="two")], speaker=speaker)
     assert failed == 0
     assert out.count("bot: Breathe out slowly.") == 2, "both turns were shown in full"
-    assert speaker.said == ["Breathe out slowly.", "Breathe out slowly."]
+    assert speaker.sentences == ["Breathe out slowly.", "Breathe out slowly."]
     failing = "cannot speak (tts_failed: pyttsx3 did not write speech for {!r}); going on without the voice"
     assert [r.getMessage() for r in caplog.records] == [
         failing.format(GREETING),
@@ -191,7 +217,7 @@ def test_a_lost_or_ended_session_is_replaced_once_and_the_words_resent(
     loopback.turn_status = {"s1": status}
     failed, _, speaker = _run(loopback, [Utterance(text="my heart is racing"), Utterance(text="again")])
     assert failed == 0
-    assert speaker.said == [GREETING, *["I'm here.", "Breathe out slowly."] * 2], "no second greeting"
+    assert speaker.sentences == [GREETING, *["I'm here.", "Breathe out slowly."] * 2], "no second greeting"
     assert loopback.paths() == [
         "/api/v1/sessions",
         "/api/v1/sessions/s1/turns",
@@ -218,7 +244,7 @@ def test_a_revoked_token_stops_at_once_with_what_to_do(loopback: Loopback) -> No
     with pytest.raises(DeviceConfigError) as caught:
         _run(loopback, [Utterance(text="hello"), Utterance(text="never sent")], speaker=speaker)
     assert "tadbot admin add-device" in caught.value.message and "\n" not in caught.value.message
-    assert speaker.said == [GREETING, LINES.refused]
+    assert speaker.sentences == [GREETING, LINES.refused]
     assert loopback.paths() == ["/api/v1/sessions", "/api/v1/sessions/s1/turns"], "no retry, no end"
 
 
@@ -227,35 +253,38 @@ def test_a_server_error_mid_conversation_is_spoken_and_the_loop_goes_on(loopback
     loopback.turn_status = {"s1": 503}
     failed, out, speaker = _run(loopback, [Utterance(text="one"), Utterance(text="two")])
     assert failed == 2
-    assert speaker.said == [GREETING, LINES.errors["default"], LINES.errors["default"]]
+    assert speaker.sentences == [GREETING, LINES.errors["default"], LINES.errors["default"]]
     assert "error: overloaded: turns of s1 are refused with 503" in out.splitlines()
 
 
 def test_the_daemon_waits_for_the_server_and_says_so_once(
     unused_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The server starts on the eighth try; meanwhile the microphone's idle ticks retry it on a back-off."""
     started: list[Loopback] = []
     servers: list[Generator[Loopback, None, None]] = []
+    backoff = Backoff((0.01, 0.02))
 
-    class ServerStartsOnTheEighthTry(Backoff):
-        def wait(self, seconds: float) -> bool:
-            if self.failures == 8:
+    def microphone() -> Iterator[Utterance | None]:
+        while not started:
+            if backoff.failures == 8:
                 servers.append(serve(port=unused_port))
                 started.append(next(servers[-1]))
                 started[0].script = REPLY
-            return super().wait(seconds)
+            time.sleep(0.005)
+            yield None
+        time.sleep(0.05)  # past the back-off's last delay: this tick reopens
+        yield None
+        yield Utterance(text="hi")
 
-    backoff = ServerStartsOnTheEighthTry((0.01, 0.02))
     try:
         with caplog.at_level(logging.WARNING, logger="device.session"):
-            failed, out, speaker = _run(
-                f"http://127.0.0.1:{unused_port}", [Utterance(text="hi")], backoff=backoff
-            )
+            failed, out, speaker = _run(f"http://127.0.0.1:{unused_port}", microphone(), backoff=backoff)
     finally:
         for server in servers:
             server.close()
     assert failed == 0
-    assert speaker.said == [LINES.waiting_for_server, GREETING, "I'm here.", "Breathe out slowly."]
+    assert speaker.sentences == [LINES.waiting_for_server, GREETING, "I'm here.", "Breathe out slowly."]
     assert out.splitlines()[0] == f"bot: {LINES.waiting_for_server}"
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 5, "failures 1, 2, 4 and 8 (not 3, 5, 6, 7), then one line: it is back"
@@ -268,6 +297,32 @@ def test_the_daemon_waits_for_the_server_and_says_so_once(
     assert started[0].ended == ["s1"]
 
 
+def test_the_daemon_speaks_an_offline_exercise_and_recovers(loopback: Loopback) -> None:
+    """A turn the server cannot answer gets the device's own talk-down and exercise, then the next turn
+    goes through as soon as the server is back."""
+    loopback.script = REPLY
+    loopback.turn_status = {"s1": 503}
+
+    def microphone() -> Iterator[Utterance | None]:
+        yield Utterance(text="my heart is racing")
+        loopback.turn_status.clear()  # the server is back
+        yield Utterance(text="still scared")
+
+    failed, out, speaker = _run(loopback, microphone(), backoff=Backoff((0.01,)))
+    exercises = load_exercises()
+    offline = [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
+    assert failed == 1
+    assert speaker.sentences == [
+        GREETING,
+        LINES.errors["default"],
+        *offline,
+        "I'm here.",
+        "Breathe out slowly.",
+    ]
+    assert "error: overloaded: turns of s1 are refused with 503" in out.splitlines()
+    assert loopback.turn_parts()[0].data == b"still scared"
+
+
 def test_a_one_shot_turn_does_not_wait_for_the_server(unused_port: int) -> None:
     with pytest.raises(ServerError) as caught:
         _run(f"http://127.0.0.1:{unused_port}", [Utterance(text="hi")])
@@ -278,6 +333,7 @@ def test_listening_stops_before_the_session_ends(loopback: Loopback) -> None:
     """Shutdown in order: the microphone (a generator) is closed explicitly, then the session is ended."""
     loopback.script = REPLY
     ended_when_mic_closed: list[list[str]] = []
+    speaker = RecordingSpeaker()
 
     def microphone() -> Iterator[Utterance]:
         try:
@@ -286,15 +342,12 @@ def test_listening_stops_before_the_session_ends(loopback: Loopback) -> None:
         finally:
             ended_when_mic_closed.append(list(loopback.ended))
 
-    class CtrlCWhileSpeaking(RecordingSpeaker):
-        def say(self, text: str) -> None:
-            super().say(text)
-            if text == "Breathe out slowly.":
-                raise KeyboardInterrupt
+    def ctrl_c_once_the_reply_is_said() -> None:
+        if "Breathe out slowly." in speaker.said:
+            raise KeyboardInterrupt
 
-    speaker = CtrlCWhileSpeaking()
     with pytest.raises(KeyboardInterrupt):
-        _run(loopback, microphone(), speaker=speaker)
+        _run(loopback, microphone(), speaker=speaker, heartbeat=ctrl_c_once_the_reply_is_said)
     assert ended_when_mic_closed == [[]], "the microphone was closed before the session was ended"
     assert loopback.ended == ["s1"]
     assert loopback.paths().count("/api/v1/sessions/s1/turns") == 1
@@ -312,12 +365,15 @@ def test_the_session_is_ended_on_ctrl_c(loopback: Loopback) -> None:
     assert loopback.ended == ["s1"]
 
 
-def test_a_daemon_stopped_while_waiting_gives_up_with_the_last_error(unused_port: int) -> None:
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(ServerError) as caught:
-        _run(f"http://127.0.0.1:{unused_port}", [Utterance(text="hi")], backoff=Backoff(stop=stop))
-    assert caught.value.code == "server_unreachable"
+def test_speaking_to_a_daemon_whose_server_is_down_gets_the_offline_exercise(unused_port: int) -> None:
+    failed, out, speaker = _run(
+        f"http://127.0.0.1:{unused_port}", [Utterance(text="help")], backoff=Backoff((30.0,))
+    )
+    exercises = load_exercises()
+    assert failed == 1
+    assert speaker.sentences[:2] == [LINES.waiting_for_server, LINES.errors["server_unreachable"]]
+    assert speaker.sentences[2:] == [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
+    assert "error: server_unreachable: cannot reach the server" in out
 
 
 @pytest.mark.parametrize(

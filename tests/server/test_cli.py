@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -112,3 +113,17 @@ def test_a_missing_extra_is_one_line_naming_it(
     line = _one_line_error(capsys.readouterr().err)
     assert "no_such_module_for_tadbot" in line and "pip install 'tadbot[device]'" in line
     assert "numpy" not in line
+
+
+def test_doctor_runs_the_device_checks_and_fails_without_a_server(env: dict[str, str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: connections are refused
+        server = f"http://127.0.0.1:{closed}"
+        done = tadbot("doctor", "--no-sound", "--json", "--server", server, "--token", "t", env=env)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    checks = {check["name"]: check for check in report["checks"]}
+    assert checks["server"]["ok"] is False and "Connection refused" in checks["server"]["detail"]
+    assert checks["disk"]["ok"] is True
+    assert "✗ server" in done.stdout or "x server" in done.stdout

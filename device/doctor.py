@@ -1,0 +1,605 @@
+"""`tadbot doctor`: check the box, one line per check, and say what to do about each failure.
+
+Written for the person installing a Pi: short lines, ✓ pass, ! pass with a warning, ✗ fail, – skipped,
+and never a traceback, because every check runs guarded and an unexpected error becomes its ✗ line.
+Exit codes: 0 when every required check passes, 1 otherwise, 2 for bad usage or config (one line on
+stderr), 130 interrupted.
+
+device/ never imports server/, so what the server's models look like comes from the server itself:
+its health endpoint names each component that is missing and the config key that fixes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import wave
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import numpy as np
+
+from device.client import ServerClient
+from device.errors import DeviceConfigError, DeviceError, ServerError
+from device.mic import _quiet_native_stderr
+from device.settings import DeviceSettings, find_config_file, load_settings
+
+_LOGGER = logging.getLogger(__name__)
+
+PROG = "tadbot doctor"
+ROLES = ("device", "server", "both")
+DOCTOR_CLIENT = "tadbot-doctor"
+"""The pseudonym of the test sessions, so they never land in a real person's record."""
+PHRASE = "Hello. This is TADBot, checking the speaker."
+MIC_SECONDS = 1.0
+DISK_WARN_BYTES = 1_000_000_000
+DISK_FAIL_BYTES = 200_000_000
+MEMORY_WARN_BYTES = 500_000_000
+MEMINFO = Path("/proc/meminfo")
+MODEL_COMPONENTS = ("llm", "fer", "stt", "memory")
+"""The health components that stand for model files; db and safety are not models."""
+_HTTP_TIMEOUT_S = 10.0
+_CLIPPED_FRACTION = 0.001
+_LISTED_INPUTS = 8
+_INDENT = " " * 11
+
+_START_SERVER = "start it (`sudo systemctl start tadbot-server`), or fix --server / [device] server_url"
+_MAKE_TOKEN = "make one with `tadbot admin add-device NAME`, then set [device] token or pass --token"
+_ALSAMIXER = "`alsamixer` (F6 picks the card, F4 shows capture)"
+
+
+class State(enum.StrEnum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+_MARKS = {State.PASS: "✓", State.WARN: "!", State.FAIL: "✗", State.SKIP: "–"}
+_ASCII_MARKS = {State.PASS: "+", State.WARN: "!", State.FAIL: "x", State.SKIP: "-"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one check found: `detail` for the ✓/✗ line, `fix` says what to do, `notes` add indented lines."""
+
+    state: State
+    detail: str
+    fix: str = ""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    required: bool
+    outcome: Outcome
+
+    @property
+    def ok(self) -> bool:
+        """Not failed: a warning passes, and so does a skip (a camera turned off is not a fault)."""
+        return self.outcome.state is not State.FAIL
+
+    def as_json(self) -> dict[str, Any]:
+        o = self.outcome
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "required": self.required,
+            "state": str(o.state),
+            "detail": o.detail,
+            "fix": o.fix,
+            "notes": list(o.notes),
+        }
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _guarded(check: Callable[[], Outcome]) -> Outcome:
+    """Run one check; whatever it raises becomes its ✗ line, so the remaining checks still run."""
+    try:
+        return check()
+    except DeviceError as exc:
+        return Outcome(State.FAIL, _one_line(exc.message))
+    except Exception as exc:
+        _LOGGER.debug("check %s raised", getattr(check, "__name__", check), exc_info=True)
+        return Outcome(
+            State.FAIL,
+            f"unexpected {type(exc).__name__}: {_one_line(exc) or 'no message'}",
+            fix="this is a bug in tadbot doctor: please report this line",
+        )
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+def _components(health: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The health answer's components, each as a dict with at least a status, whatever the server sent."""
+    raw = health.get("components")
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v if isinstance(v, dict) else {"status": str(v)} for k, v in raw.items()}
+
+
+def _not_ok(name: str, component: Mapping[str, Any]) -> str:
+    key = component.get("key")
+    return f"{name} {component.get('status', '?')}" + (f" ({key})" if key else "")
+
+
+def _faces_seen(answer: Mapping[str, Any]) -> str:
+    faces = int(answer.get("faces", 0))
+    if faces == 0:
+        return "the server sees no face (sit in front of the camera to check)"
+    top3 = answer.get("top3") or []
+    mood = f" ({top3[0]['label']} {float(top3[0]['score']):.2f})" if top3 else ""
+    return f"the server sees {faces} face{'' if faces == 1 else 's'}{mood}"
+
+
+def _aplay_error(stderr: str, code: int) -> str:
+    """aplay's own line ("aplay: main:831: audio open error: ..."), not the ALSA chatter above it."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    own = [line for line in lines if line.startswith("aplay:")]
+    return (own or lines or [f"aplay exited with {code}"])[-1]
+
+
+def data_dir(config: Path | None, env: Mapping[str, str]) -> Path:
+    """Where the server keeps its data, as it resolves it: env, the config's [server] data_dir, systemd's
+    StateDirectory, else the current directory (a device keeps no data but its logs and updates)."""
+    for name in ("TADBOT_SERVER__DATA_DIR", "TADBOT_DATA_DIR"):
+        if env.get(name):
+            return Path(env[name])
+    if config is not None:
+        with contextlib.suppress(OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            section = tomllib.loads(config.read_text(encoding="utf-8")).get("server")
+            if isinstance(section, dict) and isinstance(section.get("data_dir"), str) and section["data_dir"]:
+                return Path(section["data_dir"])
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    state = Path("/var/lib/tadbot")
+    return state if state.is_dir() else Path.cwd()
+
+
+class Doctor:
+    """The checks for one role. The health answer is fetched once and shared by the checks that need it."""
+
+    def __init__(self, settings: DeviceSettings, role: str, *, sound: bool, data: Path) -> None:
+        self.settings = settings
+        self.role = role
+        self.sound = sound
+        self.data = data
+        self._health: dict[str, Any] | ServerError | None = None
+
+    def plan(self) -> list[tuple[str, bool, Callable[[], Outcome]]]:
+        """(name, required, check) in the order they are run and printed."""
+        device = self.role in ("device", "both")
+        checks: list[tuple[str, bool, Callable[[], Outcome]]] = []
+        if device:
+            checks += [
+                ("mic", True, self.mic),
+                ("speaker", True, self.speaker),
+                ("camera", False, self.camera),
+            ]
+        checks.append(("server", device, self.server))
+        if device:
+            checks.append(("token", True, self.token))
+        if self.role in ("server", "both"):
+            checks.append(("models", True, self.models))
+        return [*checks, ("disk", True, self.disk), ("memory", True, self.memory)]
+
+    def run(self, report: Callable[[Result], None]) -> list[Result]:
+        results = []
+        for name, required, check in self.plan():
+            results.append(Result(name, required, _guarded(check)))
+            report(results[-1])
+        return results
+
+    def _client(self) -> ServerClient:
+        return ServerClient(self.settings.server_url, self.settings.token, timeout=_HTTP_TIMEOUT_S)
+
+    def _fetch_health(self) -> dict[str, Any]:
+        if self._health is None:
+            with contextlib.closing(self._client()) as client:
+                try:
+                    self._health = client.health()
+                except ServerError as exc:
+                    self._health = exc
+        if isinstance(self._health, ServerError):
+            raise self._health
+        return self._health
+
+    def mic(self) -> Outcome:
+        try:
+            import pyaudio
+        except ImportError:
+            return Outcome(
+                State.FAIL,
+                "PyAudio is not installed",
+                fix="`sudo apt install portaudio19-dev`, then `pip install pyaudio`",
+            )
+        with _quiet_native_stderr():  # ALSA and JACK print dozens of probe lines straight to fd 2
+            audio = pyaudio.PyAudio()
+            try:
+                return self._hear(pyaudio, audio)
+            finally:
+                audio.terminate()
+
+    def _hear(self, pyaudio: Any, audio: Any) -> Outcome:
+        inputs: dict[int, dict[str, Any]] = {}
+        for number in range(audio.get_device_count()):
+            with contextlib.suppress(OSError):
+                info = audio.get_device_info_by_index(number)
+                if int(info.get("maxInputChannels", 0)) > 0:
+                    inputs[number] = info
+        if not inputs:
+            return Outcome(
+                State.FAIL,
+                "no microphone: PyAudio lists no input devices",
+                fix="plug in a USB microphone; `arecord -l` lists what ALSA sees",
+            )
+        try:
+            default: int | None = int(audio.get_default_input_device_info()["index"])
+        except OSError:
+            default = None
+        notes = tuple(
+            f"input {i}: {info.get('name', '?')}" + (" (default)" if i == default else "")
+            for i, info in list(inputs.items())[:_LISTED_INPUTS]
+        )
+        if len(inputs) > _LISTED_INPUTS:
+            notes += (f"... and {len(inputs) - _LISTED_INPUTS} more",)
+        choose = "set [device] mic_index to one of the inputs listed"
+        index = self.settings.mic_index if self.settings.mic_index >= 0 else default
+        if index is None:
+            return Outcome(State.FAIL, "there is no default microphone", fix=choose, notes=notes)
+        if index not in inputs:
+            return Outcome(
+                State.FAIL, f"[device] mic_index = {index} is not an input device", fix=choose, notes=notes
+            )
+        rate = int(inputs[index].get("defaultSampleRate") or 16_000)
+        where = f"input {index}, {rate} Hz"
+        try:
+            stream = audio.open(
+                format=pyaudio.paInt16,
+                channels=1,
+                rate=rate,
+                input=True,
+                input_device_index=index,
+                frames_per_buffer=1024,
+            )
+        except OSError as exc:
+            return Outcome(
+                State.FAIL,
+                f"cannot open {where}: {_one_line(exc)}",
+                fix="busy? stop the daemon (`sudo systemctl stop tadbot-device`) and run doctor again",
+                notes=notes,
+            )
+        try:
+            pcm = stream.read(round(rate * MIC_SECONDS), exception_on_overflow=False)
+        finally:
+            stream.stop_stream()
+            stream.close()
+        return _level(np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2"), where, notes)
+
+    def speaker(self) -> Outcome:
+        from device.speaker import _Engine
+
+        s = self.settings
+        with tempfile.TemporaryDirectory(prefix="tadbot-doctor-") as scratch:
+            wav = Path(scratch) / "speaker-test.wav"
+            engine = _Engine(s.tts_voice, s.tts_rate, s.tts_volume, s.language)
+            try:
+                engine.save(PHRASE, wav)
+            finally:
+                engine.close()
+            with wave.open(str(wav)) as reader:
+                seconds = reader.getnframes() / reader.getframerate()
+            made = f"made {seconds:.1f} s of test speech"
+            if not self.sound:
+                return Outcome(State.PASS, f"{made} (not played: --no-sound)")
+            aplay = shutil.which("aplay")
+            if aplay is None:
+                return Outcome(
+                    State.FAIL, f"{made}, but aplay is missing", fix="`sudo apt install alsa-utils`"
+                )
+            try:
+                played = subprocess.run(
+                    [aplay, "-q", str(wav)], capture_output=True, text=True, timeout=seconds + 15
+                )
+            except subprocess.TimeoutExpired:
+                return Outcome(
+                    State.FAIL,
+                    f"{made}, but aplay did not finish playing it",
+                    fix="another program may hold the sound card: `fuser -v /dev/snd/*` shows which",
+                )
+        if played.returncode != 0:
+            return Outcome(
+                State.FAIL,
+                f"{made}; {_aplay_error(played.stderr, played.returncode)}",
+                fix="plug in the speaker and check `aplay -l` lists it; pick its card in /etc/asound.conf",
+            )
+        return Outcome(State.PASS, f"played {seconds:.1f} s of speech with aplay: did you hear it?")
+
+    def camera(self) -> Outcome:
+        index = self.settings.camera_index
+        if index < 0:
+            return Outcome(State.SKIP, "camera turned off ([device] camera_index = -1)")
+        import cv2
+
+        with _quiet_native_stderr():  # OpenCV warns on fd 2 for every backend it tries
+            capture = cv2.VideoCapture(index)
+            try:
+                opened = capture.isOpened()
+                grabbed, image = capture.read() if opened else (False, None)
+            finally:
+                capture.release()
+        if not opened:
+            return Outcome(
+                State.FAIL,
+                f"cannot open camera {index}",
+                fix="plug in the webcam (`ls /dev/video*`), fix [device] camera_index, or set it to -1",
+            )
+        if not grabbed or image is None:
+            return Outcome(
+                State.FAIL,
+                f"camera {index} opened but gave no frame",
+                fix="another program may be using it: stop `tadbot-device`, or try another camera_index",
+            )
+        height, width = image.shape[:2]
+        return Outcome(State.PASS, f"camera {index}: {width}x{height} frame; {self._faces(cv2, image)}")
+
+    def _faces(self, cv2: Any, image: Any) -> str:
+        """Ask the server whether it sees a face in `image`; the frame stays in memory throughout."""
+        if not self.settings.token:
+            return "face check skipped: no device token"
+        try:
+            fer = _components(self._fetch_health()).get("fer", {})
+        except ServerError:
+            return "face check skipped: the server is not reachable"
+        if fer.get("status", "ok") != "ok":
+            return f"face check skipped: the server's fer is {fer['status']}"
+        encoded, jpeg = cv2.imencode(".jpg", image)
+        if not encoded:
+            return "face check skipped: OpenCV could not encode the frame"
+        with contextlib.closing(self._client()) as client:
+            try:
+                session_id, _ = client.start_session(DOCTOR_CLIENT)
+                try:
+                    answer = client.post_frame(session_id, jpeg.tobytes())
+                finally:
+                    client.end_session(session_id)
+            except ServerError as exc:
+                return f"face check failed: {exc.message}"
+        try:
+            return _faces_seen(answer)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return f"face check: unexpected answer {json.dumps(answer)[:80]}"
+
+    def server(self) -> Outcome:
+        url = self.settings.server_url
+        try:
+            health = self._fetch_health()
+        except ServerError as exc:
+            return Outcome(State.FAIL, exc.message, fix=_START_SERVER)
+        status, version = health.get("status"), health.get("version", "unknown")
+        bad = {name: c for name, c in _components(health).items() if c.get("status") != "ok"}
+        if status == "ok" and not bad:
+            return Outcome(State.PASS, f"{url} is up: ok, version {version}")
+        if status not in ("ok", "degraded"):
+            return Outcome(
+                State.FAIL,
+                f"{url} answered health without a known status ({status!r})",
+                fix="check that --server / [device] server_url points at a TADBot server",
+            )
+        keys = [str(c["key"]) for c in bad.values() if c.get("key")]
+        parts = ", ".join(_not_ok(name, c) for name, c in bad.items())
+        return Outcome(
+            State.WARN,
+            f"{url} is up but degraded: {parts}; version {version}",
+            fix="turns go on without those parts; on the server run `tadbot models pull`"
+            + (f" or set {', '.join(keys)}" if keys else ""),
+        )
+
+    def token(self) -> Outcome:
+        if not self.settings.token:
+            return Outcome(State.FAIL, "no device token is set", fix=_MAKE_TOKEN)
+        try:
+            self._fetch_health()
+        except ServerError:
+            return Outcome(State.SKIP, "not checked: the server is not reachable")
+        with contextlib.closing(self._client()) as client:
+            try:
+                session_id, _ = client.start_session(DOCTOR_CLIENT)
+            except ServerError as exc:
+                if exc.status == 401:
+                    return Outcome(State.FAIL, "token refused by the server (401)", fix=_MAKE_TOKEN)
+                raise
+            client.end_session(session_id)
+        return Outcome(State.PASS, f"accepted: opened and ended a test session as {DOCTOR_CLIENT}")
+
+    def models(self) -> Outcome:
+        try:
+            components = _components(self._fetch_health())
+        except ServerError as exc:
+            return Outcome(
+                State.FAIL,
+                f"cannot tell while the server is not reachable ({exc.code})",
+                fix="start the server, then run doctor again: the server names the missing model files",
+            )
+        known = [name for name in MODEL_COMPONENTS if name in components]
+        missing = {name: components[name] for name in known if components[name].get("status") != "ok"}
+        if not known:
+            return Outcome(State.FAIL, "the server's health names no models", fix="is the server up to date?")
+        if not missing:
+            return Outcome(State.PASS, f"loaded: {', '.join(known)}")
+        notes = tuple(
+            _not_ok(name, c) + (f": {_one_line(c['detail'])}" if c.get("detail") else "")
+            for name, c in missing.items()
+        )
+        keys = [str(c["key"]) for c in missing.values() if c.get("key")]
+        loaded = [name for name in known if name not in missing]
+        return Outcome(
+            State.FAIL,
+            f"not loaded: {', '.join(missing)}" + (f"; loaded: {', '.join(loaded)}" if loaded else ""),
+            fix="run `tadbot models pull`"
+            + (f", or set {', '.join(keys)}" if keys else "")
+            + ", then restart the server",
+            notes=notes,
+        )
+
+    def disk(self) -> Outcome:
+        where = self.data
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        detail = f"{_size(free)} free at {self.data}" + ("" if where == self.data else f" (on {where})")
+        fix = "free some space (`sudo apt clean`, `sudo journalctl --vacuum-size=100M`) or use a bigger disk"
+        if free < DISK_FAIL_BYTES:
+            return Outcome(State.FAIL, f"{detail}, below {_size(DISK_FAIL_BYTES)}", fix=fix)
+        if free < DISK_WARN_BYTES:
+            return Outcome(State.WARN, f"{detail}, below {_size(DISK_WARN_BYTES)}", fix=fix)
+        return Outcome(State.PASS, detail)
+
+    def memory(self) -> Outcome:
+        try:
+            fields = dict(line.split(":", 1) for line in MEMINFO.read_text().splitlines() if ":" in line)
+            available = int(fields["MemAvailable"].split()[0]) * 1024
+            total = int(fields["MemTotal"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError, IndexError):
+            return Outcome(State.SKIP, f"cannot read MemAvailable from {MEMINFO}")
+        detail = f"{_size(available)} available of {_size(total)}"
+        if available < MEMORY_WARN_BYTES:
+            return Outcome(
+                State.WARN,
+                f"{detail}, below {_size(MEMORY_WARN_BYTES)}",
+                fix="close other programs or add swap; the server's LLM alone needs about 3 GB",
+            )
+        return Outcome(State.PASS, detail)
+
+
+def _level(samples: np.ndarray, where: str, notes: tuple[str, ...]) -> Outcome:
+    """Judge one second of PCM16: dead (every sample the same), clipped, or a level in dBFS (RMS re 1.0)."""
+    if samples.size == 0 or int(samples.max()) == int(samples.min()):
+        return Outcome(
+            State.FAIL,
+            f"{where} hears digital silence (every sample the same): muted, or not a microphone",
+            fix=f"unmute capture in {_ALSAMIXER}, or set [device] mic_index to another input",
+            notes=notes,
+        )
+    scaled = samples.astype(np.float64) / 32768.0
+    rms_db = 20 * math.log10(float(np.sqrt(np.mean(scaled**2))))
+    peak_db = 20 * math.log10(float(np.max(np.abs(scaled))))
+    detail = f"{where}: level {rms_db:.1f} dBFS RMS, peak {peak_db:.1f} dBFS"
+    clipped = float(np.mean((samples >= 32767) | (samples <= -32768)))
+    if clipped > _CLIPPED_FRACTION:
+        return Outcome(
+            State.WARN,
+            f"{detail}; {clipped:.1%} of samples clipped",
+            fix=f"turn the capture gain down in {_ALSAMIXER}",
+            notes=notes,
+        )
+    return Outcome(State.PASS, detail, notes=notes)
+
+
+class _Printer:
+    """The human lines, as each check ends; plain ASCII marks where the terminal cannot show ✓ and ✗."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            "".join(_MARKS.values()).encode(stream.encoding or "ascii")
+            self._marks, self._arrow = _MARKS, "→"
+        except (UnicodeEncodeError, LookupError):
+            self._marks, self._arrow = _ASCII_MARKS, "->"
+
+    def line(self, text: str) -> None:
+        print(text, file=self._stream, flush=True)
+
+    def result(self, result: Result) -> None:
+        o = result.outcome
+        optional = " (optional)" if o.state is State.FAIL and not result.required else ""
+        self.line(f"{self._marks[o.state]} {result.name:<8} {o.detail}{optional}")
+        for note in o.notes:
+            self.line(f"{_INDENT}{note}")
+        if o.fix and o.state in (State.FAIL, State.WARN):
+            self.line(f"{_INDENT}{self._arrow} {o.fix}")
+
+
+class _UsageError(Exception):
+    """Raised instead of argparse's print-usage-and-exit, so `main` can return 2 with a single line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Check the microphone, speaker, camera, server and disk.")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TADBOT_CONFIG, ...)")
+    parser.add_argument("--server", metavar="URL", help="server base URL (default: [device] server_url)")
+    parser.add_argument("--token", metavar="TOKEN", help="device bearer token (default: [device] token)")
+    parser.add_argument(
+        "--role", choices=ROLES, default="device", help="what this box runs (default: device)"
+    )
+    parser.add_argument(
+        "--no-sound", action="store_true", help="do not play through the speaker; only make a test WAV"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="also print every check as one JSON object on the last line"
+    )
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for `python -m device.doctor` and `tadbot doctor ARGS`; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"{exc} (see `{PROG} --help`)", 2)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    try:
+        settings = load_settings(args.config, overrides={"server_url": args.server, "token": args.token})
+        config = find_config_file(args.config)
+    except DeviceConfigError as exc:
+        return _fail(exc.message, 2)
+    doctor = Doctor(settings, args.role, sound=not args.no_sound, data=data_dir(config, os.environ))
+    out = _Printer(sys.stdout)
+    out.line(f"{PROG}: role {args.role}, config {config or 'none (defaults)'}")
+    try:
+        results = doctor.run(out.result)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    failed = [r.name for r in results if r.required and not r.ok]
+    warned = [r.name for r in results if r.outcome.state is State.WARN]
+    if failed:
+        out.line(f"{len(failed)} required check(s) failed: {', '.join(failed)}")
+    else:
+        out.line("all required checks passed" + (f" (warnings: {', '.join(warned)})" if warned else ""))
+    if args.json:
+        report = {"ok": not failed, "role": args.role, "checks": [r.as_json() for r in results]}
+        out.line(json.dumps(report, ensure_ascii=False))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
