@@ -10,6 +10,7 @@ from gunicorn.app.base import BaseApplication
 
 from server.config import Settings
 from server.errors import ConfigError
+from server.notify import HealthWatchdog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ WORKER_BOOT_ERROR = 3
 class TadbotGunicorn(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.watchdog = HealthWatchdog(settings.server.host, settings.server.port)
         super().__init__()
 
     def load_config(self) -> None:
@@ -36,6 +38,9 @@ class TadbotGunicorn(BaseApplication):
             "accesslog": None,
             "errorlog": "-",
             "proc_name": "tadbot-server",
+            # In the master process, which is the one systemd watches (see server.notify).
+            "when_ready": lambda _arbiter: self.watchdog.start(),
+            "on_exit": lambda _arbiter: self.watchdog.stop(),
         }
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 24 opens a control socket under $HOME; nothing here uses it, and systemd's
