@@ -40,8 +40,9 @@ from device.states import StateMachine
 from device.timeline import FramePoster
 from device.vad import EndpointConfig, Endpointer
 from device.voice import Voice
+from device.wakeword import WakeGate, WakeWordDetector
 
-_LOGGER = logging.getLogger(__name__)
+_LOGGER = logging.getLogger("device.main")  # not "__main__", which `python -m device` would give
 
 PROG = "tadbot device"
 
@@ -124,6 +125,17 @@ def _endpointer(settings: DeviceSettings) -> Endpointer:
             aggressiveness=settings.vad_aggressiveness,
         )
     )
+
+
+def _wake_gate(settings: DeviceSettings) -> WakeGate | None:
+    """The wake word, when one is set. Its models load here, once: a missing one stops start-up, and a
+    listener started again keeps the gate and whether it was awake."""
+    if not settings.wake_word:
+        return None
+    detector = WakeWordDetector(
+        settings.wake_word, settings.wake_models_dir, threshold=settings.wake_threshold
+    )
+    return WakeGate(detector, settings.wake_window_s)
 
 
 class _Listening:
@@ -231,6 +243,7 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
         )
     lines, exercises = load_lines(), load_exercises()
     one_shot = _one_shot(args)  # read before anything opens, so a bad file fails first
+    wake = None if one_shot is not None else _wake_gate(settings)
     watchdog = _Watchdog()
     with contextlib.ExitStack() as stack:  # closed in reverse: clients, camera, speaker, voice
         client = ServerClient(settings.server_url, settings.token, settings.request_timeout_s)
@@ -275,6 +288,7 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
                     out,
                     on_speech_start=_barge_in(voice) if settings.barge_in else None,
                     calibrate_s=settings.mic_calibration_s,
+                    wake=wake,
                 ),
                 watchdog,
             )

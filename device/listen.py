@@ -4,6 +4,8 @@ The speaking side holds a `Gate`: while the device talks, the microphone's frame
 device never answers its own voice. A file standing in for the microphone is paused instead, because a
 person would wait for the reply before going on. Each item on the queue is a `Heard` utterance; the last
 one is `END`, or `Failed` when something unexpected broke the thread and the daemon should start another.
+With a wake word (device.wakeword), the listener also gives every frame to a `WakeGate`, which decides
+which utterances are sent.
 
 The two sources, `MicPcm` (device.mic) and `WavPcm` (device.wavfile), live beside the rest of their
 hardware or file handling and are offered here too, so the daemon finds the whole input side in one place.
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from device.audio import SAMPLE_RATE, encode_wav
 from device.mic import MicPcm
 from device.vad import Endpointer
 from device.wavfile import WavPcm
+
+if TYPE_CHECKING:
+    from device.wakeword import WakeGate
 
 __all__ = ["END", "Failed", "Gate", "Heard", "Item", "Listener", "MicPcm", "PcmSource", "WavPcm"]
 
@@ -130,6 +135,7 @@ class Listener(threading.Thread):
 
     A live source's first `calibrate_s` (heard while the gate is open) teach the endpointer the room.
     `on_speech_start` is called from this thread whenever an utterance starts, muted or not.
+    With `wake`, only the utterances it admits are put on `out`; without, every one is.
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class Listener(threading.Thread):
         *,
         on_speech_start: Callable[[], None] | None = None,
         calibrate_s: float = 1.0,
+        wake: WakeGate | None = None,
     ) -> None:
         super().__init__(name="listener", daemon=True)
         self._source = source
@@ -148,6 +155,7 @@ class Listener(threading.Thread):
         self._gate = gate
         self._out = out
         self._on_speech_start = on_speech_start
+        self._wake = wake
         self._calibration_frames = endpointer.config.frames(calibrate_s) if source.live else 0
         self._stopping = threading.Event()
 
@@ -187,6 +195,8 @@ class Listener(threading.Thread):
                     self._endpointer.calibrate(calibration)
                     _LOGGER.info("noise floor %.0f dBFS after calibration", self._endpointer.noise_floor_db)
                 continue
+            if self._wake is not None:
+                self._wake.hear(frame)
             was_in_speech = self._endpointer.in_speech
             pcm = self._endpointer.feed(frame)
             if not was_in_speech and self._endpointer.in_speech and self._on_speech_start is not None:
@@ -198,6 +208,8 @@ class Listener(threading.Thread):
         if pcm is None:
             return
         ended, seconds = time.monotonic(), len(pcm) / 2 / SAMPLE_RATE
+        if self._wake is not None and not self._wake.admit(seconds):
+            return
         speech_s = self._endpointer.last_speech_s
         _LOGGER.info("heard %.1f s, %.1f s of it speech", seconds, speech_s)
         wav = encode_wav(np.frombuffer(pcm, dtype="<i2") / 32768.0)  # bit for bit

@@ -87,6 +87,21 @@ class DeviceSettings:
         default=3.0,
         metadata=_doc("Say a short 'one moment' after this much silence from the server; 0: never."),
     )
+    wake_word: str = field(
+        default="",
+        metadata=_doc("Wake word: a model name in wake_models_dir, or an .onnx path; empty: none."),
+    )
+    wake_models_dir: str = field(
+        default="models/wakeword",
+        metadata=_doc("openWakeWord's models (`tadbot models pull wakeword` puts them there)."),
+    )
+    wake_threshold: float = field(
+        default=0.5, metadata=_doc("Wake word score (0 to 1) that wakes it; higher: fewer false wakes.")
+    )
+    wake_window_s: float = field(
+        default=60.0,
+        metadata=_doc("After the wake word, stay awake this long after each utterance, so it is said once."),
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -139,6 +154,13 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "camera_fps": (lambda v: 0.2 <= v <= 15.0, "a number of frames per second from 0.2 to 15"),
     "frame_interval_s": (lambda v: v == 0.0 or 1.0 <= v <= 600.0, "0 (never) or seconds from 1 to 600"),
     "think_ack_s": (lambda v: v == 0.0 or 1.0 <= v <= 60.0, "0 (never) or seconds from 1 to 60"),
+    "wake_word": (
+        lambda v: v == "" or v.endswith(".onnx") or re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None,
+        '"" (none), a model name such as hey_jarvis, or the path of an .onnx file',
+    ),
+    "wake_models_dir": (lambda v: bool(v.strip()), "the path of a folder"),
+    "wake_threshold": (lambda v: 0.0 < v < 1.0, "a number between 0 and 1, such as 0.5"),
+    "wake_window_s": (lambda v: 5.0 <= v <= 3600.0, "a number of seconds from 5 to 3600"),
 }
 
 

@@ -71,14 +71,16 @@ class Catalogue:
     entries: tuple[ModelEntry, ...]
 
     def select(self, wanted: Sequence[str] | None = None) -> list[ModelEntry]:
-        """Default entries, or each named role (its default) or model name, in the order asked."""
+        """Default entries, or each named role or model name, in the order asked.
+
+        A role names its default entry; a role with no default (an option such as the wake word, never
+        pulled unasked) names all of its entries."""
         if not wanted:
             return [e for e in self.entries if e.default]
         chosen: list[ModelEntry] = []
         for key in wanted:
-            match = [e for e in self.entries if e.name == key] or [
-                e for e in self.entries if e.role == key and e.default
-            ]
+            role = [e for e in self.entries if e.role == key]
+            match = [e for e in self.entries if e.name == key] or [e for e in role if e.default] or role
             if not match:
                 known = ", ".join(sorted({e.role for e in self.entries} | {e.name for e in self.entries}))
                 raise ModelError("unknown_model", f"{key!r} is not a role or model name; known: {known}")

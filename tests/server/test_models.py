@@ -330,3 +330,17 @@ def test_default_model_paths_follow_the_models_dir(monkeypatch: pytest.MonkeyPat
     assert resolve_model_path("models/llm.gguf") == tmp_path / "llm.gguf"
     assert resolve_model_path("/srv/x.gguf") == Path("/srv/x.gguf")
     assert resolve_model_path("elsewhere/x.gguf") == Path("elsewhere/x.gguf")
+
+
+def test_a_role_without_a_default_names_all_its_entries() -> None:
+    """Options such as the wake word are never pulled unasked, but `models pull wakeword` finds them."""
+    cat = load_catalogue(REPO / "models" / "catalogue.toml")
+    assert "wakeword" not in {e.role for e in cat.select()}
+    (entry,) = cat.select(["wakeword"])
+    assert entry.name == "openwakeword-hey-jarvis"
+    assert [f.dest for f in entry.files] == [
+        "wakeword/melspectrogram.onnx",
+        "wakeword/embedding_model.onnx",
+        "wakeword/hey_jarvis_v0.1.onnx",
+    ]
+    assert [e.name for e in cat.select(["fer"])] == ["facial_expression_recognition_mobilefacenet_2022july"]
