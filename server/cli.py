@@ -82,6 +82,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "training.fer", *verbose, *args.rest])
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    """`tadbot install` runs install.sh, which the wheel carries as server/systemd/ and a checkout keeps in
+    systemd/. TADBOT_PYTHON lets it render the config template with this Python."""
+    here = Path(__file__).resolve().parent
+    for script in (here / "systemd" / "install.sh", here.parent / "systemd" / "install.sh"):
+        if script.is_file():
+            env = {**os.environ, "TADBOT_PYTHON": sys.executable}
+            return subprocess.call(["bash", str(script), *args.rest], env=env)
+    raise TadbotError("install_missing", f"install.sh is not in {here / 'systemd'}: reinstall tadbot")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Server and device on one box: start the server, wait for it, then run the device against it."""
     settings = _settings(args, host=args.host, port=args.port)
@@ -137,6 +148,24 @@ def cmd_admin(args: argparse.Namespace) -> int:
         f"created {table[:-1]} {args.name!r}; its bearer token follows (shown once, stored only as a hash):"
     )
     print(token)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """`tadbot admin purge`: the retention pass in server/retention.py; memories it could not reach exit 1."""
+    from server import retention
+
+    days = None if args.older_than_config else retention.parse_days("--older-than", args.older_than)
+    settings = _settings(args)
+    if days is None:
+        days = settings.retention.days
+        if days == 0:
+            print("retention is off (retention.days = 0); nothing purged")
+            return 0
+    report = retention.purge_data_dir(settings, days, dry_run=args.dry_run)
+    print(report.line())
+    if report.memory_error:
+        raise TadbotError("memory_unavailable", report.memory_error)
     return 0
 
 
@@ -348,9 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int)
     run.add_argument("--wait", type=float, default=300, help="seconds to wait for the server to load")
 
-    admin = add("admin", cmd_admin, "create device and therapist credentials")
-    admin.add_argument("action", choices=("add-device", "add-therapist"))
-    admin.add_argument("name")
+    admin = add("admin", cmd_admin, "create device and therapist credentials; purge old sessions")
+    actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, who in (("add-device", "a device"), ("add-therapist", "a therapist")):
+        credential = actions.add_parser(action, help=f"create {who}; its token is printed on the last line")
+        credential.add_argument("name")
+    purge = actions.add_parser(
+        "purge",
+        help="delete sessions last active before a cutoff, with their turns, emotions, safety events "
+        "and memories; prints one summary line",
+        description="Delete sessions last active before local midnight DAYS days ago, with their turns, "
+        "emotion samples, safety events and vector memories. Newer sessions, devices, therapists and the "
+        "audit log stay.",
+    )
+    purge.set_defaults(func=cmd_purge)
+    cutoff = purge.add_mutually_exclusive_group(required=True)
+    cutoff.add_argument("--older-than", metavar="DAYS", help="a whole number of days, 1 to 36500")
+    cutoff.add_argument(
+        "--older-than-config",
+        action="store_true",
+        help="use retention.days, as tadbot-retention.timer does; 0 (the default) purges nothing",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
 
     config = add("config", cmd_config, "show the effective configuration, secrets masked")
     config.add_argument("action", choices=("show",))
@@ -403,10 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", add_help=False, help="check mic, speaker, camera, server, models, disk and memory"
     )
     doctor.set_defaults(func=cmd_doctor)
+    install = sub.add_parser(
+        "install", add_help=False, help="install as systemd services (see `tadbot install --help`)"
+    )
+    install.set_defaults(func=cmd_install)
     return parser
 
 
-PASS_THROUGH = ("device", "run", "train", "doctor")
+PASS_THROUGH = ("device", "run", "train", "doctor", "install")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

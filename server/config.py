@@ -175,6 +175,20 @@ class SafetySection:
     )
 
 
+MAX_RETENTION_DAYS = 36500
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    days: int = _opt(
+        0,
+        "Sessions last active before local midnight this many days ago are purged, memories included, by "
+        "`tadbot admin purge --older-than-config` (daily: tadbot-retention.timer). 0: kept until deleted.",
+        lo=0,
+        hi=MAX_RETENTION_DAYS,
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSection = field(default_factory=ServerSection)
@@ -184,6 +198,7 @@ class Settings:
     memory: MemorySection = field(default_factory=MemorySection)
     persona: PersonaSection = field(default_factory=PersonaSection)
     safety: SafetySection = field(default_factory=SafetySection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
     source: str = "defaults"
 
     @property
@@ -288,6 +303,7 @@ SECTION_TYPES: dict[str, type] = {
     "memory": MemorySection,
     "safety": SafetySection,
     "persona": PersonaSection,
+    "retention": RetentionSection,
 }
 
 

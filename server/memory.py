@@ -12,6 +12,7 @@ import logging
 import pathlib
 import time
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from server.errors import MemoryStoreError, TadbotError
@@ -24,6 +25,8 @@ _LOGGER = logging.getLogger(__name__)
 COLLECTION = "memories"
 _OVERFETCH = 3
 """Recall asks chromadb for k * _OVERFETCH hits so that k remain after dropping repeated texts."""
+_FILTER_BATCH = 500
+"""Session ids per `$in` filter, well under SQLite's limit on bound values."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +166,32 @@ class Memory:
             raise _store_error("forget", exc) from exc
         _LOGGER.info("Forgot client %s: %d memories deleted", client, len(ids))
         return len(ids)
+
+    def forget_sessions(self, session_ids: Iterable[str], *, dry_run: bool = False) -> int:
+        """Delete the turns and summaries of these sessions (retention), by metadata filter; returns how many.
+
+        `dry_run` only counts. Session ids are unique across clients, so no client filter is needed.
+        """
+        wanted = sorted(set(session_ids))
+        total = 0
+        try:
+            for start in range(0, len(wanted), _FILTER_BATCH):
+                where: Any = {"session_id": {"$in": wanted[start : start + _FILTER_BATCH]}}
+                total += len(self._collection.get(where=where, include=[])["ids"])
+                if not dry_run:
+                    self._collection.delete(where=where)
+        except Exception as exc:
+            raise _store_error("forget sessions", exc) from exc
+        return total
+
+    def sessions_before(self, ts: float) -> set[str]:
+        """Sessions with a memory written before `ts`; a purge looks here for what an interrupted one left."""
+        where: Any = {"ts": {"$lt": ts}}
+        try:
+            found = self._collection.get(where=where, include=["metadatas"])
+        except Exception as exc:
+            raise _store_error("list sessions", exc) from exc
+        return {str(meta["session_id"]) for meta in found["metadatas"] or []}
 
     def count(self, client: str | None = None) -> int:
         """How many items are stored, for one client or in all."""

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -99,6 +99,10 @@ class Records:
                 yield db
         finally:
             db.close()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One connection and transaction for a module that keeps its own SQL (server/retention.py)."""
+        return self._connect()
 
     def check(self) -> None:
         with self._connect() as db:
