@@ -162,10 +162,12 @@ def test_the_device_watchdog_outlasts_its_longest_blocking_read() -> None:
     assert not any("tadbot-server" in v for k in ("Requires", "Wants", "BindsTo") for v in unit["Unit"][k])
 
 
-def _install(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _install(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installer as a person runs it: without the CMAKE_ARGS that `make` exports to the tests."""
+    base = {k: v for k, v in os.environ.items() if k != "CMAKE_ARGS"}
     done = subprocess.run(
         ["bash", str(INSTALL), *args],
-        env={**os.environ, "TADBOT_PYTHON": sys.executable},
+        env={**base, "TADBOT_PYTHON": sys.executable, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -278,6 +280,8 @@ def test_the_plan_for_a_real_install(tmp_path: Path) -> None:
     assert "would run as tadbot: /opt/tadbot/bin/tadbot doctor --role both" in plan
     assert plan.index("systemctl restart tadbot-server.service") < plan.index("doctor --role both")
     assert plan.index("doctor --role both") < plan.index("systemctl start --no-block tadbot-device.service")
+    own = _install("--dry-run", "--role", "server", CMAKE_ARGS="-DGGML_BLAS=ON").stdout
+    assert "would run: env CMAKE_ARGS=-DGGML_BLAS=ON /opt/tadbot/bin/pip install" in own, "a preset one wins"
     no_models = _install("--dry-run", "--role", "both", "--no-models", "--no-start").stdout
     assert "would run as tadbot: /opt/tadbot/bin/tadbot models pull" not in no_models
     assert "skipped: --no-models" in no_models
