@@ -76,10 +76,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """`tadbot train` runs `python -m training.fer` in its own process, as `tadbot device` runs the device:
-    the server never imports the training package, and the CLI starts without torch."""
+    """`tadbot train` runs `python -m training` (fer, prepare) in its own process, as `tadbot device` runs the
+    device: the server never imports the training package, and the CLI starts without torch."""
     verbose = ["--verbose"] if args.verbose else []
-    return subprocess.call([sys.executable, "-m", "training.fer", *verbose, *args.rest])
+    return subprocess.call([sys.executable, "-m", "training", *verbose, *args.rest])
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = sub.add_parser(
-        "train", add_help=False, help="train a model and export it (see `tadbot train fer --help`)"
+        "train", add_help=False, help="prepare data, train a model and export it (see `tadbot train --help`)"
     )
     train.set_defaults(func=cmd_train)
     doctor = sub.add_parser(
