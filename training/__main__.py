@@ -1,6 +1,6 @@
 """`python -m training`: what `tadbot train` runs, in its own process, so the server never imports this
-package (nor torch). One subcommand per trainer; errors are one line on stderr, as in the rest of `tadbot`:
-exit 2 for bad input, 1 for anything else."""
+package (nor torch). One subcommand per tool (fer, prepare, generate); errors are one line on stderr, as in
+the rest of `tadbot`: exit 2 for bad input, 1 for anything else."""
 
 from __future__ import annotations
 

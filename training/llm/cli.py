@@ -1,5 +1,5 @@
-"""`tadbot train prepare`: flags and the run. Progress and the split counts go to stderr; the last line
-of stdout is one JSON object (paths and counts) for scripts."""
+"""`tadbot train prepare` and `tadbot train generate`: flags and the runs. Progress and the counts go to
+stderr; the last line of stdout is one JSON object (paths and counts) for scripts."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.llm.generate import GenerateConfig, run_generate
 from training.llm.prepare import DEFAULT_PERSONA_NAME, PrepareConfig, run_prepare
 
 _DEFAULTS = PrepareConfig(sources=("-",), out=Path())
+_GENERATE = GenerateConfig(out=Path())
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `prepare` to a `train` command's subparsers (argparse's private action type, hence Any)."""
+    """Add `prepare` and `generate` to a `train` command's subparsers (argparse's private action type,
+    hence Any)."""
     d = _DEFAULTS
     prepare: argparse.ArgumentParser = subparsers.add_parser(
         "prepare",
@@ -80,6 +83,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a tokenizer.json (e.g. Gemma's) for the card's token lengths (default: words are counted)",
     )
     prepare.set_defaults(run=run, command_line="")
+    add_generate_parser(subparsers)
     return prepare
 
 
@@ -109,4 +113,86 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"train prepare: {counts}; data card {summary['data_card']}", file=sys.stderr)
     print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    d = _GENERATE
+    generate: argparse.ArgumentParser = subparsers.add_parser(
+        "generate",
+        help="ask an OpenAI-compatible endpoint for synthetic talk-down dialogs (Person A/B .txt)",
+        description="Ask any OpenAI-compatible endpoint for synthetic talk-down dialogs, one per scenario x "
+        "technique x length, and append the well-formed, new ones to a Person A/B .txt file that "
+        "`prepare --source` reads. A rerun resumes from <out>.progress.json. Prints one JSON object on the "
+        "last line of stdout.",
+    )
+    generate.add_argument("--out", type=Path, required=True, help="the dialogs .txt file (appended to)")
+    generate.add_argument(
+        "--base-url", default=d.base_url, help="the endpoint, up to /v1 (default %(default)s: llama.cpp)"
+    )
+    generate.add_argument("--model", help="the model name to send (hosted APIs need one)")
+    generate.add_argument(
+        "--api-key-env", metavar="VAR", help="environment variable holding the API key (default: no key)"
+    )
+    generate.add_argument(
+        "--count", type=int, help="combinations to ask for (default: each of the prompt file's once)"
+    )
+    generate.add_argument("--seed", type=int, default=d.seed, help="order and sampling (default %(default)s)")
+    generate.add_argument(
+        "--rate-per-min",
+        type=float,
+        default=d.rate_per_min,
+        help="requests per minute at most, retries included; 0 for no limit (default %(default)s)",
+    )
+    generate.add_argument(
+        "--max-tokens", type=int, default=d.max_tokens, help="per reply (default %(default)s)"
+    )
+    generate.add_argument(
+        "--temperature", type=float, default=d.temperature, help="sampling (default %(default)s)"
+    )
+    generate.add_argument(
+        "--timeout", type=float, default=d.timeout_s, help="seconds per request (default %(default)s)"
+    )
+    generate.add_argument(
+        "--retries",
+        type=int,
+        default=d.retries,
+        help="tries again on 429, 5xx or a lost connection, with doubling back-off (default %(default)s)",
+    )
+    generate.add_argument(
+        "--no-progress", dest="progress_bar", action="store_false", help="no progress bar on stderr"
+    )
+    generate.set_defaults(run=run_generate_command, command_line="")
+    return generate
+
+
+def run_generate_command(args: argparse.Namespace) -> int:
+    """Generate, then a summary line on stderr and the counts as the last line of stdout; exit 1 when the
+    run stopped early (what is done is kept: rerun to resume)."""
+    summary = run_generate(
+        GenerateConfig(
+            out=args.out,
+            base_url=args.base_url,
+            model=args.model,
+            api_key_env=args.api_key_env,
+            count=args.count,
+            seed=args.seed,
+            rate_per_min=args.rate_per_min,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            timeout_s=args.timeout,
+            retries=args.retries,
+            progress_bar=args.progress_bar,
+        )
+    )
+    print(
+        f"train generate: {summary['written']} dialogs in {summary['out']} of {summary['requested']} "
+        f"requested ({summary['rejected_unparseable']} unparseable, {summary['duplicates']} duplicates, "
+        f"{summary['failed']} failed this run, {summary['pending']} pending)",
+        file=sys.stderr,
+    )
+    print(json.dumps(summary, ensure_ascii=False))
+    if "stopped" in summary:
+        print(f"tadbot: error: stopped: {summary['stopped']}; rerun to resume", file=sys.stderr)
+        return 1
     return 0

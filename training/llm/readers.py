@@ -272,7 +272,7 @@ def _keep(dialogs: list[Dialog], dropped: Counter[str], turns: tuple[Turn, ...],
         dropped["dialogs without a companion turn after a user turn"] += 1
 
 
-_PERSON = re.compile(r"^\s*Person\s+([AB])\s*:\s*(.*)$", re.IGNORECASE)
+PERSON_LINE = re.compile(r"^\s*Person\s+([AB])\s*:\s*(.*)$", re.IGNORECASE)
 
 
 def read_person_dialogs(path: Path) -> tuple[list[Dialog], Counter[str]]:
@@ -291,7 +291,7 @@ def read_person_dialogs(path: Path) -> tuple[list[Dialog], Counter[str]]:
                 _keep(dialogs, dropped, normalise_turns(turns))
             turns = []
             continue
-        match = _PERSON.match(line)
+        match = PERSON_LINE.match(line)
         if match:
             turns.append(("user" if match[1].upper() == "A" else "assistant", match[2]))
         elif turns:
