@@ -13,7 +13,7 @@ import pytest
 from server import cli
 from tests.conftest import ROOT, tadbot
 from tests.training.conftest import TrainedRun, write_csv_dataset, write_labels
-from training.fer import cli as train_cli
+from training.__main__ import main as train_main
 
 
 def _one_line_error(stderr: str) -> str:
@@ -76,7 +76,7 @@ def test_bad_input_is_one_line_and_exit_2(
         target.mkdir()
     extra = ["--val-fraction", "1.5"] if case == "bad_option" else []
     argv = ["fer", "--data", str(target), "--out", str(tmp_path / "out"), "--no-pretrained", *extra]
-    assert train_cli.main(argv) == 2
+    assert train_main(argv) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert line.startswith("tadbot: error: ")
     assert message.format(tmp=tmp_path) in line

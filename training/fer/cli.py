@@ -1,6 +1,6 @@
 """`tadbot train fer`: flags, the run, and errors as one line.
 
-`tadbot train ...` hands over to `python -m training.fer` in its own process, as `tadbot device` does, so the
+`tadbot train ...` hands over to `python -m training` in its own process, as `tadbot device` does, so the
 server never imports this package or torch. Progress goes to stderr; the last line of stdout is one JSON
 object (paths, chosen epoch, scores) for scripts.
 """
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError, TadbotError
 from training.fer.config import ARCHITECTURES, DEFAULT_LICENSE, DEVICES, TrainConfig
 
 _DEFAULTS = TrainConfig(data=Path(), out=Path())
@@ -122,28 +119,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, ensure_ascii=False))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tadbot train", description="Train and export TADBot's models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_parser(parser.add_subparsers(dest="target", required=True, metavar="TARGET"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Errors are one line on stderr, as in the rest of `tadbot`: 2 for bad input, 1 for anything else."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.run(args))
-    except ConfigError as exc:
-        print(f"tadbot: error: {exc.message}", file=sys.stderr)
-        return 2
-    except TadbotError as exc:
-        print(f"tadbot: error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
