@@ -14,13 +14,11 @@ from __future__ import annotations
 import enum
 import logging
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from server.errors import ConfigError
+from server.datafiles import Invalid, load_data_file, parse_data_file
 
 # The one normaliser for matching speech against data-file patterns; exercises.toml and commands.toml are
 # written for the same plain text.
@@ -71,22 +69,12 @@ class Commands:
     @classmethod
     def load(cls) -> Commands:
         """The packaged commands.toml, checked."""
-        source = "server/data/commands.toml"
-        try:
-            text = resources.files("server").joinpath("data", "commands.toml").read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("commands_invalid", f"{source}: cannot read ({exc})") from exc
-        return cls.from_text(text, source)
+        return load_data_file("commands.toml", "commands_invalid", _parse)
 
     @classmethod
     def from_text(cls, text: str, source: str) -> Commands:
         """Parse and check the TOML `text`; `source` names it in the error a bad file raises."""
-        try:
-            return _parse(tomllib.loads(text))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("commands_invalid", f"{source}: not valid TOML ({exc})") from exc
-        except _Invalid as exc:
-            raise ConfigError("commands_invalid", f"{source}: {exc}") from None
+        return parse_data_file(text, source, "commands_invalid", _parse)
 
     def match(self, text: str) -> Command | None:
         """The command the recognised `text` is, or None when it is anything more than a command.
@@ -114,22 +102,18 @@ class Commands:
             plain = shorter
 
 
-class _Invalid(ValueError):
-    """What is wrong with the file; `from_text` adds the file's name."""
-
-
 def _parse(document: dict[str, Any]) -> Commands:
     version = document.get("version")
     if type(version) is not int or version != VERSION:
-        raise _Invalid(f"version is {version!r}; expected {VERSION}")
+        raise Invalid(f"version is {version!r}; expected {VERSION}")
     known = {str(name) for name in CommandName}
     allowed = ", ".join(sorted(_TOP_KEYS | known))
     for key in document:
         if key not in _TOP_KEYS and key not in known:
-            raise _Invalid(f"unknown key {key!r}; allowed: {allowed}")
+            raise Invalid(f"unknown key {key!r}; allowed: {allowed}")
     for key in ("fillers", *CommandName):
         if key not in document:
-            raise _Invalid(f"missing key {str(key)!r}")
+            raise Invalid(f"missing key {str(key)!r}")
     fillers = "|".join(p.pattern for p in _patterns(document["fillers"], "fillers"))
     by_name = {
         CommandName(key): _command(CommandName(key), value) for key, value in document.items() if key in known
@@ -144,13 +128,13 @@ def _parse(document: dict[str, Any]) -> Commands:
 def _command(name: CommandName, table: object) -> Command:
     where = f"[{name}]"
     if not isinstance(table, dict):
-        raise _Invalid(f"{name} = {table!r}; expected a table [{name}] with patterns and reply")
+        raise Invalid(f"{name} = {table!r}; expected a table [{name}] with patterns and reply")
     for key in table:
         if key not in _COMMAND_KEYS:
-            raise _Invalid(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(_COMMAND_KEYS))}")
+            raise Invalid(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(_COMMAND_KEYS))}")
     for key in sorted(_COMMAND_KEYS):
         if key not in table:
-            raise _Invalid(f"{where}: missing key {key!r}")
+            raise Invalid(f"{where}: missing key {key!r}")
     return Command(
         name=name,
         reply=_reply(table["reply"], f"{where} reply"),
@@ -161,26 +145,26 @@ def _command(name: CommandName, table: object) -> Command:
 def _reply(value: object, where: str) -> tuple[str, ...]:
     """Spoken sentences, each one line ending with . ? or !; an empty list is a silent reply."""
     if not isinstance(value, list):
-        raise _Invalid(f"{where}: expected a list of sentences ([] for none)")
+        raise Invalid(f"{where}: expected a list of sentences ([] for none)")
     for index, line in enumerate(value):
         at = f"{where}[{index}]"
         if not isinstance(line, str) or not line.strip() or line != line.strip() or "\n" in line:
-            raise _Invalid(f"{at} = {line!r}; expected one line of text")
+            raise Invalid(f"{at} = {line!r}; expected one line of text")
         if not line.endswith((".", "?", "!")):
-            raise _Invalid(f"{at} = {line!r}; a spoken sentence ends with . ? or !")
+            raise Invalid(f"{at} = {line!r}; a spoken sentence ends with . ? or !")
     return tuple(value)
 
 
 def _patterns(value: object, where: str) -> tuple[re.Pattern[str], ...]:
     if not isinstance(value, list) or not value:
-        raise _Invalid(f"{where}: expected a non-empty list of regular expressions")
+        raise Invalid(f"{where}: expected a non-empty list of regular expressions")
     patterns = []
     for index, pattern in enumerate(value):
         if not isinstance(pattern, str) or not pattern:
-            raise _Invalid(f"{where}[{index}] = {pattern!r}; expected a regular expression")
+            raise Invalid(f"{where}[{index}] = {pattern!r}; expected a regular expression")
         try:
             # Grouped, so a top-level alternation ('quiet|hush') still has to match the whole text.
             patterns.append(re.compile(f"(?:{pattern})", re.IGNORECASE))
         except re.error as exc:
-            raise _Invalid(f"{where}[{index}] = {pattern!r} is not a regular expression ({exc})") from None
+            raise Invalid(f"{where}[{index}] = {pattern!r} is not a regular expression ({exc})") from None
     return tuple(patterns)

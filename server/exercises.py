@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from server.errors import ConfigError, NotFound
+from server.datafiles import Invalid, load_data_file, parse_data_file
+from server.errors import NotFound
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,22 +78,12 @@ class Exercises:
     @classmethod
     def load(cls) -> Exercises:
         """The packaged exercises.toml, checked."""
-        source = "server/data/exercises.toml"
-        try:
-            text = resources.files("server").joinpath("data", "exercises.toml").read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("exercises_invalid", f"{source}: cannot read ({exc})") from exc
-        return cls.from_text(text, source)
+        return load_data_file("exercises.toml", "exercises_invalid", _parse)
 
     @classmethod
     def from_text(cls, text: str, source: str) -> Exercises:
         """Parse and check the TOML `text`; `source` names it in the error a bad file raises."""
-        try:
-            return _parse(tomllib.loads(text))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("exercises_invalid", f"{source}: not valid TOML ({exc})") from exc
-        except _Invalid as exc:
-            raise ConfigError("exercises_invalid", f"{source}: {exc}") from None
+        return parse_data_file(text, source, "exercises_invalid", _parse)
 
     def asked_for(self, text: str) -> Exercise | None:
         """The exercise the recognised `text` asks for, or None when it asks for none.
@@ -131,10 +120,6 @@ class Exercises:
             raise NotFound("unknown_exercise", f"no exercise {exercise_id!r}; known: {known}") from None
 
 
-class _Invalid(ValueError):
-    """What is wrong with the file; `from_text` adds the file's name."""
-
-
 def plain_text(text: str) -> str:
     return _NOT_WORD.sub(" ", _APOSTROPHES.sub("", text.lower())).strip()
 
@@ -146,17 +131,17 @@ def _first_match(patterns: Iterable[re.Pattern[str]], text: str) -> re.Pattern[s
 def _parse(document: dict[str, Any]) -> Exercises:
     version = document.get("version")
     if type(version) is not int or version != VERSION:
-        raise _Invalid(f"version is {version!r}; expected {VERSION}")
+        raise Invalid(f"version is {version!r}; expected {VERSION}")
     # Every table that is not one of the top-level keys is an exercise.
     settings = {key for key, value in document.items() if key in _TOP_KEYS or not isinstance(value, dict)}
     _check_keys(settings, _TOP_KEYS, "the top level", optional=set())
     tables = {key: value for key, value in document.items() if key not in settings}
     if not tables:
-        raise _Invalid("no exercises: add a table per exercise, e.g. [box_breathing]")
+        raise Invalid("no exercises: add a table per exercise, e.g. [box_breathing]")
     by_id = {exercise_id: _exercise(exercise_id, table) for exercise_id, table in tables.items()}
     default = document["default"]
     if not isinstance(default, str) or default not in by_id:
-        raise _Invalid(f"default = {default!r} names no exercise; known: {', '.join(by_id)}")
+        raise Invalid(f"default = {default!r} names no exercise; known: {', '.join(by_id)}")
     return Exercises(
         default=default,
         by_id=by_id,
@@ -171,20 +156,20 @@ def _check_keys(keys: Iterable[str], allowed: frozenset[str], where: str, option
     present = set(keys)
     unknown = sorted(present - allowed)
     if unknown:
-        raise _Invalid(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        raise Invalid(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     missing = sorted(allowed - optional - present)
     if missing:
-        raise _Invalid(f"{where}: missing key {missing[0]!r}")
+        raise Invalid(f"{where}: missing key {missing[0]!r}")
 
 
 def _exercise(exercise_id: str, table: dict[str, Any]) -> Exercise:
     where = f"[{exercise_id}]"
     if not _ID.fullmatch(exercise_id):
-        raise _Invalid(f"{where}: an exercise id is lower-case letters, digits and underscores")
+        raise Invalid(f"{where}: an exercise id is lower-case letters, digits and underscores")
     _check_keys(table, _EXERCISE_KEYS, where, optional={"rounds"})
     rounds = table.get("rounds", 1)
     if type(rounds) is not int or not 1 <= rounds <= MAX_ROUNDS:
-        raise _Invalid(f"{where} rounds = {rounds!r}; expected a whole number from 1 to {MAX_ROUNDS}")
+        raise Invalid(f"{where} rounds = {rounds!r}; expected a whole number from 1 to {MAX_ROUNDS}")
     return Exercise(
         id=exercise_id,
         title=_line(table["title"], f"{where} title", sentence=False),
@@ -201,37 +186,37 @@ def _exercise(exercise_id: str, table: dict[str, Any]) -> Exercise:
 def _line(value: object, where: str, *, sentence: bool = True) -> str:
     """One line of speakable text; a sentence must end with . ? or !"""
     if not isinstance(value, str) or not value.strip() or value != value.strip() or "\n" in value:
-        raise _Invalid(f"{where} = {value!r}; expected one line of text")
+        raise Invalid(f"{where} = {value!r}; expected one line of text")
     if sentence and not value.endswith((".", "?", "!")):
-        raise _Invalid(f"{where} = {value!r}; a spoken sentence ends with . ? or !")
+        raise Invalid(f"{where} = {value!r}; a spoken sentence ends with . ? or !")
     return value
 
 
 def _steps(value: object, where: str) -> list[Step]:
     if not isinstance(value, list) or not value:
-        raise _Invalid(f"{where}: expected a non-empty list of {{ text = ..., pause_ms = ... }}")
+        raise Invalid(f"{where}: expected a non-empty list of {{ text = ..., pause_ms = ... }}")
     steps = []
     for index, step in enumerate(value):
         at = f"{where}[{index}]"
         if not isinstance(step, dict):
-            raise _Invalid(f"{at} = {step!r}; expected {{ text = ..., pause_ms = ... }}")
+            raise Invalid(f"{at} = {step!r}; expected {{ text = ..., pause_ms = ... }}")
         _check_keys(step, _STEP_KEYS, at, optional=set())
         pause_ms = step["pause_ms"]
         if type(pause_ms) is not int or not 0 <= pause_ms <= MAX_PAUSE_MS:
-            raise _Invalid(f"{at} pause_ms = {pause_ms!r}; expected a whole number from 0 to {MAX_PAUSE_MS}")
+            raise Invalid(f"{at} pause_ms = {pause_ms!r}; expected a whole number from 0 to {MAX_PAUSE_MS}")
         steps.append(Step(_line(step["text"], f"{at} text"), pause_ms))
     return steps
 
 
 def _patterns(value: object, where: str) -> tuple[re.Pattern[str], ...]:
     if not isinstance(value, list) or not value:
-        raise _Invalid(f"{where}: expected a non-empty list of regular expressions")
+        raise Invalid(f"{where}: expected a non-empty list of regular expressions")
     patterns = []
     for index, pattern in enumerate(value):
         if not isinstance(pattern, str) or not pattern:
-            raise _Invalid(f"{where}[{index}] = {pattern!r}; expected a regular expression")
+            raise Invalid(f"{where}[{index}] = {pattern!r}; expected a regular expression")
         try:
             patterns.append(re.compile(pattern, re.IGNORECASE))
         except re.error as exc:
-            raise _Invalid(f"{where}[{index}] = {pattern!r} is not a regular expression ({exc})") from None
+            raise Invalid(f"{where}[{index}] = {pattern!r} is not a regular expression ({exc})") from None
     return tuple(patterns)

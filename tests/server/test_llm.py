@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,7 +15,7 @@ import pytest
 
 from server.errors import ConfigError, LlmError, ModelError
 from server.llm import GenerationStats, LlamaCppChat, OpenAICompatChat, fold_system, get_chat_model
-from tests.conftest import free_port
+from tests.llama_server import llama_cpp_server
 from tests.tiny_gguf import END_OF_TURN_ID, GEMMA2_CHAT_TEMPLATE, START_OF_TURN_ID, build_tiny_gemma2_gguf
 
 SYSTEM = {"role": "system", "content": "You are Tad, a calm companion."}
@@ -346,34 +342,8 @@ def test_get_chat_model_rejects_unknown_backends() -> None:
 
 @pytest.fixture(scope="module")
 def llama_server(tiny_gguf: pathlib.Path) -> Iterator[str]:
-    """`python -m llama_cpp.server` serving the tiny GGUF on loopback: a real engine a clinic might run."""
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf), "--host", "127.0.0.1"),
-            *("--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--seed", "7"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(base_url + "/v1/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            process.kill()
-            raise AssertionError(f"llama_cpp.server did not start: {process.communicate()[1][-2000:]!r}")
+    with llama_cpp_server(tiny_gguf) as base_url:
         yield base_url
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
 
 
 def test_openai_backend_against_llama_cpp_server(llama_server: str) -> None:

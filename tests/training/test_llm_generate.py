@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +20,7 @@ import pytest
 
 from server.errors import ConfigError
 from tests.conftest import free_port, tadbot
-from tests.tiny_gguf import build_tiny_gemma2_gguf
+from tests.llama_server import llama_cpp_server
 from training.__main__ import main
 from training.llm.generate import (
     EndpointError,
@@ -359,36 +356,10 @@ def test_tadbot_train_generate_exits_2_on_bad_input(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m llama_cpp.server` serving the tiny random GGUF on loopback (as tests/server/test_llm.py)."""
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
-    model = build_tiny_gemma2_gguf(tmp_path_factory.mktemp("generate") / "tiny-gemma2.gguf")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"),
-            *("--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--seed", "7"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(base_url + "/v1/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            process.kill()
-            raise AssertionError(f"llama_cpp.server did not start: {process.communicate()[1][-2000:]!r}")
+def llama_server(tiny_gguf: Path) -> Iterator[str]:
+    """llama.cpp's own OpenAI-compatible server with the tiny random GGUF, as a local endpoint would be."""
+    with llama_cpp_server(tiny_gguf) as base_url:
         yield base_url + "/v1"
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
 
 
 def test_a_random_model_answers_but_its_gibberish_is_counted_unparseable(
