@@ -1,27 +1,24 @@
 """The microphone: PyAudio at the device's own rate, as 16 kHz mono PCM16 frames for the endpointer.
 
-`MicPcm` is the `PcmSource` a `Listener` reads. `MicrophoneSource` is the older pull-one-utterance
-`AudioSource` on top of the same pieces, for a caller that listens only between its own turns.
+`MicPcm` is the `PcmSource` a `Listener` (device.listen) reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 import sys
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from device.audio import SAMPLE_RATE, encode_wav
+from device.audio import SAMPLE_RATE
 from device.backoff import DELAYS_S, Backoff
 from device.errors import AudioInputError
-from device.vad import EndpointConfig, Endpointer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -234,45 +231,3 @@ class MicPcm:
         with _quiet_native_stderr():
             audio.terminate()
         _LOGGER.debug("microphone closed (%s)", self._where)
-
-
-class MicrophoneSource:
-    """The microphone as an `AudioSource`: yields one WAV per utterance, cut by the `Endpointer`.
-
-    It listens only while the caller waits for the next utterance, and starts each one afresh, so the
-    device does not answer what it said itself in between. A threaded daemon uses `MicPcm` with a
-    `Listener` and a `Gate` instead.
-    """
-
-    def __init__(
-        self,
-        device_index: int | None = None,
-        calibration_s: float = 1.0,
-        max_utterance_s: float = 30.0,
-        *,
-        config: EndpointConfig | None = None,
-        delays: Sequence[float] = DELAYS_S,
-    ) -> None:
-        self._pcm = MicPcm(device_index, delays=delays)
-        self._config = dataclasses.replace(config or EndpointConfig(), max_utterance_s=max_utterance_s)
-        self._calibration_s = calibration_s
-
-    def utterances(self) -> Generator[bytes, None, None]:
-        """Listen until the generator is closed; the microphone is released then."""
-        endpointer = Endpointer(self._config)
-        try:
-            calibration: list[bytes] = []
-            while len(calibration) < self._config.frames(self._calibration_s):
-                frame = self._pcm.read()
-                if frame is None:
-                    return
-                calibration.append(frame)
-            if calibration:
-                endpointer.calibrate(calibration)
-            while (frame := self._pcm.read()) is not None:
-                pcm = endpointer.feed(frame)
-                if pcm is not None:
-                    yield encode_wav(np.frombuffer(pcm, dtype="<i2") / 32768.0)
-                    endpointer.reset()
-        finally:
-            self._pcm.close()

@@ -3,38 +3,26 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import sys
 import threading
 import time
-import wave
 
 import numpy as np
 import pytest
 
 from device.audio import SAMPLE_RATE
 from device.errors import AudioInputError
-from device.mic import MicPcm, MicrophoneSource, StreamResampler
+from device.mic import MicPcm, StreamResampler
 from tests.device import fake_pyaudio
-from tests.device.conftest import MIC_RATE, spoken_wav, tone
+from tests.device.conftest import MIC_RATE, tone
 
 
 @pytest.fixture(autouse=True)
 def _fast_wav(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each read here is one caller's; nothing is lost by handing the WAV over at once."""
     monkeypatch.setattr(fake_pyaudio, "pace_wav", False)
-
-
-def _heard(wav: bytes) -> tuple[int, float, float]:
-    """(sample rate, seconds, dominant frequency in Hz) of an utterance; it must be mono PCM16."""
-    with wave.open(io.BytesIO(wav)) as reader:
-        assert (reader.getnchannels(), reader.getsampwidth()) == (1, 2)
-        rate, count = reader.getframerate(), reader.getnframes()
-        samples = np.frombuffer(reader.readframes(count), dtype="<i2").astype(np.float64)
-    peak = float(np.argmax(np.abs(np.fft.rfft(samples))) * rate / count)
-    return rate, count / rate, peak
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -153,29 +141,8 @@ def test_no_microphone_at_all_is_one_line_per_logged_retry_and_no_native_noise(
     assert "ALSA lib" not in capfd.readouterr().err, "native probe noise must not reach stderr"
 
 
-@pytest.mark.usefixtures("fake_mic")
-def test_the_microphone_source_yields_one_endpointed_utterance() -> None:
-    utterances = MicrophoneSource(calibration_s=0).utterances()
-    rate, seconds, peak = _heard(next(utterances))
-    utterances.close()
-    assert rate == SAMPLE_RATE
-    assert peak == pytest.approx(440, abs=3)
-    assert seconds == pytest.approx(0.3 + 1.0 + 0.69, abs=0.1), "lead-in, the tone, end_silence_s"
-    assert fake_pyaudio.log == ["open", "close"], "closing the generator releases the microphone"
-
-
-@pytest.mark.usefixtures("fake_mic")
-def test_the_microphone_source_cuts_at_max_utterance_s() -> None:
-    fake_pyaudio.load(spoken_wav(tone_s=3.0))
-    utterances = MicrophoneSource(calibration_s=0, max_utterance_s=1.0).utterances()
-    _, seconds, _ = _heard(next(utterances))
-    utterances.close()
-    assert seconds == pytest.approx(0.99, abs=0.001), "33 whole frames: never over the limit"
-
-
 def test_microphone_without_pyaudio_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyaudio", None)  # makes `import pyaudio` raise ImportError
-    for build in (MicrophoneSource, MicPcm):
-        with pytest.raises(AudioInputError) as caught:
-            build()
-        assert "portaudio19-dev" in caught.value.message and "pip install pyaudio" in caught.value.message
+    with pytest.raises(AudioInputError) as caught:
+        MicPcm()
+    assert "portaudio19-dev" in caught.value.message and "pip install pyaudio" in caught.value.message
