@@ -7,14 +7,13 @@ what it needs to speak offline: the steady talk-down words and each exercise's s
 
 from __future__ import annotations
 
-import importlib.resources
 import itertools
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.datafiles import read_versioned
 from device.errors import DeviceError
 
 VERSION = 1
@@ -58,19 +57,7 @@ def _steps(raw: Any, where: str) -> tuple[Step, ...]:
 
 def load_exercises(path: Path | None = None) -> OfflineExercises:
     """Read the packaged exercises.toml (or `path`); a bad file is one DeviceError naming what is wrong."""
-    where = str(path) if path is not None else "device/exercises.toml"
-    try:
-        if path is None:
-            text = importlib.resources.files("device").joinpath("exercises.toml").read_text(encoding="utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
-        document = tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise DeviceError("bad_exercises", f"cannot read {where}: {exc}") from exc
-    if document.get("version") != VERSION:
-        raise DeviceError(
-            "bad_exercises", f"{where} has version {document.get('version')!r}; expected {VERSION}"
-        )
+    document, where = read_versioned("exercises.toml", path, "bad_exercises", VERSION)
     tables = {key: value for key, value in document.items() if isinstance(value, dict)}
     default = document.get("default")
     if default not in tables:

@@ -6,12 +6,11 @@ is down), so the person is never met with silence, and each failure gets words t
 
 from __future__ import annotations
 
-import importlib.resources
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from device.datafiles import read_versioned
 from device.errors import DeviceError
 
 VERSION = 1
@@ -46,17 +45,7 @@ def _table(document: dict[str, object], name: str, where: str) -> dict[str, str]
 
 def load_lines(path: Path | None = None) -> Lines:
     """Read and check the lines: the packaged lines.toml, or `path`. A bad file is one-line DeviceError."""
-    where = str(path) if path is not None else "device/lines.toml"
-    try:
-        if path is None:
-            text = importlib.resources.files("device").joinpath("lines.toml").read_text(encoding="utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
-        document = tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise DeviceError("bad_lines", f"cannot read {where}: {exc}") from exc
-    if document.get("version") != VERSION:
-        raise DeviceError("bad_lines", f"{where} has version {document.get('version')!r}; expected {VERSION}")
+    document, where = read_versioned("lines.toml", path, "bad_lines", VERSION)
     status = _table(document, "status", where)
     errors = _table(document, "errors", where)
     unknown = sorted(set(status) - set(_STATUS_KEYS))
