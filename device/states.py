@@ -6,12 +6,15 @@ turn's time went: `state sending -> speaking after 1.84 s (first sentence)`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from enum import StrEnum
 
 _LOGGER = logging.getLogger(__name__)
+
+_KEEP = 200
 
 
 class State(StrEnum):
@@ -45,8 +48,9 @@ class StateMachine:
         self._lock = threading.Lock()
         self.state = State.STARTING
         self._since = time.monotonic()
-        self.history: list[tuple[State, State, float]] = []
-        """(from, to, seconds spent in `from`) for every transition, for tests and `doctor`."""
+        self.history: collections.deque[tuple[State, State, float]] = collections.deque(maxlen=_KEEP)
+        """(from, to, seconds spent in `from`) for the latest transitions; bounded, as the daemon runs for
+        months (the journal has them all)."""
 
     def go(self, new: State, why: str = "") -> None:
         with self._lock:

@@ -7,6 +7,7 @@ opens again a short tail after the last sentence, once the room has stopped ring
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -19,6 +20,7 @@ from device.speaker import Speaker
 _LOGGER = logging.getLogger(__name__)
 
 MAX_PAUSE_MS = 20_000
+_KEEP_SPOKEN = 200
 """Longest silence a sentence may ask for: an exercise's longest phase, with room to spare."""
 
 
@@ -59,8 +61,9 @@ class Voice:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._failing = False
-        self.spoken: list[str] = []
-        """Every sentence actually handed to the speaker, in order (for the transcript and tests)."""
+        self.spoken: collections.deque[str] = collections.deque(maxlen=_KEEP_SPOKEN)
+        """The last sentences actually handed to the speaker, in order; bounded, as the daemon runs for
+        months."""
         self._thread = threading.Thread(target=self._run, name="voice", daemon=True)
         self._thread.start()
 

@@ -76,7 +76,7 @@ def test_voice_speaks_in_order_and_returns_at_once() -> None:
     for _ in range(3):
         speaker.release.release()
     assert voice.wait_idle(5.0)
-    assert speaker.sentences == ["one.", "two.", "three."] == voice.spoken
+    assert speaker.sentences == ["one.", "two.", "three."] == list(voice.spoken)
     voice.close()
 
 
@@ -197,7 +197,7 @@ def test_acknowledgements_never_repeat_back_to_back(loopback: Loopback) -> None:
         conversation.acknowledge()
     voice.wait_idle(5.0)
     voice.close()
-    said = voice.spoken
+    said = list(voice.spoken)
     assert all(a != b for a, b in itertools.pairwise(said))
     assert len(set(said)) >= 3, "varied"
 
@@ -277,3 +277,18 @@ def test_frames_are_posted_between_turns_only(loopback: Loopback) -> None:
     poster.close()
     assert posted >= 2
     assert all(path == "/api/v1/sessions/s1/frames" for path in loopback.paths())
+
+
+def test_what_is_kept_for_inspection_stays_bounded_over_months() -> None:
+    states = StateMachine()
+    states.go(State.LISTENING)
+    for _ in range(300):
+        states.go(State.SENDING)
+        states.go(State.LISTENING)
+    assert len(states.history) == 200 and states.history[-1][:2] == (State.SENDING, State.LISTENING)
+    voice = Voice(RecordingSpeaker())
+    for n in range(250):
+        voice.say(f"sentence {n}.")
+    assert voice.wait_idle(10.0)
+    voice.close()
+    assert len(voice.spoken) == 200 and voice.spoken[-1] == "sentence 249."
