@@ -169,6 +169,11 @@ class LlamaCppChat:
             (time.monotonic() - started) * 1000,
         )
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF's key-value header (the chat template, the model's name, ...)."""
+        return dict(self._llm.metadata)
+
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 

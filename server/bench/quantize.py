@@ -20,12 +20,28 @@ Progress = Callable[[str, int, int], None]
 _QUANTIZE_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")  # "[  12/ 288] blk.0.ffn_up.weight - ..."
 
 
+QUANT_TYPES = ("Q4_K_M", "Q8_0")
+"""The quantisations offered: Q4_K_M is what a Pi runs; Q8_0 is near-lossless, for a machine with memory."""
+
+
 def quantize_q4_k_m(
     source: Path, dest: Path, *, n_threads: int = 0, progress: Progress | None = None
 ) -> Path:
     """Quantise with llama.cpp itself, so `dest` has the tensor types a real Q4_K_M download has
     (Q6_K for the tied embeddings and some FFN-down/V tensors, Q4_K elsewhere); 0 threads means all cores."""
+    return quantize(source, dest, "Q4_K_M", n_threads=n_threads, progress=progress)
+
+
+def quantize(
+    source: Path, dest: Path, kind: str, *, n_threads: int = 0, progress: Progress | None = None
+) -> Path:
+    """Quantise `source` (an f16/bf16/f32 GGUF) to `kind`, one of QUANT_TYPES, with llama.cpp's quantiser."""
     import llama_cpp
+
+    if kind not in QUANT_TYPES:
+        raise ModelError(
+            "quantize_failed", f"unknown quantisation {kind!r}; choose one of {', '.join(QUANT_TYPES)}"
+        )
 
     n_tensors = 0
 
@@ -37,7 +53,7 @@ def quantize_q4_k_m(
             progress("quantize", int(tensor[1]) - 1, n_tensors)
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
     params.nthread = n_threads
     with llama_log(on_line) as recent:
         status = llama_cpp.llama_model_quantize(
