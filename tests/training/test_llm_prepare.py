@@ -25,7 +25,7 @@ from server.llm import fold_system
 from server.prompt import Prompts
 from tests.conftest import ROOT, SHARED_DATA, tadbot
 from training.__main__ import main
-from training.llm.clean import clean_answer, clean_question, looks_english, signer_names
+from training.llm.clean import clean_answer, clean_question, first_sentences, looks_english, signer_names
 from training.llm.prepare import rank_answers
 from training.llm.readers import (
     daily_dialog,
@@ -623,6 +623,7 @@ def test_bad_input_is_one_line_and_exit_2(
             "--test-fraction 0.4: expected less than 1 together",
         ),
         (["--max-answer-words", "0"], "--max-answer-words 0: expected 1 or more"),
+        (["--max-sentences", "-1"], "--max-sentences -1: expected 0 (whole answers) or more"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(
@@ -631,6 +632,37 @@ def test_bad_options_are_one_line_and_exit_2(
     assert main(["prepare", "--source", str(SAMPLE), "--out", str(tmp_path / "out"), *options]) == 2
     assert message in _one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_first_sentences_splits_as_the_server_speaks() -> None:
+    text = "Dr. Lee says breathe. It helps!\n\nTry it now. Then rest."
+    assert first_sentences(text, 2) == ("Dr. Lee says breathe. It helps!", True)
+    assert first_sentences(text, 4) == (text, False)
+    assert first_sentences("One thought, no stop", 1) == ("One thought, no stop", False)
+
+
+def test_max_sentences_cuts_the_answers_and_the_card_counts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = _prepare(tmp_path / "whole", capsys)
+    cut = _prepare(tmp_path / "cut", capsys, "--max-sentences", "1")
+    assert cut["examples"] == whole["examples"], "cutting must not drop an example"
+    longer = 0
+    for split in SPLITS:
+        for before, after in zip(
+            _lines(tmp_path / "whole" / f"{split}.jsonl"),
+            _lines(tmp_path / "cut" / f"{split}.jsonl"),
+            strict=True,
+        ):
+            reply, full = after["messages"][-1]["content"], before["messages"][-1]["content"]
+            assert first_sentences(reply, 1) == (reply, False) and full.startswith(reply.split("\n")[0])
+            longer += reply != full
+    card = json.loads((tmp_path / "cut" / "data_card.json").read_text())
+    assert card["options"]["max_sentences"] == 1 and longer > 0
+    assert card["dropped"]["answers, shortened"]["cut to their first 1 sentence"] >= longer
+    assert (
+        json.loads((tmp_path / "whole" / "data_card.json").read_text())["dropped"]["answers, shortened"] == {}
+    )
 
 
 def test_a_bad_csv_through_tadbot_is_one_line_and_exit_2(tmp_path: Path) -> None:

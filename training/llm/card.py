@@ -116,6 +116,7 @@ def write(
         "options": {
             "answers": config.answers,
             "max_answer_words": config.max_answer_words,
+            "max_sentences": config.max_sentences,
             "cleaning_rules_version": rules_version(),
             "val_fraction": config.val_fraction,
             "test_fraction": config.test_fraction,

@@ -15,6 +15,8 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
+from server.sentences import SentenceSplitter
+
 _MARK = "\x00"
 """Stands where a link or address was taken out, until its sentence is judged."""
 _LINK_ASIDE = re.compile(rf"\s*\([^()]*{_MARK}[^()]*\)")
@@ -193,6 +195,18 @@ def looks_english(text: str) -> bool:
     """Whether a text is in English rather than Spanish, the one other language counsel-chat holds."""
     english, spanish = _language_votes(text)
     return english >= spanish
+
+
+def first_sentences(text: str, count: int) -> tuple[str, bool]:
+    """The first `count` sentences, split as the server splits a reply for speech (paragraphs count as
+    sentences); True when something was cut."""
+    splitter = SentenceSplitter()
+    sentences = splitter.feed(text + "\n")
+    rest = splitter.flush()
+    sentences += [rest] if rest else []
+    if len(sentences) <= count:
+        return text, False
+    return " ".join(sentences[:count]), True
 
 
 def word_count(text: str) -> int:

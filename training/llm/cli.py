@@ -49,6 +49,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drop longer counsel-chat answers, counted after cleaning (default %(default)s)",
     )
     prepare.add_argument(
+        "--max-sentences",
+        type=int,
+        default=d.max_sentences,
+        help="cut each counsel-chat answer to its first N sentences, nearer a spoken reply (default: whole)",
+    )
+    prepare.add_argument(
         "--val-fraction",
         type=float,
         default=d.val_fraction,
@@ -93,6 +99,7 @@ def config_from(args: argparse.Namespace) -> PrepareConfig:
         out=args.out,
         answers=args.answers,
         max_answer_words=args.max_answer_words,
+        max_sentences=args.max_sentences,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,

@@ -21,7 +21,7 @@ from server.config import PersonaSection
 from server.errors import ConfigError
 from server.llm import fold_system
 from training.llm import card
-from training.llm.clean import clean_answer, clean_question, looks_english, word_count
+from training.llm.clean import clean_answer, clean_question, first_sentences, looks_english, word_count
 from training.llm.readers import DataError, Dialog, Source, read_source
 from training.llm.split import SPLITS, Item, assign_splits, exact_key
 
@@ -42,6 +42,9 @@ class PrepareConfig:
     """Counsel-chat answers kept per question: "best" (the most upvoted), or K (up to K, by upvotes)."""
     max_answer_words: int = 400
     """Counsel-chat answers longer than this, after cleaning, are dropped: the companion speaks briefly."""
+    max_sentences: int = 0
+    """Counsel-chat answers are cut to their first N sentences (0: kept whole): a written answer is longer
+    than a spoken reply."""
     val_fraction: float = 0.1
     """Share of question groups drawn for validation when the sources name no validation split."""
     test_fraction: float = 0.1
@@ -65,6 +68,8 @@ class PrepareConfig:
             _bad("answers", self.answers, "best or a number of answers per question, 1 or more")
         if self.max_answer_words < 1:
             _bad("max_answer_words", self.max_answer_words, "1 or more")
+        if self.max_sentences < 0:
+            _bad("max_sentences", self.max_sentences, "0 (whole answers) or more")
         for key in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 _bad(key, getattr(self, key), "from 0 up to (not including) 1")
@@ -131,7 +136,12 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
         _LOGGER.debug(
             "%s (%s): %d rows, %d dialogs", source.name, source.kind, len(source.rows), len(source.dialogs)
         )
-    dropped: dict[str, Counter[str]] = {"answers": Counter(), "questions": Counter(), "dialogs": Counter()}
+    dropped: dict[str, Counter[str]] = {
+        "answers": Counter(),
+        "answers, shortened": Counter(),
+        "questions": Counter(),
+        "dialogs": Counter(),
+    }
     pending: list[_Pending] = []
     for source in sources:
         pending += _counsel_pending(source, config, dropped)
@@ -188,6 +198,12 @@ def _counsel_pending(
         if word_count(answer) > config.max_answer_words:
             dropped["answers"][f"longer than {config.max_answer_words} words"] += 1
             continue
+        if config.max_sentences:
+            answer, cut = first_sentences(answer, config.max_sentences)
+            plural = "s" if config.max_sentences > 1 else ""
+            dropped["answers, shortened"][f"cut to their first {config.max_sentences} sentence{plural}"] += (
+                cut
+            )
         kept_questions.add(key)
         item = Item(f"{title} {text}", (f"{source.name}#{row.question_id}",), row.split)
         pending.append(_Pending(item, row.topic, _user_text(title, text), answer, row.upvotes))
