@@ -46,9 +46,12 @@ $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
 	touch $@
 
+# The fine-tune's tests export GGUF files with llama.cpp's own converter, fetched here (the llama-cpp-python
+# sdist, through pip and its cache) because tests never download.
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -e ".[server,device,training,dev]"
 	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
+	$(BIN)/tadbot train fetch-converter
 	touch $@
 
 clean:

@@ -76,7 +76,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """`tadbot train` runs `python -m training` (fer, prepare, generate) in its own process, as
+    """`tadbot train` runs `python -m training` (fer, prepare, ..., eval) in its own process, as
     `tadbot device` runs the device: the server never imports training, and the CLI starts without torch."""
     verbose = ["--verbose"] if args.verbose else []
     return subprocess.call([sys.executable, "-m", "training", *verbose, *args.rest])

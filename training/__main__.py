@@ -1,6 +1,6 @@
 """`python -m training`: what `tadbot train` runs, in its own process, so the server never imports this
-package (nor torch). One subcommand per tool (fer, prepare, generate); errors are one line on stderr, as in
-the rest of `tadbot`: exit 2 for bad input, 1 for anything else."""
+package (nor torch). One subcommand per tool (fer, prepare, generate, sft, merge, fetch-converter, export,
+eval); errors are one line on stderr, as in the rest of `tadbot`: exit 2 for bad input, 1 otherwise."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from server.errors import ConfigError, TadbotError
 from training.fer import cli as fer_cli
 from training.llm import cli as llm_cli
+from training.llm import finetune_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
     fer_cli.add_parser(targets)
     llm_cli.add_parser(targets)
+    finetune_cli.add_parsers(targets)
     return parser
 
 
