@@ -74,6 +74,12 @@ def _run(env: dict[str, str], *args: str, timeout: float = 300) -> dict[str, Any
     return result
 
 
+def _sft(env: dict[str, str], data: Path, out: Path, config: Path, base: Path) -> dict[str, Any]:
+    return _run(
+        env, "sft", "--data", str(data), "--out", str(out), "--config", str(config), "--model", str(base)
+    )
+
+
 def _error(env: dict[str, str], *args: str) -> str:
     done = tadbot("train", *args, env=env, timeout=300)
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
@@ -110,18 +116,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, converter: Path) -> Chain:
     base = build_tiny_hf_gemma2(tmp / "base", _corpus(data))
     config = tmp / "tiny.yaml"
     config.write_text(TINY_CONFIG, encoding="utf-8")
-    sft = _run(
-        env,
-        "sft",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp / "run"),
-        "--config",
-        str(config),
-        "--model",
-        str(base),
-    )
+    sft = _sft(env, data, tmp / "run", config, base)
     merge = _run(env, "merge", "--adapter", sft["adapter"], "--out", str(tmp / "merged"))
     export = _run(env, "export", "--model", str(tmp / "merged"), "--out", str(tmp / "gguf" / "tadbot.gguf"))
     report = _run(
@@ -269,6 +264,20 @@ def test_a_run_with_checkpoints_goes_on_only_when_asked(chain: Chain, tmp_path: 
     assert [int(r.split(",")[0]) for r in rows[1:] if r.split(",")[2]] == [1, 2, 3, 4]
     error = _error(chain.env, *common, "--out", str(tmp_path / "fresh"), "--resume")
     assert "holds no checkpoint" in error
+
+
+def test_a_run_too_short_to_log_a_loss_still_ends_with_its_summary(chain: Chain, tmp_path: Path) -> None:
+    config = tmp_path / "short.yaml"
+    config.write_text(
+        TINY_CONFIG.replace("max_steps: 4", "max_steps: 1").replace("logging_steps: 1", "logging_steps: 5")
+    )
+    done = tadbot(
+        "train", "sft", "--data", str(chain.data), "--out", str(tmp_path / "run"), "--config", str(config),
+        "--model", str(chain.base), env=chain.env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "1 steps (lora, cpu), loss not logged → not logged" in done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["first_loss"] is None
 
 
 def test_4bit_without_cuda_is_refused_with_what_to_do(chain: Chain, tmp_path: Path) -> None:
@@ -492,18 +501,7 @@ def test_sft_on_the_real_counsel_chat(tmp_path: Path, converter: Path) -> None:
     config.write_text(
         TINY_CONFIG.replace("max_steps: 4", "max_steps: 3") + "sft_arguments: {max_length: 2048}\n"
     )
-    sft = _run(
-        env,
-        "sft",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "run"),
-        "--config",
-        str(config),
-        "--model",
-        str(base),
-    )
+    sft = _sft(env, data, tmp_path / "run", config, base)
     assert sft["steps"] == 3 and sft["last_loss"] < sft["first_loss"]
     assert sft["train"]["kept"] + sft["train"]["too_long"] == prepared["examples"]["train"]
     assert sft["train"]["kept"] > 0.9 * prepared["examples"]["train"]

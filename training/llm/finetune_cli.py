@@ -113,10 +113,14 @@ def _run_sft(args: argparse.Namespace) -> int:
     return _done(
         summary,
         lambda s: (
-            f"train sft: {s['steps']} steps ({s['mode']}, {s['device']}), loss {s['first_loss']:.4f} → "
-            f"{s['last_loss']:.4f}; adapter in {s['adapter']}"
+            f"train sft: {s['steps']} steps ({s['mode']}, {s['device']}), loss {_loss(s['first_loss'])} → "
+            f"{_loss(s['last_loss'])}; adapter in {s['adapter']}"
         ),
     )
+
+
+def _loss(value: float | None) -> str:
+    return "not logged" if value is None else f"{value:.4f}"
 
 
 def _run_merge(args: argparse.Namespace) -> int:

@@ -46,10 +46,7 @@ def run_sft(run: SftRun) -> dict[str, Any]:
         raise ConfigError(
             "no_data", f"{train_path} is missing: run `tadbot train prepare --out {run.data}` first"
         )
-    checkpoints = sorted(
-        run.out.glob("checkpoint-*"),
-        key=lambda p: int(p.name.rpartition("-")[2] or 0) if p.name[-1:].isdigit() else -1,
-    )
+    checkpoints = sorted(run.out.glob("checkpoint-*"), key=_checkpoint_step)
     if checkpoints and not run.resume:
         raise ConfigError(
             "out_not_empty",
@@ -128,6 +125,12 @@ def run_sft(run: SftRun) -> dict[str, Any]:
     }
     (run.out / "sft.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _checkpoint_step(path: Path) -> int:
+    """checkpoint-10 comes after checkpoint-9, which a plain sort would not give."""
+    step = path.name.rpartition("-")[2]
+    return int(step) if step.isdigit() else -1
 
 
 def _import_training_libraries() -> dict[str, Any]:
