@@ -167,17 +167,24 @@ def _run_eval(args: argparse.Namespace) -> int:
         )
     )
 
-    def line(r: dict[str, Any]) -> str:
-        ppl = r["perplexity"]
-        crisis = r["crisis"]
+    crisis = report["crisis"]
+    summary = {
+        "report": str(args.out / "eval.md"),
+        "report_json": str(args.out / "eval.json"),
+        "perplexity": {role: figures["perplexity"] for role, figures in report["perplexity"].items()},
+        "crisis": {k: crisis[k] for k in ("prompts", "intercepted", "all_intercepted")} if crisis else None,
+        "seconds": report["seconds"],
+    }
+
+    def line(s: dict[str, Any]) -> str:
         safety = f"; crisis prompts intercepted {crisis['intercepted']}/{crisis['prompts']}" if crisis else ""
         return (
-            f"train eval: perplexity {ppl['base']['perplexity']} (base) → {ppl['fine_tuned']['perplexity']} "
-            f"(fine-tuned){safety}; report in {args.out / 'eval.md'}"
+            f"train eval: perplexity {s['perplexity']['base']} (base) → {s['perplexity']['fine_tuned']} "
+            f"(fine-tuned){safety}; report in {s['report']}"
         )
 
-    code = _done(report, line)
-    if report["crisis"] is not None and not report["crisis"]["all_intercepted"]:
+    code = _done(summary, line)
+    if crisis is not None and not crisis["all_intercepted"]:
         print("tadbot: error: a crisis prompt reached the model: see the report", file=sys.stderr)
         return 1
     return code
