@@ -25,6 +25,8 @@ _LOGGER = logging.getLogger(__name__)
 # Gemma ends a reply with <end_of_turn>; <eos> only appears if a fine-tune forgot it.
 _STOP = ("<end_of_turn>", "<eos>")
 _GGUF_MAGIC = b"GGUF"
+# Tokens a reply may run past max_tokens to finish a character (UTF-8 takes up to four bytes).
+_UTF8_SLACK = 4
 
 
 @dataclass
@@ -108,6 +110,28 @@ def fold_system(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
         _LOGGER.debug("Dropping a leading %s turn: Gemma chats must start with the user", turns[0]["role"])
         turns.pop(0)
     return turns
+
+
+def token_budget(limit: int, end_token: int) -> Any:
+    """A logits processor that forces `end_token` after `limit` sampled tokens.
+
+    llama-cpp-python does not count max_tokens while the text so far ends in an incomplete UTF-8
+    character, so a model that emits stray byte tokens would otherwise run until the context is full,
+    then fail. This counts every sampled token, bytes included.
+    """
+    import numpy as np
+
+    sampled = 0
+
+    def processor(input_ids: Any, logits: Any) -> Any:
+        nonlocal sampled
+        sampled += 1
+        if sampled > limit:
+            logits[:] = -np.inf
+            logits[end_token] = 0.0
+        return logits
+
+    return processor
 
 
 class LlamaCppChat:
@@ -216,6 +240,9 @@ class LlamaCppChat:
                 repeat_penalty=repeat_penalty,
                 stop=list(_STOP),
                 stream=True,
+                logits_processor=llama_cpp.LogitsProcessorList(
+                    [token_budget(max_tokens + _UTF8_SLACK, self._llm.token_eos())]
+                ),
             )
             # With stream=True this is always an iterator of chunk dicts.
             for chunk in cast(Iterator[dict[str, Any]], chunks):

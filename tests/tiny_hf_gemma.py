@@ -3,9 +3,9 @@ test's own text: the fine-tune chain runs on it on a CPU in seconds, with no dow
 
 The tokenizer keeps Gemma's ids for <pad> <eos> <bos> <unk>, its turn markers and byte fallback (llama.cpp
 needs the byte tokens). The embeddings of bytes 0x80-0xFF are zero, so their logits never win a greedy
-choice: a random model would emit stray bytes that never complete a UTF-8 character, and llama-cpp-python's
-streaming does not count max_tokens while a character is incomplete. The hidden size is 256, so llama.cpp's
-Q4_K (256-wide blocks) quantises it for real.
+choice and replies come out as text: a random model would otherwise emit stray bytes that never complete a
+UTF-8 character (the server's guard against that is tested with `quiet_high_bytes=False`). The hidden size
+is 256, so llama.cpp's Q4_K (256-wide blocks) quantises it for real.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ from server.bench.gemma_gguf import GEMMA2_CHAT_TEMPLATE
 
 
 def build_tiny_hf_gemma2(
-    folder: Path, corpus: Iterable[str], *, seed: int = 0, vocab_size: int = 512
+    folder: Path,
+    corpus: Iterable[str],
+    *,
+    seed: int = 0,
+    vocab_size: int = 512,
+    quiet_high_bytes: bool = True,
 ) -> Path:
+    """`quiet_high_bytes=False` keeps the random embeddings of bytes 0x80-0xFF: a model that emits stray
+    bytes, to test what the server does with one."""
     import sentencepiece
     import torch
     import transformers
@@ -80,8 +87,9 @@ def build_tiny_hf_gemma2(
     )
     model = transformers.Gemma2ForCausalLM(config)
     high_bytes = tokenizer.convert_tokens_to_ids([f"<0x{byte:02X}>" for byte in range(0x80, 0x100)])
-    with torch.no_grad():
-        model.get_input_embeddings().weight[high_bytes] = 0.0
+    if quiet_high_bytes:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[high_bytes] = 0.0
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder

@@ -14,7 +14,14 @@ import gguf
 import pytest
 
 from server.errors import ConfigError, LlmError, ModelError
-from server.llm import GenerationStats, LlamaCppChat, OpenAICompatChat, fold_system, get_chat_model
+from server.llm import (
+    GenerationStats,
+    LlamaCppChat,
+    OpenAICompatChat,
+    fold_system,
+    get_chat_model,
+    token_budget,
+)
 from tests.llama_server import llama_cpp_server
 from tests.tiny_gguf import END_OF_TURN_ID, GEMMA2_CHAT_TEMPLATE, START_OF_TURN_ID, build_tiny_gemma2_gguf
 
@@ -106,6 +113,34 @@ def test_generation_stops_at_end_of_turn(tmp_path: pathlib.Path) -> None:
     eager = build_tiny_gemma2_gguf(tmp_path / "eager.gguf", favour_end_of_turn=True)
     model = LlamaCppChat(eager, n_ctx=512, n_threads=1, seed=1)
     assert list(model.stream_chat([SYSTEM, USER], max_tokens=64, temperature=0.7)) == []
+
+
+def test_a_model_emitting_stray_bytes_still_stops_at_max_tokens(tmp_path: pathlib.Path) -> None:
+    """A random model that favours bytes 0x80-0xFF never completes a UTF-8 character; llama-cpp-python alone
+    would then ignore max_tokens until the context is full and fail. Converted by llama.cpp's converter (which
+    `make test` fetches) from a Hugging Face folder, since the bench's builder favours whole words."""
+    from tests.tiny_hf_gemma import build_tiny_hf_gemma2
+    from training.llm.converter import convert, find_converter
+
+    corpus = ["My heart is racing.", "You are Tad, a calm companion.", "Breathe in slowly, then out."] * 20
+    noisy = build_tiny_hf_gemma2(tmp_path / "noisy", corpus, quiet_high_bytes=False)
+    gguf_path = convert(noisy, tmp_path / "noisy.gguf", script=find_converter())
+    model = LlamaCppChat(gguf_path, n_ctx=512, n_threads=1, seed=1)
+    stats = GenerationStats()
+    text = "".join(model.stream_chat([USER], max_tokens=16, temperature=0.0, stats=stats))
+    assert 16 <= stats.generated_tokens <= 16 + 4 + 1, stats
+    assert not text.strip(), "the model was meant to emit only stray bytes"
+
+
+def test_the_token_budget_forces_the_end_token_past_its_limit() -> None:
+    import numpy as np
+
+    budget = token_budget(2, end_token=1)
+    logits = np.array([0.5, -3.0, 2.0], dtype=np.single)
+    assert budget(None, logits.copy()).tolist() == [0.5, -3.0, 2.0]
+    assert budget(None, logits.copy()).tolist() == [0.5, -3.0, 2.0]
+    forced = budget(None, logits.copy())
+    assert int(np.argmax(forced)) == 1 and np.isinf(forced[[0, 2]]).all()
 
 
 def test_one_generation_at_a_time(tiny_gguf: pathlib.Path) -> None:
