@@ -320,7 +320,7 @@ def test_export_writes_a_q4_k_m_gguf_with_the_models_chat_template(chain: Chain)
     import gguf
 
     path = Path(chain.export["gguf"])
-    assert path.is_file() and not path.with_name("tadbot.f16.gguf").exists()
+    assert path.is_file() and not path.with_name("tadbot.unquantised.gguf").exists()
     assert chain.export["chat_template"] == "kept" and chain.export["smoke_reply"].strip()
     reader = gguf.GGUFReader(path)
 
@@ -370,7 +370,8 @@ def test_export_q8_0_can_keep_the_unquantised_file(chain: Chain, tmp_path: Path)
     )  # fmt: skip
     assert result["quant"] == "Q8_0"
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
-    unquantised = gguf.GGUFReader(tmp_path / "q8.f16.gguf")
+    # The tiny model's weights are fp32: "auto" makes them f16 (Gemma's bf16 would stay bf16).
+    unquantised = gguf.GGUFReader(tmp_path / "q8.unquantised.gguf")
     assert unquantised.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
 
 

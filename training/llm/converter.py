@@ -94,7 +94,7 @@ def fetch_converter(sdist: Path | None = None, dest: Path | None = None) -> dict
     return {"converter": str(dest / SCRIPT), "sdist": sdist.name, "sha256": digest, "fetched": "new"}
 
 
-def convert(model_dir: Path, out: Path, outtype: str = "f16", script: Path | None = None) -> Path:
+def convert(model_dir: Path, out: Path, outtype: str = "auto", script: Path | None = None) -> Path:
     """Run the converter in its own process (it puts its own gguf-py first on the path); its log is kept
     and the last lines explain a failure."""
     script = script or find_converter()

@@ -45,10 +45,11 @@ def run_export(run: ExportRun) -> dict[str, Any]:
     template = chat_template_of(run.model)
     script = find_converter()
     run.out.parent.mkdir(parents=True, exist_ok=True)
-    unquantised = run.out.with_name(f"{run.out.stem}.f16.gguf")
+    unquantised = run.out.with_name(f"{run.out.stem}.unquantised.gguf")
     partial = run.out.with_name(f".{run.out.name}.partial")
     try:
-        convert(run.model, unquantised, "f16", script)
+        # The converter's "auto" keeps bf16 weights (Gemma's) in bf16, where f16 could overflow; else f16.
+        convert(run.model, unquantised, script=script)
         quantize(unquantised, partial, run.quant, n_threads=run.threads)
         os.replace(partial, run.out)
     finally:

@@ -72,7 +72,9 @@ def add_parsers(subparsers: Any) -> None:
         "--quant", choices=QUANT_TYPES, default="Q4_K_M", help="quantisation (default %(default)s, for a Pi)"
     )
     export.add_argument(
-        "--keep-unquantised", action="store_true", help="keep the f16 GGUF beside it (OUT.f16.gguf)"
+        "--keep-unquantised",
+        action="store_true",
+        help="keep the 16-bit GGUF beside it (OUT.unquantised.gguf)",
     )
     export.add_argument("--threads", type=int, default=0, help="quantiser threads; 0: all cores")
     export.set_defaults(run=_run_export)
