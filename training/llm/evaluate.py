@@ -160,6 +160,8 @@ def _score_model(
         raise ConfigError("no_data", f"no conversation fits in {max_length} tokens for {name}")
     del model
     gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     mean = total_nll / tokens
     _LOGGER.info("%s: perplexity %.3f over %d assistant tokens", name, math.exp(mean), tokens)
     figures = {
