@@ -285,6 +285,29 @@ def test_a_run_too_short_to_log_a_loss_still_ends_with_its_summary(chain: Chain,
     assert json.loads(done.stdout.splitlines()[-1])["first_loss"] is None
 
 
+def test_bad_training_input_is_one_line_naming_what_to_fix(chain: Chain, tmp_path: Path) -> None:
+    common = ("--config", str(chain.config), "--out", str(tmp_path / "run"))
+    error = _error(
+        chain.env, "sft", "--data", str(chain.data), "--model", str(tmp_path / "no-model"), *common
+    )
+    assert error == f"tadbot: error: cannot load the tokenizer of {tmp_path / 'no-model'}: no such folder"
+    # A hub name, offline: the hub library's several-line message, cut to one.
+    assert "cannot load the tokenizer of google/gemma-2-2b-it: " in _error(
+        chain.env, "sft", "--data", str(chain.data), "--model", "google/gemma-2-2b-it", *common
+    )
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": 5}\n')
+    error = _error(chain.env, "sft", "--data", str(bad), "--model", str(chain.base), *common)
+    assert (
+        error
+        == f"tadbot: error: {bad / 'train.jsonl'} line 2: messages must be user/assistant turns with text"
+    )
+    error = _error(chain.env, "sft", "--data", str(tmp_path / "nothing"), "--model", str(chain.base), *common)
+    assert "train.jsonl is missing: run `tadbot train prepare" in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_4bit_without_cuda_is_refused_with_what_to_do(chain: Chain, tmp_path: Path) -> None:
     config = tmp_path / "4bit.yaml"
     config.write_text("peft_config: {quantisation: 4bit}\n", encoding="utf-8")

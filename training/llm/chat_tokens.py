@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import TadbotError
+from server.errors import ConfigError, TadbotError
 
 IGNORE = -100
 """The label PyTorch's cross-entropy skips: prompt tokens carry it."""
@@ -35,7 +35,7 @@ def read_chats(path: Path) -> Iterator[list[dict[str, str]]]:
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
-        raise TadbotError("bad_data", f"{path}: cannot read ({exc})") from exc
+        raise ConfigError("bad_data", f"{path}: cannot read ({exc})") from exc
     with handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -43,7 +43,7 @@ def read_chats(path: Path) -> Iterator[list[dict[str, str]]]:
             try:
                 messages = json.loads(line)["messages"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise TadbotError(
+                raise ConfigError(
                     "bad_data", f"{path} line {number}: not a {{'messages': [...]}} object ({exc})"
                 ) from exc
             if not isinstance(messages, list) or not all(
@@ -52,7 +52,7 @@ def read_chats(path: Path) -> Iterator[list[dict[str, str]]]:
                 and isinstance(m.get("content"), str)
                 for m in messages
             ):
-                raise TadbotError(
+                raise ConfigError(
                     "bad_data", f"{path} line {number}: messages must be user/assistant turns with text"
                 )
             yield messages

@@ -24,7 +24,7 @@ from typing import Any
 
 from server.errors import ConfigError
 from training.llm.chat_tokens import IGNORE, encode_chat, read_chats
-from training.llm.libraries import require
+from training.llm.libraries import require, unloadable
 
 _LOGGER = logging.getLogger(__name__)
 PROMPTS_VERSION = 1
@@ -134,7 +134,7 @@ def _score_model(
             device_map={"": device},
         )
     except (OSError, ValueError) as exc:
-        raise ConfigError("model_unavailable", f"cannot load {name}: {exc}") from exc
+        raise unloadable("the model", name, exc) from exc
     model.eval()
     total_nll, tokens, skipped = 0.0, 0, 0
     with torch.no_grad():

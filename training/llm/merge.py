@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import ConfigError
-from training.llm.libraries import require
+from training.llm.libraries import require, unloadable
 
 _LOGGER = logging.getLogger(__name__)
 # llama.cpp's converter reads Gemma's vocabulary from the SentencePiece model, which newer transformers no
@@ -55,7 +55,7 @@ def run_merge(run: MergeRun) -> dict[str, Any]:
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype="auto")
     except (OSError, ValueError) as exc:
-        raise ConfigError("model_unavailable", f"cannot load the base model {base}: {exc}") from exc
+        raise unloadable("the base model", base, exc) from exc
     merged = peft.PeftModel.from_pretrained(model, str(run.adapter)).merge_and_unload()
     run.out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(run.out))

@@ -20,7 +20,7 @@ from typing import Any
 
 from server.errors import ConfigError
 from training.llm.chat_tokens import Encoded, encode_chat, read_chats
-from training.llm.libraries import require
+from training.llm.libraries import require, unloadable
 from training.llm.sft_config import SftConfig
 
 _LOGGER = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _load_tokenizer(transformers: Any, name: str) -> Any:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise ConfigError("model_unavailable", f"cannot load the tokenizer of {name}: {exc}") from exc
+        raise unloadable("the tokenizer of", name, exc) from exc
     if not tokenizer.chat_template:
         raise ConfigError(
             "no_chat_template", f"{name} has no chat template: use an instruction-tuned (-it) model"
@@ -212,7 +212,7 @@ def _load_model(libs: dict[str, Any], config: SftConfig, *, cuda: bool, four_bit
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError("model_unavailable", f"cannot load {config.model_name}: {exc}") from exc
+        raise unloadable("the model", config.model_name, exc) from exc
     if four_bit:
         model = libs["peft"].prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=bool(peft_config["gradient_checkpointing"])
