@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,6 +89,10 @@ def _budget_s(text: str) -> float:
     return 15.0 + 0.2 * len(text)
 
 
+def _has_speech(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > _WAV_HEADER_BYTES
+
+
 class _Engine:
     """pyttsx3's engine, used only through `save_to_file`, plus a wait for the end of each utterance.
 
@@ -123,12 +128,16 @@ class _Engine:
         self._engine.save_to_file(text, str(path))
         printed = io.StringIO()
         # pyttsx3 prints ("Audio saved to ...") from espeak's thread: keep it out of the transcript on stdout.
+        deadline = time.monotonic() + _budget_s(text)
         with contextlib.redirect_stdout(printed):
             self._engine.runAndWait()
             finished = self._finished.wait(_budget_s(text))
+            # A late notification from the utterance before can end the wait early: the file then follows.
+            while finished and not _has_speech(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if printed.getvalue().strip():
             _LOGGER.debug("pyttsx3: %s", printed.getvalue().strip())
-        if not finished or not path.is_file() or path.stat().st_size <= _WAV_HEADER_BYTES:
+        if not finished or not _has_speech(path):
             raise SpeakerError("tts_failed", f"pyttsx3 did not write speech to {path}")
 
     def close(self) -> None:
