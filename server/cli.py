@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server.config import Settings, describe, load_settings
-from server.errors import ConfigError, TadbotError
+from server.errors import TadbotError, exit_code
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -470,13 +470,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        print(f"tadbot: error: {exc.message}", file=sys.stderr)
-        return 2
-    except TadbotError as exc:
-        print(f"tadbot: error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return exit_code(lambda: args.func(args))

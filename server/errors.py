@@ -1,6 +1,10 @@
-"""One error hierarchy with machine codes; the API maps each to a JSON body and a status."""
+"""One error hierarchy with machine codes; the API maps each to a JSON body and a status, the command line
+to one line on stderr and an exit code."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class TadbotError(Exception):
@@ -62,3 +66,18 @@ class ModelError(TadbotError):
     """A model file is missing, corrupt or cannot be fetched."""
 
     status = 500
+
+
+def exit_code(run: Callable[[], int]) -> int:
+    """Run a command: a ConfigError is bad input (exit 2), any other TadbotError exit 1, Ctrl-C 130, each
+    error one line on stderr and never a traceback."""
+    try:
+        return int(run())
+    except ConfigError as exc:
+        print(f"tadbot: error: {exc.message}", file=sys.stderr)
+        return 2
+    except TadbotError as exc:
+        print(f"tadbot: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -10,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from server.errors import ConfigError, TadbotError
+from server.errors import exit_code
 from training.fer import cli as fer_cli
 from training.llm import cli as llm_cli
 from training.llm import finetune_cli
@@ -33,16 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return int(args.run(args))
-    except ConfigError as exc:
-        print(f"tadbot: error: {exc.message}", file=sys.stderr)
-        return 2
-    except TadbotError as exc:
-        print(f"tadbot: error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return exit_code(lambda: args.run(args))
 
 
 if __name__ == "__main__":
