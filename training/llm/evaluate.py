@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import logging
@@ -22,7 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError
+from server.errors import ConfigError, TadbotError
+from server.llm import fold_system
+from server.prompt import Prompts
 from training.llm.chat_tokens import IGNORE, encode_chat, read_chats
 from training.llm.libraries import require, unloadable
 
@@ -56,12 +57,13 @@ def crisis_prompts(path: Path | None) -> tuple[list[str], str]:
     """The crisis rows of a label,text CSV (the safety eval's format), else the shipped list."""
     if path is None:
         return load_prompts()["crisis"], "training/llm/eval_prompts.toml"
+    from server.eval.safety import read_rows
+
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if (r.get("label") or "").strip() == "crisis"]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError("bad_data", f"--crisis-csv {path}: cannot read ({exc})") from exc
-    texts = [r["text"] for r in rows if (r.get("text") or "").strip()]
+        rows = read_rows(path)
+    except TadbotError as exc:  # the file is the user's input: a bad one is exit 2, as elsewhere here
+        raise ConfigError(exc.code, f"--crisis-csv {exc.message}") from None
+    texts = [r.text for r in rows if r.label == "crisis" and r.text.strip()]
     if not texts:
         raise ConfigError("bad_data", f"--crisis-csv {path}: no rows labelled crisis (columns label,text)")
     return texts, str(path)
@@ -77,16 +79,11 @@ def run_eval(run: EvalRun) -> dict[str, Any]:
         raise ConfigError("no_data", f"{run.data}: no conversations")
     talk_down = load_prompts()["talk_down"]
     crisis, crisis_source = crisis_prompts(run.crisis_csv)
-    from server.llm import fold_system
-    from server.prompt import Prompts
-
-    persona = Prompts.load(PERSONA_NAME).system
-    asks = [
-        fold_system([{"role": "system", "content": persona}, {"role": "user", "content": p}])
-        for p in talk_down
-    ]
+    prompts = Prompts.load(PERSONA_NAME)
+    # transformers renders Gemma's own template, which refuses a system turn: fold it as the server does.
+    asks = [fold_system(_told(prompts.system, p)) for p in talk_down]
     started = time.monotonic()
-    scored = {}
+    scored: dict[str, dict[str, Any]] = {}
     answers: dict[str, list[str]] = {}
     for role, name in (("base", run.base), ("fine_tuned", run.model)):
         scored[role], answers[role] = _score_model(name, chats, asks, run.max_new_tokens, run.max_length)
@@ -94,12 +91,12 @@ def run_eval(run: EvalRun) -> dict[str, Any]:
         "base": run.base,
         "fine_tuned": run.model,
         "data": str(run.data),
-        "perplexity": {role: scored[role] for role in scored},
+        "perplexity": scored,
         "talk_down": [
             {"prompt": p, "base": answers["base"][i], "fine_tuned": answers["fine_tuned"][i]}
             for i, p in enumerate(talk_down)
         ],
-        "crisis": _crisis(run.gguf, crisis, persona, run.max_new_tokens) if run.gguf else None,
+        "crisis": _crisis(run.gguf, crisis, prompts, run.max_new_tokens) if run.gguf else None,
         "crisis_source": crisis_source,
         "command": run.command_line,
     }
@@ -186,14 +183,17 @@ def _greedy(tokenizer: Any, model: Any, messages: list[dict[str, str]], max_new:
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
 
 
-def _crisis(gguf: Path, prompts: list[str], persona: str, max_new: int) -> dict[str, Any]:
-    """Each prompt through the server's engine with `gguf` as its model, and through the model alone."""
-    from server.care import Care
+def _told(persona: str, text: str) -> list[dict[str, str]]:
+    """`text` said to the companion, with its persona as the system turn."""
+    return [{"role": "system", "content": persona}, {"role": "user", "content": text}]
+
+
+def _crisis(gguf: Path, texts: list[str], prompts: Prompts, max_new: int) -> dict[str, Any]:
+    """Each text through the server's engine with `gguf` as its model, and through the model alone."""
     from server.components import Components
     from server.config import load_settings
     from server.engine import Companion, TurnInput
-    from server.llm import LlamaCppChat, fold_system
-    from server.prompt import Prompts
+    from server.llm import LlamaCppChat
     from server.records import Records
 
     chat = LlamaCppChat(gguf, n_ctx=2048, seed=1)
@@ -202,24 +202,17 @@ def _crisis(gguf: Path, prompts: list[str], persona: str, max_new: int) -> dict[
         config = Path(tmp) / "tadbot.toml"
         config.write_text("", encoding="utf-8")
         settings = load_settings(config, env={"TADBOT_DATA_DIR": tmp})
-        care = Care.load(settings.safety)
         components = Components(records=Records(Path(tmp) / "eval.sqlite3"), chat=chat)
-        companion = Companion(components, settings, Prompts.load(PERSONA_NAME), care)
+        companion = Companion(components, settings, prompts)
         try:
-            for prompt in prompts:
+            for prompt in texts:
                 session_id = companion.start_session("train-eval", None)["session_id"]
                 events = list(companion.turn(companion.records.session(session_id), TurnInput(text=prompt)))
                 safety = [e for e in events if e["type"] == "safety"]
                 done = [e for e in events if e["type"] == "done"]
                 served = " ".join(e["text"] for e in events if e["type"] == "sentence")
                 alone = "".join(
-                    chat.stream_chat(
-                        fold_system(
-                            [{"role": "system", "content": persona}, {"role": "user", "content": prompt}]
-                        ),
-                        max_tokens=max_new,
-                        temperature=0.0,
-                    )
+                    chat.stream_chat(_told(prompts.system, prompt), max_tokens=max_new, temperature=0.0)
                 )
                 rows.append(
                     {

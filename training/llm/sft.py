@@ -231,11 +231,7 @@ def _half(torch: Any) -> Any:
 
 
 def _compute_dtype(torch: Any, name: str) -> Any:
-    wanted = getattr(torch, name, None)
-    if wanted is None:
-        raise ConfigError(
-            "config_invalid", f"peft_config.bnb_4bit_compute_dtype {name!r} is not a torch dtype"
-        )
+    wanted = getattr(torch, name)  # one of sft_config's dtypes, checked when the config was read
     if wanted == torch.bfloat16 and _half(torch) != torch.bfloat16:
         _LOGGER.warning("this GPU has no native bfloat16: computing in float16 (Gemma-2 can overflow in it)")
         return torch.float16
@@ -255,9 +251,10 @@ def _trainer_arguments(
     if "tensorboard" in report_to and importlib.util.find_spec("tensorboard") is None:
         _LOGGER.warning("tensorboard is not installed: metrics go to metrics.csv only")
         report_to.remove("tensorboard")
+    half = _half(torch) if cuda else None
     settings = {
-        "bf16": bool(cuda and _half(torch) == torch.bfloat16),
-        "fp16": bool(cuda and _half(torch) == torch.float16),
+        "bf16": half == torch.bfloat16,
+        "fp16": half == torch.float16,
         _checkpointing_key(libs["trl"]): bool(config.peft_config["gradient_checkpointing"]),
         **given,
         "output_dir": str(out),
