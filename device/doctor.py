@@ -177,11 +177,21 @@ def data_dir(config: Path | None, env: Mapping[str, str]) -> Path:
 class Doctor:
     """The checks for one role. The health answer is fetched once and shared by the checks that need it."""
 
-    def __init__(self, settings: DeviceSettings, role: str, *, sound: bool, data: Path) -> None:
+    def __init__(
+        self,
+        settings: DeviceSettings,
+        role: str,
+        *,
+        sound: bool,
+        data: Path,
+        earlier: Sequence[Result] = (),
+    ) -> None:
         self.settings = settings
         self.role = role
         self.sound = sound
         self.data = data
+        self.earlier = tuple(earlier)
+        """Checks the caller already ran (`tadbot doctor` decodes the server's LLM), reported first."""
         self._health: dict[str, Any] | ServerError | None = None
 
     def plan(self) -> list[tuple[str, bool, Callable[[], Outcome]]]:
@@ -202,7 +212,9 @@ class Doctor:
         return [*checks, ("disk", True, self.disk), ("memory", True, self.memory)]
 
     def run(self, report: Callable[[Result], None]) -> list[Result]:
-        results = []
+        results = list(self.earlier)
+        for result in results:
+            report(result)
         for name, required, check in self.plan():
             results.append(Result(name, required, _guarded(check)))
             report(results[-1])
@@ -561,7 +573,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="also print every check as one JSON object on the last line"
     )
+    parser.add_argument(
+        "--result",
+        action="append",
+        default=[],
+        type=_earlier_result,
+        metavar="JSON",
+        help=argparse.SUPPRESS,  # a check `tadbot doctor` ran on the server side, reported with the rest
+    )
     return parser
+
+
+def _earlier_result(text: str) -> Result:
+    """One check as `Result.as_json` writes it; the server side's checks come in this way, since device/
+    never imports server/."""
+    try:
+        given = json.loads(text)
+        outcome = Outcome(
+            State(given["state"]),
+            str(given["detail"]),
+            str(given.get("fix", "")),
+            tuple(given.get("notes", ())),
+        )
+        return Result(str(given["name"]), bool(given.get("required", True)), outcome)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"not a check result: {text[:80]}") from exc
 
 
 def _fail(message: str, code: int) -> int:
@@ -582,7 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = find_config_file(args.config)
     except DeviceConfigError as exc:
         return _fail(exc.message, 2)
-    doctor = Doctor(settings, args.role, sound=not args.no_sound, data=data_dir(config, os.environ))
+    doctor = Doctor(
+        settings, args.role, sound=not args.no_sound, data=data_dir(config, os.environ), earlier=args.result
+    )
     out = _Printer(sys.stdout)
     out.line(f"{PROG}: role {args.role}, config {config or 'none (defaults)'}")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
 import subprocess
@@ -69,10 +70,32 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`tadbot doctor` is the device's check of the box (device/doctor.py), in its own process: the server
-    package imports nothing from the device."""
+    package imports nothing from the device. Where the box runs the server, the LLM is first loaded and
+    decoded here, in a child process of its own, and the device's doctor reports that check with the rest."""
     _require("device")
     config = ["--config", args.config] if args.config else []
-    return subprocess.call([sys.executable, "-m", "device.doctor", *config, *args.rest])
+    role = argparse.ArgumentParser(add_help=False)
+    role.add_argument("--role", default="device")
+    earlier = []
+    if role.parse_known_args(args.rest)[0].role in ("server", "both") and "-h" not in args.rest:
+        earlier = ["--result", json.dumps(_doctor_llm(_settings(args)))]
+    return subprocess.call([sys.executable, "-m", "device.doctor", *config, *args.rest, *earlier])
+
+
+def _doctor_llm(settings: Settings) -> dict[str, str]:
+    """The doctor's `llm` line: the configured GGUF loaded and decoded in a child, as the server would."""
+    from server.components import LLM_VERDICTS
+    from server.llm_check import check_decode, remember
+    from server.models import resolve_model_path
+
+    llm = settings.llm
+    if llm.backend != "llama_cpp":
+        return {"name": "llm", "state": "skip", "detail": f"not decoded here: backend {llm.backend}"}
+    path = resolve_model_path(llm.model_path)
+    sizes = {"n_ctx": llm.n_ctx, "n_threads": llm.n_threads, "n_batch": llm.n_batch}
+    found = check_decode(path, **sizes, timeout_s=llm.check_timeout_s)
+    remember(settings.data_path / LLM_VERDICTS, path, found, **sizes)
+    return {"name": "llm", "state": "pass" if found.ok else "fail", "detail": found.detail}
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+LLM_VERDICTS = "llm-checks.json"
+"""In the data dir: whether each model file decoded on this CPU (server.llm_check)."""
+
 
 @dataclass(frozen=True)
 class ComponentStatus:
@@ -110,19 +113,16 @@ def fer_options(settings: Settings) -> dict[str, Any]:
 
 def _build_llm(settings: Settings) -> Any:
     from server.llm import get_chat_model
+    from server.llm_check import ensure_decodes
     from server.models import resolve_model_path
 
     llm = settings.llm
     if llm.backend == "openai":
         return get_chat_model("openai", base_url=llm.base_url, model=llm.model, timeout_s=llm.timeout_s)
-    return get_chat_model(
-        "llama_cpp",
-        model_path=resolve_model_path(llm.model_path),
-        n_ctx=llm.n_ctx,
-        n_threads=llm.n_threads,
-        n_batch=llm.n_batch,
-        seed=llm.seed,
-    )
+    path = resolve_model_path(llm.model_path)
+    sizes = {"n_ctx": llm.n_ctx, "n_threads": llm.n_threads, "n_batch": llm.n_batch}
+    ensure_decodes(path, **sizes, timeout_s=llm.check_timeout_s, verdicts=settings.data_path / LLM_VERDICTS)
+    return get_chat_model("llama_cpp", model_path=path, **sizes, seed=llm.seed)
 
 
 def _build_memory(settings: Settings) -> Any:

@@ -70,6 +70,12 @@ class LlmSection:
     )
     seed: int = _opt(-1, "Sampling seed; -1 or 0 picks a random one.", lo=-1, hi=2**31 - 1)
     timeout_s: float = _opt(120.0, "Timeout for an OpenAI-compatible engine.", lo=1, hi=3600)
+    check_timeout_s: float = _opt(
+        180.0,
+        "Time a child process gets to load the GGUF and decode a few tokens before the server loads it.",
+        lo=10,
+        hi=3600,
+    )
 
 
 @dataclass(frozen=True)

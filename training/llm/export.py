@@ -88,11 +88,19 @@ def chat_template_of(model: Path) -> str:
 
 
 def smoke_test(gguf: Path, template: str) -> dict[str, Any]:
-    """Load the file as the server does and stream one short reply; its template must be the model's."""
-    from server.llm import LlamaCppChat
+    """Load the file as the server does and stream one short reply; its template must be the model's.
 
+    A child process decodes it first, as the server's start-up does: a kernel that crashes on this CPU
+    is then one line, not the export dying with a signal."""
+    from server.llm import LlamaCppChat
+    from server.llm_check import Outcome, check_decode
+
+    threads = os.cpu_count() or 1
+    found = check_decode(gguf, n_ctx=512, n_threads=threads, n_batch=256, timeout_s=600)
+    if found.outcome in (Outcome.CRASH, Outcome.TIMEOUT):
+        raise TadbotError("model_crashes", found.detail)
     with llama_log():
-        chat = LlamaCppChat(gguf, n_ctx=512, n_threads=os.cpu_count() or 1, seed=1)
+        chat = LlamaCppChat(gguf, n_ctx=512, n_threads=threads, seed=1)
         embedded = chat.metadata.get("tokenizer.chat_template")
         if embedded != template:
             raise TadbotError(
