@@ -55,7 +55,8 @@ def build_components(settings: Settings) -> Components:
     data.mkdir(parents=True, exist_ok=True)
     components = Components(records=Records(data / "tadbot.sqlite3"))
     components.status["db"] = ComponentStatus("ok")
-    components.transcriber = _try(components, "stt", "stt.engine", lambda: _build_stt(settings))
+    stt_key = "stt.model" if settings.stt.engine == "faster_whisper" else "stt.engine"
+    components.transcriber = _try(components, "stt", stt_key, lambda: _build_stt(settings))
     components.fer = _try(components, "fer", "fer.model_path", lambda: _build_fer(settings))
     components.chat = _try(components, "llm", _llm_key(settings), lambda: _build_llm(settings))
     components.memory = _try(components, "memory", "memory.embedder_path", lambda: _build_memory(settings))
@@ -89,7 +90,18 @@ def _llm_key(settings: Settings) -> str:
 def _build_stt(settings: Settings) -> Any:
     from server.stt import get_transcriber
 
-    return get_transcriber(settings.stt.engine, language=settings.stt.language)
+    stt = settings.stt
+    if stt.engine != "faster_whisper":
+        return get_transcriber(stt.engine, language=stt.language)
+    from server.stt_whisper import find_model
+
+    whisper = {
+        "model_dir": find_model(stt.model),
+        "compute_type": stt.compute_type,
+        "threads": stt.threads,
+        "beam_size": stt.beam_size,
+    }
+    return get_transcriber(stt.engine, language=stt.language, whisper=whisper)
 
 
 def _build_fer(settings: Settings) -> Any:

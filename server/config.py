@@ -106,11 +106,29 @@ class FerSection:
 @dataclass(frozen=True)
 class SttSection:
     engine: str = _opt(
-        "sphinx",
-        "Speech-to-text engine (SpeechRecognition back end).",
-        choices=("sphinx", "vosk", "faster_whisper"),
+        "faster_whisper",
+        "Speech-to-text engine: faster_whisper (Whisper, the default) or sphinx (PocketSphinx, the small "
+        "fallback).",
+        choices=("faster_whisper", "sphinx"),
     )
-    language: str = _opt("en-US", "Language of the speech.")
+    model: str = _opt(
+        "whisper-tiny.en",
+        "faster_whisper: a catalogue name (whisper-tiny.en is installed with TADBot; whisper-base.en and "
+        "whisper-small.en come from `tadbot models pull`) or the path of a CTranslate2 Whisper folder.",
+    )
+    compute_type: str = _opt(
+        "int8",
+        "faster_whisper: the number type the weights run in; int8 is fastest on a CPU.",
+        choices=("int8", "int8_float32", "float32", "default"),
+    )
+    threads: int = _opt(0, "faster_whisper: CPU threads; 0 uses every core, up to 4.", lo=0, hi=64)
+    beam_size: int = _opt(
+        5,
+        "faster_whisper: beam width; every hypothesis of the beam goes through the crisis check.",
+        lo=1,
+        hi=10,
+    )
+    language: str = _opt("en-US", "Language of the speech (faster_whisper reads the part before the '-').")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Speech-to-text: read the uploaded WAV in memory, then turn it into words with an offline engine.
 
 Audio is never written to disk: the privacy promise is that nothing raw is kept, not even in a temp file.
+Whisper (`server/stt_whisper.py`) is the default engine; PocketSphinx, here, is the small fallback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 import warnings
 import wave
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from server.errors import ConfigError, ModelError, SttError
 
@@ -24,7 +26,7 @@ _MAX_RATE = 48000
 _SPHINX_RATE = 16000  # the PocketSphinx acoustic models are trained on 16 kHz audio
 _SAMPLE_WIDTH = 2
 _SEND_THIS = "send 16-bit PCM mono WAV at 8000 to 48000 Hz (16000 Hz is best)"
-_PLANNED_ENGINES = ("vosk", "faster_whisper")
+ENGINES = ("faster_whisper", "sphinx")
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,47 @@ def read_wav(data: bytes, *, max_seconds: float) -> WavAudio:
     return WavAudio(pcm=pcm, sample_rate=rate, duration_s=frames / rate)
 
 
+@dataclass(frozen=True)
+class Word:
+    """One word of the best transcript and the engine's probability that it is right (0 to 1)."""
+
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What an engine heard: the best text, the other hypotheses it weighed (best first), and how sure
+    it was. The crisis check reads every hypothesis; the record keeps the words' probabilities."""
+
+    text: str
+    engine: str
+    alternatives: tuple[str, ...] = ()
+    words: tuple[Word, ...] = ()
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+
+    @property
+    def hypotheses(self) -> tuple[str, ...]:
+        return (self.text, *self.alternatives)
+
+    def confidence(self) -> dict[str, Any]:
+        """The turn record's `confidence`: per-word probabilities and the average log-probability."""
+        found: dict[str, Any] = {"engine": self.engine}
+        if self.avg_logprob is not None:
+            found["avg_logprob"] = self.avg_logprob
+        if self.words:
+            found["words"] = [[word.text, word.probability] for word in self.words]
+        return found
+
+
 class Transcriber(Protocol):
     """Anything that turns one utterance into text; the turn handler depends on this, not on an engine."""
 
     name: str
 
-    def transcribe(self, audio: WavAudio) -> str:
-        """Return the words heard, or "" when nothing was said."""
+    def transcribe(self, audio: WavAudio) -> Transcript:
+        """Return what was heard; an empty text when nothing was said."""
         ...
 
 
@@ -117,10 +153,11 @@ class SphinxTranscriber:
         self._lock = threading.Lock()
         _LOGGER.info("sphinx decoder loaded in %.0f ms from %s", 1000 * (time.perf_counter() - started), hmm)
 
-    def transcribe(self, audio: WavAudio) -> str:
+    def transcribe(self, audio: WavAudio) -> Transcript:
         """Decode one whole utterance; silence gives "" because a quiet turn is not a failure."""
         if not audio.pcm:
-            return ""  # a header-only WAV is an empty turn, and the decoder raises IndexError on no samples
+            # A header-only WAV is an empty turn, and the decoder raises IndexError on no samples.
+            return Transcript(text="", engine=self.name)
         started = time.perf_counter()
         try:
             raw = self._audio_data(audio.pcm, audio.sample_rate, _SAMPLE_WIDTH).get_raw_data(
@@ -146,7 +183,7 @@ class SphinxTranscriber:
             audio.duration_s,
             1000 * (time.perf_counter() - started),
         )
-        return text
+        return Transcript(text=text, engine=self.name)
 
 
 def _sphinx_model_paths(language: str, speech_recognition_dir: str) -> tuple[str, str, str]:
@@ -179,14 +216,14 @@ def _sphinx_model_paths(language: str, speech_recognition_dir: str) -> tuple[str
     return paths
 
 
-def get_transcriber(engine: str, **kwargs: str) -> Transcriber:
-    """Build the engine named by `stt.engine`; the planned names are seams for engines with bigger models."""
+def get_transcriber(engine: str, *, language: str, whisper: dict[str, Any] | None = None) -> Transcriber:
+    """Build the engine named by `stt.engine`; `whisper` holds faster-whisper's options and model folder."""
     if engine == "sphinx":
-        return SphinxTranscriber(**kwargs)
-    if engine in _PLANNED_ENGINES:
-        raise ConfigError(
-            "stt_engine_unavailable",
-            f"stt.engine = {engine!r} is not available in this version; allowed: sphinx",
-        )
-    planned = ", ".join(_PLANNED_ENGINES)
-    raise ValueError(f"unknown stt.engine {engine!r}; allowed: sphinx (planned: {planned})")
+        return SphinxTranscriber(language=language)
+    if engine == "faster_whisper":
+        from server.stt_whisper import WhisperTranscriber
+
+        options = dict(whisper or {})
+        model_dir = Path(options.pop("model_dir"))
+        return WhisperTranscriber(model_dir, language=language, **options)
+    raise ValueError(f"unknown stt.engine {engine!r}; allowed: {', '.join(ENGINES)}")

@@ -22,7 +22,7 @@ def test_defaults_match_the_documented_fixed_keys(tmp_path: Path) -> None:
     assert settings.llm.backend == "llama_cpp" and settings.llm.model_path == "models/llm.gguf"
     assert settings.llm.base_url == ""
     assert settings.fer.model_path == "models/fer.onnx"
-    assert settings.stt.engine == "sphinx"
+    assert settings.stt.engine == "faster_whisper" and settings.stt.model == "whisper-tiny.en"
 
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
