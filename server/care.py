@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,21 @@ class Care:
         return Assessment(
             Level.CRISIS, "similar_example", f"like '{near.example}' ({near.similarity})", found.panic
         )
+
+    def assess_heard(
+        self, hypotheses: Sequence[str], *, second_opinion: bool = True
+    ) -> tuple[Assessment, int]:
+        """Every hypothesis the speech engine weighed, best first: the best one's reading, unless another
+        reads as a crisis. A misheard word ("bills" for "pills") must not decide whether a person in crisis
+        is given the helpline. Returns the reading and the index of the hypothesis it came from."""
+        best = self.assess(hypotheses[0], second_opinion=second_opinion)
+        if best.level == Level.CRISIS:
+            return best, 0
+        for index, other in enumerate(hypotheses[1:], 1):
+            found = self.assess(other, second_opinion=second_opinion)
+            if found.level == Level.CRISIS:
+                return found, index
+        return best, 0
 
     def crisis_lines(self) -> list[Line]:
         return [Line(text) for text in self.crisis.lines]

@@ -30,6 +30,7 @@ from server.model_queue import ModelQueue
 from server.prompt import Prompts, build_messages, stage_for, turn_content
 from server.records import Conversation, SessionRow
 from server.safety import Assessment, Level
+from server.stt import Transcript
 from server.summary import Summariser
 
 _LOGGER = logging.getLogger(__name__)
@@ -123,11 +124,12 @@ class Companion:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            text = given.text or ""
+            heard = Transcript(text=given.text or "", engine="typed")
             if given.audio is not None:
                 t0 = time.perf_counter()
-                text = self.components.transcriber.transcribe(given.audio)
+                heard = self.components.transcriber.transcribe(given.audio)
                 timings["stt_ms"] = _ms(t0)
+            text = heard.text
             yield event(EventType.TRANSCRIPT, text=text)
 
             top3: list[dict[str, Any]] = []
@@ -149,23 +151,24 @@ class Companion:
 
             t0 = time.perf_counter()
             command = self.commands.match(text)
-            assessment = self.care.assess(text, second_opinion=command is None)
+            assessment, source = self.care.assess_heard(heard.hypotheses, second_opinion=command is None)
             timings["safety_ms"] = _ms(t0)
+            confidence = heard.confidence() if given.audio is not None else None
             if assessment.level == Level.CRISIS:
-                yield from self._crisis(session, text, assessment, started, timings)
+                yield from self._crisis(session, heard, source, confidence, assessment, started, timings)
                 return
             # Only words the safety check found nothing in can be a command: a concern goes to the model.
             if command is not None and assessment.level == Level.NONE:
-                yield from self._command(session, text, command, started, timings)
+                yield from self._command(session, text, confidence, command, started, timings)
                 return
             exercise = self.care.exercise_for(session.id, text)
             if exercise is not None:
-                self.records.add_turn(session.id, "user", text, {})
+                self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
                 self._remember(session, "user", text)
                 lines = self.care.exercise_lines(exercise)
                 yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
                 return
-            yield from self._answer(session, text, assessment, top3, started, timings)
+            yield from self._answer(session, text, confidence, assessment, top3, started, timings)
         except TadbotError as exc:
             _LOGGER.warning("turn failed in session %s: %s (%s)", session.id, exc.code, exc.message)
             yield event(EventType.ERROR, code=exc.code, message=exc.message)
@@ -180,16 +183,30 @@ class Companion:
     def _crisis(
         self,
         session: SessionRow,
-        text: str,
+        heard: Transcript,
+        source: int,
+        confidence: dict[str, Any] | None,
         assessment: Assessment,
         started: float,
         timings: dict[str, float],
     ) -> Iterator[dict[str, Any]]:
-        """The scripted crisis reply: recorded and flagged for the therapist, alerted, and spoken at once."""
-        turn_id = self.records.add_turn(session.id, "user", text, {})
+        """The scripted crisis reply: recorded and flagged for the therapist, alerted, and spoken at once.
+
+        `source` is the speech hypothesis that read as a crisis (0: the transcript itself); the safety
+        event keeps the words of another one, since the transcript alone would not show why."""
+        text = heard.text
+        turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
         helpline = self.care.crisis.helpline
         trigger = f"{assessment.rule}: {assessment.trigger}"
-        self.records.add_safety_event(session.id, turn_id, Level.CRISIS, trigger, helpline)
+        self.records.add_safety_event(
+            session.id,
+            turn_id,
+            Level.CRISIS,
+            trigger,
+            helpline,
+            hypothesis=source + 1,
+            heard_as=heard.hypotheses[source] if source else "",
+        )
         _LOGGER.warning(
             "session %s: crisis (%s); answering from the crisis script", session.id, assessment.rule
         )
@@ -201,7 +218,13 @@ class Companion:
         yield from self._scripted(session, self.care.crisis_lines(), Source.CRISIS, started, timings)
 
     def _command(
-        self, session: SessionRow, text: str, command: Command, started: float, timings: dict[str, float]
+        self,
+        session: SessionRow,
+        text: str,
+        confidence: dict[str, Any] | None,
+        command: Command,
+        started: float,
+        timings: dict[str, float],
     ) -> Iterator[dict[str, Any]]:
         """Tag the turn for the device and answer from the commands file; the model is never asked.
 
@@ -210,7 +233,7 @@ class Companion:
         they say nothing about the person, and recalled later they would crowd out what does. A silent
         reply (pause) records no companion turn, so `done` carries the person's turn.
         """
-        turn_id = self.records.add_turn(session.id, "user", text, {})
+        turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
         _LOGGER.info("session %s: command %s", session.id, command.name)
         yield event(EventType.COMMAND, name=str(command.name))
         if command.reply:
@@ -225,6 +248,7 @@ class Companion:
         self,
         session: SessionRow,
         text: str,
+        confidence: dict[str, Any] | None,
         assessment: Assessment,
         top3: list[dict[str, Any]],
         started: float,
@@ -251,7 +275,7 @@ class Companion:
             )
 
         conversation, content = self.history.within_context(session.id, conversation, content_with, memories)
-        turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content)
+        turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content, confidence=confidence)
         if note:
             trigger = f"{assessment.rule}: {assessment.trigger}"
             self.records.add_safety_event(

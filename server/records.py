@@ -60,7 +60,11 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             "rolling_summary": "TEXT NOT NULL DEFAULT ''",
             "folded_through": "INTEGER NOT NULL DEFAULT 0",
         },
-        "turns": {"prompt": "TEXT"},
+        "turns": {"prompt": "TEXT", "confidence": "TEXT"},
+        "safety_events": {
+            "hypothesis": "INTEGER NOT NULL DEFAULT 1",
+            "heard_as": "TEXT NOT NULL DEFAULT ''",
+        },
     }
     for table, columns in wanted.items():
         have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
@@ -184,13 +188,23 @@ class Records:
         text: str,
         timings: dict[str, Any] | None = None,
         prompt: str | None = None,
+        confidence: dict[str, Any] | None = None,
     ) -> int:
-        """`prompt` is the turn as the model saw or wrote it, when that differs from the words kept."""
+        """`prompt` is the turn as the model saw or wrote it, when that differs from the words kept;
+        `confidence`, for a spoken turn, how sure speech recognition was of each word."""
         with self._connect() as db:
             cur = db.execute(
-                "INSERT INTO turns (session_id, role, text, created_at, timings, prompt) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (session_id, role, text, time.time(), json.dumps(timings or {}), prompt),
+                "INSERT INTO turns (session_id, role, text, created_at, timings, prompt, confidence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    role,
+                    text,
+                    time.time(),
+                    json.dumps(timings or {}),
+                    prompt,
+                    json.dumps(confidence) if confidence else None,
+                ),
             )
             return int(cur.lastrowid or 0)
 
@@ -242,14 +256,24 @@ class Records:
             )
 
     def add_safety_event(
-        self, session_id: str, turn_id: int | None, level: str, trigger: str, message: str
+        self,
+        session_id: str,
+        turn_id: int | None,
+        level: str,
+        trigger: str,
+        message: str,
+        *,
+        hypothesis: int = 1,
+        heard_as: str = "",
     ) -> None:
-        """`trigger`: the words that raised it; `message`: what the person was told, or what was blocked."""
+        """`trigger`: the words that raised it; `message`: what the person was told, or what was blocked;
+        `hypothesis`: which of speech recognition's hypotheses raised it (1, the transcript, unless
+        another one read as a crisis), and `heard_as` that hypothesis's words when it was not the first."""
         with self._connect() as db:
             db.execute(
-                "INSERT INTO safety_events (session_id, turn_id, t, level, trigger, message) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (session_id, turn_id, time.time(), level, trigger, message),
+                "INSERT INTO safety_events (session_id, turn_id, t, level, trigger, message, hypothesis, "
+                "heard_as) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, turn_id, time.time(), level, trigger, message, hypothesis, heard_as),
             )
 
     def end_session(self, session_id: str, summary: str) -> int:
@@ -288,9 +312,14 @@ class Records:
         head = self.session(session_id)
         with self._connect() as db:
             turns = [
-                {**dict(r), "timings": json.loads(r["timings"])}
+                {
+                    **dict(r),
+                    "timings": json.loads(r["timings"]),
+                    "confidence": json.loads(r["confidence"]) if r["confidence"] else None,
+                }
                 for r in db.execute(
-                    "SELECT id, role, text, created_at, timings FROM turns WHERE session_id = ? ORDER BY id",
+                    "SELECT id, role, text, created_at, timings, confidence FROM turns "
+                    "WHERE session_id = ? ORDER BY id",
                     (session_id,),
                 )
             ]
@@ -304,7 +333,7 @@ class Records:
             safety = [
                 dict(r)
                 for r in db.execute(
-                    "SELECT turn_id, t, level, trigger, message FROM safety_events "
+                    "SELECT turn_id, t, level, trigger, message, hypothesis, heard_as FROM safety_events "
                     "WHERE session_id = ? ORDER BY t, id",
                     (session_id,),
                 )

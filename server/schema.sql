@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS turns (
     created_at REAL NOT NULL,
     timings TEXT NOT NULL DEFAULT '{}',
     -- The turn as the model saw it (with its notes) or wrote it, replayed so the cached prefix matches.
-    prompt TEXT
+    prompt TEXT,
+    -- A spoken turn: JSON {"engine", "avg_logprob", "words": [[word, probability], ...]}.
+    confidence TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, id);
 
@@ -60,7 +62,10 @@ CREATE TABLE IF NOT EXISTS safety_events (
     t REAL NOT NULL,
     level TEXT NOT NULL,
     trigger TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    -- Which speech hypothesis raised it (1: the transcript) and, for another, its words.
+    hypothesis INTEGER NOT NULL DEFAULT 1,
+    heard_as TEXT NOT NULL DEFAULT ''
 );
 
 CREATE TABLE IF NOT EXISTS audit_log (
