@@ -35,8 +35,9 @@ from device.lines import load_lines
 from device.listen import END, Failed, Gate, Heard, Item, Listener, MicPcm, PcmSource, WavPcm
 from device.session import Conversation, Utterance
 from device.settings import DeviceSettings, load_settings, settings_to_toml
-from device.speaker import Pyttsx3Speaker, Speaker, WavDirSpeaker, WavFileSpeaker
+from device.speaker import AloudSpeaker, Speaker, WavDirSpeaker, WavFileSpeaker
 from device.states import StateMachine
+from device.synth import open_synth
 from device.timeline import FramePoster
 from device.vad import EndpointConfig, Endpointer
 from device.voice import Voice
@@ -190,12 +191,16 @@ def _frames(args: argparse.Namespace, settings: DeviceSettings) -> FrameSource |
 
 
 def _speaker(args: argparse.Namespace, settings: DeviceSettings) -> Speaker:
-    voice = (settings.tts_voice, settings.tts_rate, settings.tts_volume, settings.language)
-    if args.tts_out is None:
-        return Pyttsx3Speaker(*voice)
-    if args.mic_file is not None or Path(args.tts_out).is_dir():
-        return WavDirSpeaker(args.tts_out, *voice)
-    return WavFileSpeaker(args.tts_out, *voice)
+    synth, _ = open_synth(settings)
+    try:
+        if args.tts_out is None:
+            return AloudSpeaker(synth)
+        if args.mic_file is not None or Path(args.tts_out).is_dir():
+            return WavDirSpeaker(args.tts_out, synth)
+        return WavFileSpeaker(args.tts_out, synth)
+    except Exception:
+        synth.close()
+        raise
 
 
 def _barge_in(voice: Voice) -> Callable[[], None]:

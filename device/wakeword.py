@@ -23,6 +23,7 @@ import numpy as np
 
 from device.audio import SAMPLE_RATE
 from device.errors import DeviceConfigError
+from device.settings import models_path
 
 __all__ = ["CHUNK_SAMPLES", "WakeGate", "WakeWordDetector", "resolve_word_model"]
 
@@ -46,29 +47,20 @@ _WARMUP_SCORES: Final = 5
 _PULL: Final = "run `tadbot models pull wakeword`"
 
 
-def _models_path(configured: str | Path) -> Path:
-    """A relative path under `models/` follows $TADBOT_MODELS_DIR, as the server's model paths do."""
-    path = Path(configured).expanduser()
-    root = os.environ.get("TADBOT_MODELS_DIR")
-    if root and not path.is_absolute() and path.parts[:1] == ("models",):
-        return Path(root).joinpath(*path.parts[1:])
-    return path
-
-
 def resolve_word_model(wake_word: str, models_dir: str | Path) -> Path:
     """The word model's file: `wake_word` itself when it is a path, else `<models_dir>/<wake_word>*.onnx`.
 
     Of several versions of one word (hey_jarvis_v0.1, hey_jarvis_v0.2) the last in name order is taken.
     """
     if wake_word.endswith(".onnx") or "/" in wake_word or os.sep in wake_word:
-        path = _models_path(wake_word)
+        path = models_path(wake_word)
         if not path.is_file():
             raise DeviceConfigError(
                 f"wake word model {path} does not exist: {_PULL}, or set [device] wake_word to the path of "
                 "an openWakeWord .onnx model"
             )
         return path
-    directory = _models_path(models_dir)
+    directory = models_path(models_dir)
     found = sorted(directory.glob(f"{wake_word}*.onnx"))
     if not found:
         raise DeviceConfigError(
@@ -88,7 +80,7 @@ class WakeWordDetector:
 
     def __init__(self, wake_word: str, models_dir: str | Path, *, threshold: float = 0.5) -> None:
         word_path = resolve_word_model(wake_word, models_dir)
-        feature_dir = _models_path(models_dir)
+        feature_dir = models_path(models_dir)
         mel_path, embedding_path = (feature_dir / "melspectrogram.onnx", feature_dir / "embedding_model.onnx")
         for path in (mel_path, embedding_path):
             if not path.is_file():

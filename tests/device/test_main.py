@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import IO
 
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from device.__main__ import main
+from device.backoff import Backoff
 from device.lines import load_lines
 from tests.device import fake_pyaudio
 from tests.device.conftest import spoken_wav, tone, wav_bytes
@@ -222,6 +223,23 @@ def test_a_refused_token_stops_the_daemon_at_once(
     assert _rms(reply) > 500, "the person heard why the device stopped"
 
 
+def _after_first_failure(
+    monkeypatch: pytest.MonkeyPatch, delay_s: float, start: Callable[[], None]
+) -> threading.Timer:
+    """Run `start` `delay_s` after the daemon first finds the server down: timed from the daemon's start,
+    the server could come up while the voice is still loading, before the daemon has tried it at all."""
+    timer = threading.Timer(delay_s, start)
+    failed = Backoff.failed
+
+    def failed_then_start(self: Backoff) -> float:
+        if timer.ident is None:
+            timer.start()
+        return failed(self)
+
+    monkeypatch.setattr(Backoff, "failed", failed_then_start)
+    return timer
+
+
 @needs_espeak
 @pytest.mark.usefixtures("fake_mic")
 def test_the_daemon_waits_for_a_server_that_starts_late(
@@ -242,8 +260,7 @@ def test_the_daemon_waits_for_a_server_that_starts_late(
         started.append(next(servers[0]))
         started[0].script = REPLY
 
-    timer = threading.Timer(0.3, start_server)  # the daemon's first retry is after 1 s
-    timer.start()
+    timer = _after_first_failure(monkeypatch, 0.3, start_server)  # the daemon's first retry is after 1 s
     try:
         url, reply = f"http://127.0.0.1:{unused_port}", str(tmp_path / "reply.wav")
         code = main(["--server", url, "--token", TOKEN, "--camera=-1", "--tts-out", reply])
@@ -368,7 +385,7 @@ def test_a_mic_file_is_endpointed_into_turns_with_one_wav_per_reply(
 
 @needs_espeak
 def test_a_server_that_goes_away_gets_the_offline_exercise_and_is_used_again_when_back(
-    unused_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    unused_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The server is down for the first utterance and back for the second: the person hears the
     device's own exercise, then a real reply, with no restart."""
@@ -382,8 +399,7 @@ def test_a_server_that_goes_away_gets_the_offline_exercise_and_is_used_again_whe
         started.append(next(servers[0]))
         started[0].script = REPLY
 
-    timer = threading.Timer(4.0, start_server)  # after the first utterance, before the second
-    timer.start()
+    timer = _after_first_failure(monkeypatch, 3.5, start_server)  # after the 1st utterance, before the 2nd
     replies = tmp_path / "replies"
     try:
         url = f"http://127.0.0.1:{unused_port}"

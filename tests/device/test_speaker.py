@@ -1,3 +1,5 @@
+"""The voice the person hears: Piper by default, espeak-ng when Piper or its voice is missing."""
+
 from __future__ import annotations
 
 import ctypes.util
@@ -12,7 +14,10 @@ import numpy as np
 import pytest
 
 from device.errors import SpeakerError
-from device.speaker import Pyttsx3Speaker, WavFileSpeaker, _pick_voice
+from device.settings import DeviceSettings
+from device.speaker import AloudSpeaker, WavDirSpeaker, WavFileSpeaker
+from device.synth import EspeakSynth, PiperSynth, _pick_voice, find_piper_voice, installed_voices, open_synth
+from tests.conftest import ROOT
 
 needs_espeak = pytest.mark.skipif(
     ctypes.util.find_library("espeak-ng") is None and ctypes.util.find_library("espeak") is None,
@@ -28,37 +33,146 @@ def _rms(path: Path) -> tuple[float, float]:
     return float(np.sqrt(np.mean(samples**2))), seconds
 
 
+def _own_voice(tmp_path: Path, name: str = "en_US-test-medium") -> Path:
+    """A pulled voice under its own name: a copy of the installed Piper voice, which the test may delete."""
+    installed = find_piper_voice("en_US-joe-medium", tmp_path / "none")
+    voices = tmp_path / "voices"
+    voices.mkdir(exist_ok=True)
+    shutil.copy(installed, voices / f"{name}.onnx")
+    shutil.copy(f"{installed}.json", voices / f"{name}.onnx.json")
+    return voices
+
+
+def test_piper_is_the_default_and_its_voice_comes_installed(tmp_path: Path) -> None:
+    synth, fallback = open_synth(DeviceSettings(voices_dir=str(tmp_path)))
+    try:
+        assert fallback == "" and isinstance(synth, PiperSynth)
+        assert synth.description == "Piper voice en_US-joe-medium"
+        speech = synth.synthesize("Let's breathe together.")
+    finally:
+        synth.close()
+    assert speech.rate == 22_050
+    samples = np.frombuffer(speech.pcm, dtype="<i2").astype(np.float64)
+    assert float(np.sqrt(np.mean(samples**2))) > 500, "Piper's speech is (nearly) silent"
+    assert 0.8 < speech.seconds < 4
+
+
+def test_tts_rate_sets_pipers_pace_in_words_per_minute(tmp_path: Path) -> None:
+    voice = find_piper_voice("en_US-joe-medium", tmp_path)
+    text = "You are safe here, and I am staying with you while this passes."
+    slow, fast = (PiperSynth(voice, wpm, 1.0).synthesize(text).seconds for wpm in (120, 200))
+    assert 1.45 < slow / fast < 1.9, f"120 wpm should take about 200/120 the time of 200 wpm: {slow / fast}"
+
+
+def test_a_pulled_voice_is_found_by_name_before_the_installed_one(tmp_path: Path) -> None:
+    voices = _own_voice(tmp_path, "en_US-joe-medium")
+    assert find_piper_voice("en_US-joe-medium", voices) == voices / "en_US-joe-medium.onnx"
+
+
+def test_a_missing_or_incomplete_voice_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SpeakerError, match=r"en_US-amy-medium is not in .* `tadbot models pull en_US-amy"):
+        find_piper_voice("en_US-amy-medium", tmp_path)
+    with pytest.raises(SpeakerError, match=r"gone.onnx does not exist \(\[device\] piper_voice\)"):
+        find_piper_voice(str(tmp_path / "gone.onnx"), tmp_path)
+    voices = _own_voice(tmp_path)
+    (voices / "en_US-test-medium.onnx.json").unlink()
+    with pytest.raises(SpeakerError, match=r"has no en_US-test-medium.onnx.json beside it"):
+        find_piper_voice("en_US-test-medium", voices)
+
+
+def test_a_broken_voice_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    voices = _own_voice(tmp_path)
+    (voices / "en_US-test-medium.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(SpeakerError, match=r"cannot load Piper voice .*en_US-test-medium.onnx"):
+        PiperSynth(voices / "en_US-test-medium.onnx", 165, 1.0)
+
+
 @needs_espeak
+def test_when_the_voice_is_removed_espeak_ng_speaks_and_says_why(tmp_path: Path) -> None:
+    voices = _own_voice(tmp_path)
+    settings = DeviceSettings(piper_voice="en_US-test-medium", voices_dir=str(voices))
+    synth, fallback = open_synth(settings)
+    assert (synth.description, fallback) == ("Piper voice en_US-test-medium", "")
+    synth.close()
+    (voices / "en_US-test-medium.onnx").unlink()
+    synth, fallback = open_synth(settings)
+    try:
+        assert isinstance(synth, EspeakSynth) and synth.description.startswith("espeak-ng voice ")
+        assert fallback.startswith(f"Piper voice en_US-test-medium is not in {voices} and not installed")
+        speech = synth.synthesize("I am still here.")
+    finally:
+        synth.close()
+    assert speech.seconds > 0.5 and max(np.frombuffer(speech.pcm, dtype="<i2")) > 1000
+
+
+def test_the_installed_voices_are_the_catalogues_installed_voices() -> None:
+    """device/voices.toml and the server's catalogue must name the same PyPI voices."""
+    import tomllib
+
+    catalogue = tomllib.loads((ROOT / "models" / "catalogue.toml").read_text(encoding="utf-8"))
+    listed = {
+        (m["name"], m["installed"]["package"].replace("-", "_"))
+        for m in catalogue["models"]
+        if m["role"] == "voice" and "installed" in m
+    }
+    assert listed and {(v.name, v.package) for v in installed_voices()} == listed
+
+
 def test_wav_speaker_writes_one_audible_wav(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "reply.wav"
-    speaker = WavFileSpeaker(out, rate=165, volume=1.0, language="en")
+    synth, _ = open_synth(DeviceSettings())
+    speaker = WavFileSpeaker(out, synth)
     speaker.say("Let's breathe together.")
     speaker.say("   ")
     speaker.say("In for four, and out for six.")
     assert not out.exists(), "nothing is written before close"
     speaker.close()
-    assert capsys.readouterr().out == "", "pyttsx3's chatter must not mix into the transcript on stdout"
+    assert capsys.readouterr().out == "", "nothing mixes into the transcript on stdout"
     rms, seconds = _rms(out)
     assert rms > 500, f"the spoken WAV is (nearly) silent: RMS {rms:.0f}"
-    assert 1.5 < seconds < 10
+    assert 2.0 < seconds < 10
 
 
 @needs_espeak
+def test_the_espeak_fallback_writes_a_wav_too(tmp_path: Path) -> None:
+    out = tmp_path / "reply.wav"
+    speaker = WavFileSpeaker(out, open_synth(DeviceSettings(tts_engine="espeak"))[0])
+    speaker.say("Let's breathe together.")
+    speaker.close()
+    rms, seconds = _rms(out)
+    assert rms > 500 and 1.0 < seconds < 6
+
+
+def test_wav_dir_speaker_writes_each_reply_on_its_own(tmp_path: Path) -> None:
+    speaker = WavDirSpeaker(tmp_path / "replies", open_synth(DeviceSettings())[0])
+    speaker.say("Hello.")
+    speaker.end_reply("greeting")
+    speaker.say("I hear you.")
+    speaker.say("Let's slow down together.")
+    speaker.end_reply()
+    speaker.end_reply()
+    speaker.close()
+    assert [p.name for p in speaker.written] == ["greeting.wav", "reply-001.wav"]
+    assert _rms(speaker.written[1])[1] > _rms(speaker.written[0])[1]
+
+
 def test_wav_speaker_with_nothing_said_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "reply.wav"
-    WavFileSpeaker(out).close()
+    WavFileSpeaker(out, open_synth(DeviceSettings())[0]).close()
     assert not out.exists()
 
 
 def test_wav_speaker_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    synth = open_synth(DeviceSettings())[0]
     with pytest.raises(SpeakerError, match=r"folder .*missing or read-only"):
-        WavFileSpeaker(tmp_path / "no" / "reply.wav")
+        WavFileSpeaker(tmp_path / "no" / "reply.wav", synth)
 
 
 def test_speaking_aloud_without_aplay_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    synth = open_synth(DeviceSettings())[0]
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SpeakerError, match="alsa-utils"):
-        Pyttsx3Speaker()
+        AloudSpeaker(synth)
 
 
 VOICES = [
@@ -79,30 +193,34 @@ VOICES = [
         ("GMW/EN-029", "en", "gmw/en-029"),
     ],
 )
-def test_voice_is_picked_by_id_name_or_language(voice: str, language: str, expected: str) -> None:
+def test_espeak_voice_is_picked_by_id_name_or_language(voice: str, language: str, expected: str) -> None:
     assert _pick_voice(VOICES, voice, language) == expected
 
 
-def test_unknown_voice_or_language_is_an_error() -> None:
+def test_unknown_espeak_voice_or_language_is_an_error() -> None:
     with pytest.raises(SpeakerError, match="'Klingon' not found"):
         _pick_voice(VOICES, "Klingon", "en")
     with pytest.raises(SpeakerError, match="no TTS voice for language 'tlh'"):
         _pick_voice(VOICES, "", "tlh")
 
 
-@needs_espeak
-def test_say_aloud_blocks_until_playback_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Speech is played with `aplay`; a stand-in (there is no sound card) keeps the WAV and takes 0.5 s."""
-    played = tmp_path / "played.wav"
+@pytest.mark.parametrize("engine", ["piper", pytest.param("espeak", marks=needs_espeak)])
+def test_say_aloud_pipes_the_samples_to_aplay_and_blocks_until_it_ends(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in `aplay` (there is no sound card) keeps what it is given and takes 0.5 s to play it."""
+    played, args = tmp_path / "played.raw", tmp_path / "args"
     fake = tmp_path / "bin" / "aplay"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\nfor wav; do :; done\ncp "$wav" {played}\nsleep 0.5\n', encoding="utf-8")
+    fake.write_text(f'#!/bin/sh\necho "$@" > {args}\ncat > {played}\nsleep 0.5\n', encoding="utf-8")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    speaker = Pyttsx3Speaker(language="en-US")
+    speaker = AloudSpeaker(open_synth(DeviceSettings(tts_engine=engine, language="en-US"))[0])
     started = time.monotonic()
     speaker.say("Breathe in slowly.")
     elapsed = time.monotonic() - started
     speaker.close()
     assert elapsed >= 0.5, "say returned before playback ended: the microphone would hear the device"
-    assert _rms(played)[0] > 500
+    assert args.read_text().split() == ["-q", "-t", "raw", "-f", "S16_LE", "-c", "1", "-r", "22050", "-"]
+    samples = np.frombuffer(played.read_bytes(), dtype="<i2").astype(np.float64)
+    assert samples.size > 11_025 and float(np.sqrt(np.mean(samples**2))) > 500
