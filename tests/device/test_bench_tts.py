@@ -1,0 +1,39 @@
+"""`tadbot bench tts` measures both real voices on the talk-down's first three sentences."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from device.exercises import load_exercises
+from tests.device.test_speaker import needs_espeak
+
+
+@needs_espeak
+def test_bench_tts_reports_both_voices_side_by_side() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "device.bench", "tts", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["reply"] == " ".join(step.text for step in load_exercises().talk_down[:3])
+    piper, espeak = report["engines"]["piper"], report["engines"]["espeak"]
+    assert piper["voice"] == "Piper voice en_US-joe-medium"
+    assert espeak["voice"].startswith("espeak-ng voice ")
+    for engine in (piper, espeak):
+        assert 5 < engine["reply_audio_s"] < 20, "three sentences take several seconds to say"
+        assert engine["first_audio_ms"] > 0 and 0 < engine["rtf"] < 2
+    ratio = piper["first_audio_ms"] / espeak["first_audio_ms"]
+    assert abs(report["first_audio_ratio_piper_over_espeak"] - ratio) < 0.01 * ratio + 0.01
+
+
+def test_bench_tts_refuses_zero_repeats_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "device.bench", "tts", "--repeats", "0"], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "tadbot bench tts: --repeats must be at least 1\n"
