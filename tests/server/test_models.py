@@ -344,3 +344,21 @@ def test_a_role_without_a_default_names_all_its_entries() -> None:
         "wakeword/hey_jarvis_v0.1.onnx",
     ]
     assert [e.name for e in cat.select(["fer"])] == ["facial_expression_recognition_mobilefacenet_2022july"]
+
+
+def test_the_installed_whisper_and_voice_are_pulled_from_their_packages_with_no_download(
+    tmp_path: Path,
+) -> None:
+    """`tadbot models pull stt voice` on a box with no network: both defaults come installed from PyPI,
+    their files checked against the hub's sha256, and nothing is fetched or copied."""
+    catalogue = load_catalogue()
+    results = pull(catalogue, tmp_path, roles=["whisper-tiny.en", "en_US-joe-medium"], progress=False)
+    assert {(r.model, r.status) for r in results} == {
+        ("whisper-tiny.en", "installed"),
+        ("en_US-joe-medium", "installed"),
+    }
+    names = sorted(r.path.name for r in results)
+    whisper = ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"]
+    assert names == sorted([*whisper, "en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json"])
+    assert all("site-packages" in str(r.path) or ".venv" in str(r.path) for r in results)
+    assert list(tmp_path.iterdir()) == [], "nothing is written to the models dir"
