@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server.config import Settings, describe, load_settings
-from server.errors import TadbotError, exit_code
+from server.errors import ConfigError, TadbotError, exit_code
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -232,12 +232,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Prints progress on stderr and the report as one JSON object on the last line of stdout."""
+    if args.target in DEVICE_BENCHES:
+        return _device_bench(args)
     _require("server")
     import json
 
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
+    models = args.model or []
+    if len(models) > 1 and args.target != "stt":
+        raise ConfigError("bad_args", f"bench {args.target} takes one --model; only stt compares several")
     threads = args.threads or os.cpu_count() or 4
     if args.target == "fer":
         from server.bench.fer import FerBenchOptions, run_fer_bench
@@ -247,14 +252,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from server.components import fer_options
 
         settings = _settings(args)
-        model = _fer_model(args.model or settings.fer.model_path)
+        model = _fer_model(models[0] if models else settings.fer.model_path)
         print(json.dumps(run_fer_bench(FerBenchOptions(Path(args.data), model, fer_options(settings)))))
         return 0
-    model = _bench_model(args, say)
+    if args.target == "stt":
+        from server.bench.stt import SttBenchOptions, engines_to_compare, run_stt_bench
+
+        if not args.data:
+            raise TadbotError(
+                "bad_data",
+                "bench stt needs --data DIR: WAVs and an index.csv (`tadbot bench spoken` makes one)",
+            )
+        settings = _settings(args)
+        engines = engines_to_compare(settings.stt, args.engine or [], models)
+        repeats = max(1, args.repeats or 1)
+        stt = SttBenchOptions(Path(args.data), engines, repeats, settings.server.max_audio_s)
+        print(json.dumps(run_stt_bench(stt, say)))
+        return 0
+    model = _bench_model(models[0] if models else None, say)
     if args.target == "safety":
         from server.bench.safety import SafetyBenchOptions, run_safety_bench
 
-        report = run_safety_bench(SafetyBenchOptions(model, threads, args.n_ctx), say)
+        spoken = Path(args.data) if args.data else None
+        report = run_safety_bench(SafetyBenchOptions(model, threads, args.n_ctx, spoken), say)
     else:
         from server.bench.llm import SPEAKING_WPM, BenchOptions, run_llm_bench
 
@@ -271,9 +291,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_model(args: argparse.Namespace, say: Callable[[str], None]) -> Path:
-    if args.model:
-        model = Path(args.model)
+DEVICE_BENCHES = ("tts", "spoken")
+"""Benches of the device's voices, run by the device package in its own process (device/bench.py)."""
+
+
+def _device_bench(args: argparse.Namespace) -> int:
+    _require("device")
+    command = [sys.executable, "-m", "device.bench", args.target]
+    command += ["--config", args.config] if args.config else []
+    command += ["--repeats", str(args.repeats)] if args.repeats is not None else []
+    command += ["--out", args.out] if args.out else []
+    return subprocess.call(command)
+
+
+def _bench_model(chosen: str | None, say: Callable[[str], None]) -> Path:
+    if chosen:
+        model = Path(chosen)
         if not model.is_file():
             raise TadbotError("model_missing", f"--model {model}: no such file")
         return model
@@ -289,7 +322,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     _require("server")
-    report = _eval_fer(args) if args.target == "fer" else _eval_safety(args)
+    evaluate = {"fer": _eval_fer, "safety": _eval_safety, "stt": _eval_stt}[args.target]
+    report = evaluate(args)
     print(json.dumps(report, ensure_ascii=False))
     return 0
 
@@ -313,6 +347,28 @@ def _eval_fer(args: argparse.Namespace) -> dict[str, object]:
         f"accuracy {report['accuracy']} on those",
         file=sys.stderr,
     )
+    return report
+
+
+def _eval_stt(args: argparse.Namespace) -> dict[str, object]:
+    """The configured speech engine (stt.*) on labelled speech: the words it got wrong."""
+    from server.bench.stt import engine_label
+    from server.components import build_transcriber
+    from server.eval.stt import read_clips, score
+    from server.stt import read_wav
+
+    settings = _settings(args)
+    clips = read_clips(Path(args.data))
+    transcriber = build_transcriber(settings.stt)
+    heard = []
+    for clip in clips:
+        try:
+            audio = read_wav(clip.path.read_bytes(), max_seconds=settings.server.max_audio_s)
+        except TadbotError as exc:
+            raise TadbotError("bad_data", f"{clip.path}: {exc.message}") from exc
+        heard.append(transcriber.transcribe(audio).text)
+    report: dict[str, object] = {"engine": engine_label(settings.stt), **score(clips, heard)}
+    print(f"stt ({report['engine']}): WER {report['wer']} over {report['words']} words", file=sys.stderr)
     return report
 
 
@@ -435,15 +491,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench = add("bench", cmd_bench, "measure speed; prints one JSON object on the last line of stdout")
     bench.add_argument(
         "target",
-        choices=("llm", "safety", "fer"),
-        help="llm: reply speed; safety: how soon a crisis reply starts; fer: face reading per frame",
+        choices=("llm", "safety", "fer", "stt", "tts", "spoken"),
+        help="llm: reply speed; safety: how soon a crisis reply starts; fer: face reading per frame; "
+        "stt: speech engines side by side (words wrong, speed, memory); tts: Piper against espeak-ng; "
+        "spoken: write a labelled set of speech in both voices, for stt and safety",
     )
     bench.add_argument(
         "--model",
+        action="append",
         help="llm, safety: a GGUF (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once); "
-        "fer: an .onnx path or catalogue name (default: fer.model_path)",
+        "fer: an .onnx path or catalogue name (default: fer.model_path); stt: a Whisper model, a "
+        "catalogue name or folder (default: stt.model; give it more than once to compare several)",
     )
-    bench.add_argument("--data", help="fer: a folder with images/ of faces")
+    bench.add_argument(
+        "--data",
+        help="fer: a folder with images/ of faces; stt: a folder of WAVs with index.csv (file,text); "
+        "safety: such a folder whose label column says crisis or safe, to say its lines aloud",
+    )
+    bench.add_argument(
+        "--engine",
+        action="append",
+        choices=("faster_whisper", "sphinx"),
+        help="stt: an engine to compare (default: both); give it more than once",
+    )
+    bench.add_argument("--repeats", type=int, help="stt: rounds over the clips (default 1); tts: (default 5)")
+    bench.add_argument("--out", help="spoken: the folder to write the WAVs and index.csv into")
     bench.add_argument("--turns", type=int, default=20, help="turns in the measured conversation")
     bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
     bench.add_argument("--n-ctx", type=int, default=2048, help="context window, as llm.n_ctx")
@@ -455,12 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluation = add("eval", cmd_eval, "measure quality on labelled data; one JSON object on the last line")
-    evaluation.add_argument("target", choices=("safety", "fer"))
+    evaluation.add_argument("target", choices=("safety", "fer", "stt"))
     evaluation.add_argument(
         "--data",
         required=True,
         help="safety: a CSV with columns label,text (crisis, concern or safe); "
-        "fer: a folder with images/ and labels.csv (image,emotion)",
+        "fer: a folder with images/ and labels.csv (image,emotion); "
+        "stt: a folder of WAVs with index.csv (file,text), as `tadbot bench spoken` writes",
     )
     evaluation.add_argument(
         "--model", help="fer: an .onnx path or a catalogue name (default: fer.model_path)"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from server.config import Settings
+from server.config import Settings, SttSection
 from server.errors import ConfigError, TadbotError
 from server.records import Records
 
@@ -56,7 +56,7 @@ def build_components(settings: Settings) -> Components:
     components = Components(records=Records(data / "tadbot.sqlite3"))
     components.status["db"] = ComponentStatus("ok")
     stt_key = "stt.model" if settings.stt.engine == "faster_whisper" else "stt.engine"
-    components.transcriber = _try(components, "stt", stt_key, lambda: _build_stt(settings))
+    components.transcriber = _try(components, "stt", stt_key, lambda: build_transcriber(settings.stt))
     components.fer = _try(components, "fer", "fer.model_path", lambda: _build_fer(settings))
     components.chat = _try(components, "llm", _llm_key(settings), lambda: _build_llm(settings))
     components.memory = _try(components, "memory", "memory.embedder_path", lambda: _build_memory(settings))
@@ -87,10 +87,10 @@ def _llm_key(settings: Settings) -> str:
     return "llm.base_url" if settings.llm.backend == "openai" else "llm.model_path"
 
 
-def _build_stt(settings: Settings) -> Any:
+def build_transcriber(stt: SttSection) -> Any:
+    """The engine `stt` names, with its model; the benches build theirs the same way."""
     from server.stt import get_transcriber
 
-    stt = settings.stt
     if stt.engine != "faster_whisper":
         return get_transcriber(stt.engine, language=stt.language)
     from server.stt_whisper import find_model

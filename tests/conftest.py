@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 FACES = SHARED_DATA / "faces-dev"
 FACE_PHOTOS = ROOT / "tests" / "data" / "faces"
 """Two public-domain portraits shipped with the tests (see the README there): every clone has them."""
+SPEECH = ROOT / "tests" / "data" / "speech"
+"""jfk.wav, real human speech in the public domain, listed in index.csv (see the README there)."""
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -50,6 +53,20 @@ def tiny_fer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def face_jpeg() -> Path:
     """A real face photo, one face, shipped in tests/data/faces."""
     return FACE_PHOTOS / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="session")
+def spoken_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """device/spoken_set.toml said in Piper's and espeak-ng's voices by `tadbot bench spoken`."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("spoken")
+    config = root / "tadbot.toml"
+    config.write_text("", encoding="utf-8")
+    env = {**os.environ, "TADBOT_CONFIG": str(config)}
+    done = tadbot("bench", "spoken", "--out", str(root / "set"), env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return root / "set"
 
 
 def free_port() -> int:

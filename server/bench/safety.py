@@ -3,8 +3,10 @@
 The crisis reply never waits for the language model, so it must start just as fast while the model is busy
 with another turn's reply as when it is idle. Both are measured through the real server, in one run. Where
 espeak-ng is installed to say the words, spoken turns are timed too (speech recognition, then the check),
-with the model idle: a line the recogniser mishears is no crisis to the server, and it then waits for the
-model like any other turn.
+with the model idle, through the server's default speech engine: a line the recogniser mishears is no
+crisis to the server, and it then waits for the model like any other turn. `--data` gives a labelled set of
+speech instead (`tadbot bench spoken` writes one in each of the device's voices): then the report has the
+spoken crisis recall and the false alarms on the safe lines, per voice.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from server.bench.live import BENCH_CLIENT, LiveServer, Say, TurnMeasure
 from server.errors import TadbotError
+from server.eval.stt import read_clips
 
 GOAL_MS = 1000.0
 """The crisis reply must start within a second of the request."""
@@ -36,6 +39,16 @@ class SafetyBenchOptions:
     model: Path
     n_threads: int
     n_ctx: int
+    spoken: Path | None = None
+    """A folder of labelled speech (index.csv: file,text,voice,label); None: espeak-ng says the lines."""
+
+
+@dataclass(frozen=True)
+class SpokenClip:
+    text: str
+    voice: str
+    label: str
+    wav: bytes
 
 
 def crisis_lines() -> tuple[list[str], str]:
@@ -46,7 +59,7 @@ def crisis_lines() -> tuple[list[str], str]:
 
 def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
     lines, busy_line = crisis_lines()
-    spoken = [_speak(line) for line in lines] if shutil.which("espeak-ng") else []
+    spoken = spoken_clips(options.spoken, lines)
     with tempfile.TemporaryDirectory(prefix="tadbot-bench-") as tmp:
         server = LiveServer(
             Path(tmp),
@@ -61,10 +74,10 @@ def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
             idle = [_crisis_turn(server, crisis_session, text=line) for line in lines]
             if spoken:
                 say(f"{len(spoken)} spoken, through speech recognition, with the model idle")
-            heard = [server.turn(crisis_session, audio=wav, crisis_only=True) for wav in spoken]
+            heard = [server.turn(crisis_session, audio=clip.wav, crisis_only=True) for clip in spoken]
             say("the typed ones again while the model writes another reply")
             busy, overlapped = _while_busy(server, busy_line, lambda: _typed_turns(server, lines))
-    caught = [m for m in heard if m.safety == "crisis"]
+    caught = [m for m, clip in zip(heard, spoken, strict=True) if m.safety == clip.label == "crisis"]
     return {
         "model": str(options.model),
         "goal_ms": GOAL_MS,
@@ -74,9 +87,10 @@ def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
         "meets_goal": max((m.first_sentence_s or 0.0) for m in [*idle, *busy]) * 1000 < GOAL_MS,
         # Spoken, speech recognition comes first: its time, what it heard, and whether that read as a crisis.
         "spoken_crisis_first_sentence_ms": _summary(caught) if caught else None,
+        **_spoken_rates(spoken, heard),
         "spoken": [
-            {"said": said, "heard": m.heard, "crisis": m.safety == "crisis"}
-            for said, m in zip(lines, heard, strict=False)
+            {"said": clip.text, "voice": clip.voice, "heard": m.heard, "crisis": m.safety == "crisis"}
+            for clip, m in zip(spoken, heard, strict=True)
         ],
     }
 
@@ -124,6 +138,45 @@ def _while_busy(
 def _summary(measured: list[TurnMeasure]) -> dict[str, float]:
     times = [(m.first_sentence_s or 0.0) * 1000 for m in measured]
     return {"median": round(statistics.median(times), 1), "max": round(max(times), 1), "n": len(times)}
+
+
+def spoken_clips(folder: Path | None, lines: list[str]) -> list[SpokenClip]:
+    """The labelled speech of `folder`, else the crisis lines in espeak-ng's voice (none without it)."""
+    if folder is None:
+        if not shutil.which("espeak-ng"):
+            return []
+        return [SpokenClip(line, "espeak-ng", "crisis", _speak(line)) for line in lines]
+    clips = read_clips(folder)
+    for clip in clips:
+        if clip.label not in ("crisis", "safe"):
+            raise TadbotError(
+                "bad_data", f"{clip.path.name}: label {clip.label!r}; bench safety needs crisis or safe"
+            )
+    return [SpokenClip(c.text, c.voice, c.label, c.path.read_bytes()) for c in clips]
+
+
+def _spoken_rates(spoken: list[SpokenClip], heard: list[TurnMeasure]) -> dict[str, Any]:
+    """Spoken crisis recall and false alarms, overall and per voice."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for clip, measured in zip(spoken, heard, strict=True):
+        for voice in ("all", clip.voice):
+            tally = counts.setdefault(voice, {"crisis": [0, 0], "safe": [0, 0]})[clip.label]
+            tally[0] += measured.safety == "crisis"
+            tally[1] += 1
+
+    def rates(tallies: dict[str, list[int]]) -> dict[str, Any]:
+        (caught, crises), (alarms, safe) = tallies["crisis"], tallies["safe"]
+        return {
+            "crisis_recall": round(caught / crises, 3) if crises else None,
+            "crisis_lines": crises,
+            "false_alarms": round(alarms / safe, 3) if safe else None,
+            "safe_lines": safe,
+        }
+
+    if not counts:
+        return {}
+    by_voice = {voice: rates(tallies) for voice, tallies in counts.items() if voice != "all"}
+    return {"spoken_rates": rates(counts["all"]), "spoken_rates_by_voice": by_voice}
 
 
 def _speak(text: str) -> bytes:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
+import wave
+from pathlib import Path
 
+from device.bench import spoken_lines
 from device.exercises import load_exercises
 from tests.device.test_speaker import needs_espeak
 
@@ -13,7 +17,7 @@ from tests.device.test_speaker import needs_espeak
 @needs_espeak
 def test_bench_tts_reports_both_voices_side_by_side() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "device.bench", "tts", "--repeats", "1"],
+        [sys.executable, "-m", "server", "bench", "tts", "--repeats", "1"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -37,3 +41,26 @@ def test_bench_tts_refuses_zero_repeats_in_one_line() -> None:
     )
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "tadbot bench tts: --repeats must be at least 1\n"
+
+
+def test_bench_spoken_says_every_line_in_both_voices(spoken_set: Path) -> None:
+    with (spoken_set / "index.csv").open(encoding="utf-8", newline="") as index:
+        clips = list(csv.DictReader(index))
+    lines = spoken_lines()
+    assert len(lines) >= 20 and {label for label, _ in lines} == {"crisis", "safe"}
+    piper, espeak = voices = list(dict.fromkeys(clip["voice"] for clip in clips))
+    assert piper == "Piper voice en_US-joe-medium" and espeak.startswith("espeak-ng voice ")
+    for voice in voices:
+        assert [(c["label"], c["text"]) for c in clips if c["voice"] == voice] == lines
+    for clip in clips:
+        with wave.open(str(spoken_set / clip["file"])) as speech:
+            assert (speech.getnchannels(), speech.getsampwidth()) == (1, 2)
+            assert 0.8 < speech.getnframes() / speech.getframerate() < 10, clip
+
+
+def test_bench_spoken_needs_a_folder_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "bench", "spoken"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "tadbot bench spoken: --out DIR is required\n"
