@@ -21,6 +21,7 @@ from server.crisis_examples import CrisisExamples
 from server.exercises import Exercise, Exercises
 from server.guard import OutputGuard
 from server.safety import Assessment, CrisisDetector, CrisisReply, Level
+from server.soundalikes import Soundalikes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,10 +55,12 @@ class Care:
         exercises: Exercises,
         guard: OutputGuard,
         alerts: CrisisAlerts,
+        soundalikes: Soundalikes,
         examples: CrisisExamples | None = None,
     ) -> None:
         self.settings = settings
         self.detector = detector
+        self.soundalikes = soundalikes
         self.examples = examples
         self.crisis = crisis
         self.exercises = exercises
@@ -77,6 +80,7 @@ class Care:
             exercises=Exercises.load(),
             guard=OutputGuard.load(),
             alerts=CrisisAlerts(settings.alert_url, settings.alert_timeout_s),
+            soundalikes=Soundalikes.load(),
             examples=CrisisExamples.load(embedder, cache_dir) if embedder is not None else None,
         )
 
@@ -102,19 +106,26 @@ class Care:
         )
 
     def assess_heard(
-        self, hypotheses: Sequence[str], *, second_opinion: bool = True
-    ) -> tuple[Assessment, int]:
+        self, hypotheses: Sequence[str], *, spoken: bool = False, second_opinion: bool = True
+    ) -> tuple[Assessment, int, str]:
         """Every hypothesis the speech engine weighed, best first: the best one's reading, unless another
         reads as a crisis. A misheard word ("bills" for "pills") must not decide whether a person in crisis
-        is given the helpline. Returns the reading and the index of the hypothesis it came from."""
+        is given the helpline, so when `spoken`, each hypothesis is also read by the rules with its known
+        mishearings put back (server/soundalikes.py). Returns the reading, the index of the hypothesis it
+        came from, and the words that read as a crisis when they are not the transcript ("" otherwise)."""
         best = self.assess(hypotheses[0], second_opinion=second_opinion)
         if best.level == Level.CRISIS:
-            return best, 0
+            return best, 0, ""
         for index, other in enumerate(hypotheses[1:], 1):
             found = self.assess(other, second_opinion=second_opinion)
             if found.level == Level.CRISIS:
-                return found, index
-        return best, 0
+                return found, index, other
+        for index, heard in enumerate(hypotheses if spoken else ()):
+            restored = self.soundalikes.restored(heard)
+            found = self.detector.assess(restored) if restored != heard else best
+            if found.level == Level.CRISIS:
+                return found, index, restored
+        return best, 0, ""
 
     def crisis_lines(self) -> list[Line]:
         return [Line(text) for text in self.crisis.lines]

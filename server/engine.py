@@ -151,11 +151,15 @@ class Companion:
 
             t0 = time.perf_counter()
             command = self.commands.match(text)
-            assessment, source = self.care.assess_heard(heard.hypotheses, second_opinion=command is None)
+            assessment, source, read_as = self.care.assess_heard(
+                heard.hypotheses, spoken=given.audio is not None, second_opinion=command is None
+            )
             timings["safety_ms"] = _ms(t0)
             confidence = heard.confidence() if given.audio is not None else None
             if assessment.level == Level.CRISIS:
-                yield from self._crisis(session, heard, source, confidence, assessment, started, timings)
+                yield from self._crisis(
+                    session, heard.text, source, read_as, confidence, assessment, started, timings
+                )
                 return
             # Only words the safety check found nothing in can be a command: a concern goes to the model.
             if command is not None and assessment.level == Level.NONE:
@@ -183,8 +187,9 @@ class Companion:
     def _crisis(
         self,
         session: SessionRow,
-        heard: Transcript,
+        text: str,
         source: int,
+        read_as: str,
         confidence: dict[str, Any] | None,
         assessment: Assessment,
         started: float,
@@ -192,9 +197,9 @@ class Companion:
     ) -> Iterator[dict[str, Any]]:
         """The scripted crisis reply: recorded and flagged for the therapist, alerted, and spoken at once.
 
-        `source` is the speech hypothesis that read as a crisis (0: the transcript itself); the safety
-        event keeps the words of another one, since the transcript alone would not show why."""
-        text = heard.text
+        `source` is the speech hypothesis that read as a crisis (0: the transcript itself) and `read_as`
+        the words that did, when they are not the transcript (another hypothesis, or one with a misheard
+        crisis word put back): the safety event keeps them, since the transcript alone would not show why."""
         turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
         helpline = self.care.crisis.helpline
         trigger = f"{assessment.rule}: {assessment.trigger}"
@@ -205,7 +210,7 @@ class Companion:
             trigger,
             helpline,
             hypothesis=source + 1,
-            heard_as=heard.hypotheses[source] if source else "",
+            heard_as=read_as,
         )
         _LOGGER.warning(
             "session %s: crisis (%s); answering from the crisis script", session.id, assessment.rule

@@ -44,7 +44,7 @@ def _unsure(turn: dict[str, Any]) -> str:
 def _heard_as(event: dict[str, Any]) -> str:
     if not event.get("heard_as"):
         return ""
-    return f"heard as '{event['heard_as']}' (speech hypothesis {event['hypothesis']})"
+    return f"read as '{event['heard_as']}' (speech hypothesis {event['hypothesis']})"
 
 
 def _timeline(log: dict[str, Any]) -> list[tuple[float, str, dict[str, Any]]]:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import LiveServer, tadbot
+from server.eval.stt import read_clips, word_errors, words
+from tests.conftest import SPEECH, LiveServer, tadbot
 from tests.speech import rms, speak
 
 SENTENCE = "hello I feel anxious today"
@@ -142,6 +143,40 @@ def test_device_cli_speaks_the_reply_and_the_therapist_can_export_it(
     ).text.splitlines()
     assert csv_rows[0].startswith("time,kind,role_or_source,text")
     assert any(",turn,user," in row for row in csv_rows) and any(",emotion,turn," in row for row in csv_rows)
+
+
+def test_a_real_voice_through_the_device_cli_is_heard_by_whisper_nearly_word_for_word(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """With no stt.* keys set, `tadbot device --audio-file jfk.wav`: President Kennedy's 11 s, WER <= 0.10."""
+    (clip,) = read_clips(SPEECH)
+    done = tadbot(
+        *("device", "--server", live_server.url, "--token", live_server.device_token, "--client", "e2e-jfk"),
+        *("--audio-file", str(clip.path), "--tts-out", str(tmp_path / "reply.wav")),
+        env=live_server.env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (heard,) = [line.removeprefix("you: ") for line in done.stdout.splitlines() if line.startswith("you: ")]
+    said = words(clip.text)
+    assert len(said) == 22
+    assert word_errors(said, words(heard)) / len(said) <= 0.10, heard
+
+
+def test_a_crisis_said_in_either_of_the_device_s_voices_gets_the_crisis_reply(
+    live_server: LiveServer, spoken_set: Path
+) -> None:
+    """Every crisis line of `tadbot bench spoken`, in Piper's voice and in espeak-ng's, through /turns."""
+    session_id = live_server.start_session("e2e-spoken-crisis")["session_id"]
+    crisis = [clip for clip in read_clips(spoken_set) if clip.label == "crisis"]
+    assert len({clip.voice for clip in crisis}) == 2 and len(crisis) >= 20
+    missed = []
+    for clip in crisis:
+        events = _turn(live_server, session_id, [("audio", ("u.wav", clip.path.read_bytes(), "audio/wav"))])
+        levels = [e["level"] for e in events if e["type"] == "safety"]
+        if levels != ["crisis"] or events[-1].get("source") != "crisis":
+            missed.append((clip.voice, clip.text, events[0].get("text")))
+    assert not missed, missed
 
 
 MEDIA_SUFFIXES = {".wav", ".jpg", ".jpeg", ".png", ".pcm", ".raw", ".bmp", ".webm", ".ogg", ".mp3"}

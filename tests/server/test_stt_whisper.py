@@ -15,9 +15,12 @@ import pytest
 from server import stt_whisper
 from server.care import Care
 from server.config import Settings
-from server.errors import ModelError, SttError
+from server.datafiles import parse_data_file
+from server.errors import ConfigError, ModelError, SttError
+from server.eval.stt import word_errors, words
 from server.models import load_catalogue
 from server.safety import Level
+from server.soundalikes import Soundalikes
 from server.stt import Transcript, WavAudio, Word, read_wav
 from server.stt_whisper import WhisperTranscriber, find_model
 from tests.speech import pcm16_wav, speak
@@ -41,30 +44,10 @@ LONGER = [
 CRISIS = ["I just want to die.", "I am going to kill myself.", "I want to end my life."]
 
 
-_SPELLED_OUT = {
-    "i'm": "i am",
-    "don't": "do not",
-    "couldn't": "could not",
-    "it's": "it is",
-    "can't": "can not",
-}
-
-
-def _words(text: str) -> list[str]:
-    """Lower case, no punctuation, contractions spelled out: "I'm" and "I am" are the same words said."""
-    words = re.findall(r"[a-z']+", text.lower())
-    return " ".join(_SPELLED_OUT.get(word, word) for word in words).split()
-
-
 def word_error_rate(said: str, heard: str) -> float:
-    """Levenshtein distance over words, divided by the words said."""
-    ref, hyp = _words(said), _words(heard)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
+    """The benches' own measure (server.eval.stt): word edits over the words said."""
+    reference = words(said)
+    return word_errors(reference, words(heard)) / max(1, len(reference))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +90,7 @@ def test_spoken_sentences_come_back_nearly_word_for_word(whisper: WhisperTranscr
 @pytest.mark.parametrize("sentence", CRISIS)
 def test_spoken_crisis_lines_are_heard_as_a_crisis(whisper: WhisperTranscriber, sentence: str) -> None:
     transcript = heard(whisper, sentence, **VOICE)
-    found, _ = Care.load(Settings().safety).assess_heard(transcript.hypotheses)
+    found, _, _ = Care.load(Settings().safety).assess_heard(transcript.hypotheses, spoken=True)
     assert found.level == Level.CRISIS, transcript.hypotheses
 
 
@@ -116,12 +99,13 @@ def test_a_crisis_only_the_beam_s_second_reading_heard_is_caught(whisper: Whispe
     to end my life" is "I won't turn my life"; the words come back only among the other hypotheses."""
     transcript = heard(whisper, "I want to end my life.", voice="en-us+m7", speed=155)
     care = Care.load(Settings().safety)
-    best, _ = care.assess_heard(transcript.hypotheses[:1])
-    found, index = care.assess_heard(transcript.hypotheses)
+    best, _, _ = care.assess_heard(transcript.hypotheses[:1], spoken=True)
+    found, index, read_as = care.assess_heard(transcript.hypotheses, spoken=True)
     assert best.level != Level.CRISIS, (
         f"the best reading is a crisis now: {transcript.text!r}; pick a new case"
     )
     assert found.level == Level.CRISIS and index > 0, transcript.hypotheses
+    assert read_as == transcript.hypotheses[index]
 
 
 def test_the_beam_s_other_hypotheses_come_back_best_first_and_distinct(whisper: WhisperTranscriber) -> None:
@@ -183,10 +167,55 @@ def test_only_a_lower_ranked_hypothesis_carries_the_crisis() -> None:
         "I have taken all my bells tonight.",
         "I have taken all my pills tonight.",
     )
-    best, _ = care.assess_heard(hypotheses[:1])
+    best, _, _ = care.assess_heard(hypotheses[:1])
     assert best.level != Level.CRISIS
-    found, index = care.assess_heard(hypotheses)
-    assert found.level == Level.CRISIS and index == 2
+    found, index, read_as = care.assess_heard(hypotheses)
+    assert found.level == Level.CRISIS and (index, read_as) == (2, hypotheses[2])
+
+
+@pytest.mark.parametrize(
+    ("heard", "meant"),
+    [
+        (
+            "I've got the bills lined up and I'm going to take them all.",
+            "I've got the pills lined up and I'm going to take them all.",
+        ),
+        (
+            "I've got the Pulls lined up and I'm going to take them all.",
+            "I've got the pills lined up and I'm going to take them all.",
+        ),
+        ("There's no reason for me to love anymore.", "There's no reason for me to live anymore."),
+    ],
+)
+def test_a_crisis_word_misheard_in_every_hypothesis_is_put_back_for_speech(heard: str, meant: str) -> None:
+    """Measured mishearings (server/data/soundalikes.toml): the beam held no "pills" at all, only "bills"."""
+    care = Care.load(Settings().safety)
+    typed, _, _ = care.assess_heard((heard,))
+    assert typed.level != Level.CRISIS, "a typed word means what it says"
+    found, index, read_as = care.assess_heard(("Oh.", heard), spoken=True)
+    assert found.level == Level.CRISIS and (index, read_as) == (1, meant)
+
+
+@pytest.mark.parametrize(
+    "heard",
+    ["I paid all the bills today.", "I love my cat.", "The door pulls open.", "I want to love again."],
+)
+def test_a_sound_alike_that_is_no_crisis_when_put_back_stays_what_it_was(heard: str) -> None:
+    found, index, read_as = Care.load(Settings().safety).assess_heard((heard,), spoken=True)
+    assert (found.level, index, read_as) == (Level.NONE, 0, "")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("version = 2\n", "version 2; expected 1"),
+        ('version = 1\n[[soundalike]]\nmeant = "pills"\n', "[[soundalike]] 1 needs meant"),
+        ('version = 1\n[[soundalike]]\nmeant = "pills"\nheard = ["b ills"]\n', "heard must be single"),
+    ],
+)
+def test_a_bad_soundalikes_file_is_refused_naming_the_entry(data: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_data_file(data, "soundalikes.toml", "soundalikes_invalid", Soundalikes.parse)
 
 
 def test_the_transcript_s_confidence_is_what_the_record_keeps() -> None:
