@@ -9,7 +9,8 @@ so a busy machine slows them alike; medians over the repeats. Progress goes to s
 JSON object, to the last line of stdout.
 
 `spoken` says each line of device/spoken_set.toml in each voice and writes the WAVs with an index.csv
-(file, text, voice, label) that `tadbot bench stt --data` and `tadbot bench safety --data` read.
+(file, text, voice, label) that `tadbot bench stt --data` and `tadbot bench safety --data` read. Piper
+speaks without its random variation there, so every run writes the same speech.
 """
 
 from __future__ import annotations
@@ -35,27 +36,26 @@ _ENGINES = ("piper", "espeak")
 INDEX_COLUMNS = ("file", "text", "voice", "label")
 
 
-def _open(engine: str, settings: DeviceSettings) -> Synthesiser:
+def _open(engine: str, settings: DeviceSettings, *, steady: bool = False) -> Synthesiser:
     if engine == "piper":
         voice = find_piper_voice(settings.piper_voice, settings.voices_dir)
-        return PiperSynth(voice, settings.tts_rate, settings.tts_volume)
+        return PiperSynth(voice, settings.tts_rate, settings.tts_volume, steady=steady)
     return EspeakSynth(settings.tts_voice, settings.tts_rate, settings.tts_volume, settings.language)
 
 
 def run_tts_bench(settings: DeviceSettings, repeats: int, say: Callable[[str], None]) -> dict[str, object]:
     reply = [step.text for step in load_exercises().talk_down[:_SENTENCES]]
-    engines = _ENGINES
     synths: dict[str, Synthesiser] = {}
     report: dict[str, dict[str, object]] = {}
-    for engine in engines:
+    for engine in _ENGINES:
         started = time.perf_counter()
         synths[engine] = _open(engine, settings)
         report[engine] = {
             "voice": synths[engine].description,
             "load_s": round(time.perf_counter() - started, 2),
         }
-    first: dict[str, list[float]] = {e: [] for e in engines}
-    rtf: dict[str, list[float]] = {e: [] for e in engines}
+    first: dict[str, list[float]] = {e: [] for e in _ENGINES}
+    rtf: dict[str, list[float]] = {e: [] for e in _ENGINES}
     audio: dict[str, float] = {}
     try:
         for _ in range(repeats + 1):  # the first round warms both up and is not counted
@@ -72,9 +72,9 @@ def run_tts_bench(settings: DeviceSettings, repeats: int, say: Callable[[str], N
     finally:
         for synth in synths.values():
             synth.close()
-    first_ms = {e: 1000 * statistics.median(first[e][1:]) for e in engines}
-    median_rtf = {e: statistics.median(rtf[e][1:]) for e in engines}
-    for engine in engines:
+    first_ms = {e: 1000 * statistics.median(first[e][1:]) for e in _ENGINES}
+    median_rtf = {e: statistics.median(rtf[e][1:]) for e in _ENGINES}
+    for engine in _ENGINES:
         report[engine] |= {
             "first_audio_ms": round(first_ms[engine], 1),
             "rtf": round(median_rtf[engine], 4),
@@ -110,7 +110,7 @@ def write_spoken_set(settings: DeviceSettings, out: Path, say: Callable[[str], N
     rows: list[tuple[str, str, str, str]] = []
     seconds = 0.0
     for engine in _ENGINES:
-        synth = _open(engine, settings)
+        synth = _open(engine, settings, steady=True)  # the same WAVs on every run, so figures compare
         say(f"{len(lines)} lines in the {synth.description}")
         try:
             for number, (label, text) in enumerate(lines, start=1):

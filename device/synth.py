@@ -112,9 +112,12 @@ def find_piper_voice(voice: str, voices_dir: str | Path) -> Path:
 
 
 class PiperSynth:
-    """A Piper voice on onnxruntime; its pace is measured once so that `rate_wpm` holds as for espeak-ng."""
+    """A Piper voice on onnxruntime; its pace is measured once so that `rate_wpm` holds as for espeak-ng.
 
-    def __init__(self, model: Path, rate_wpm: int, volume: float) -> None:
+    `steady` leaves out the voice's random variation (VITS samples its noise afresh on every call), so the
+    same text gives the same samples: for a benchmark's speech, which must be the same on every run."""
+
+    def __init__(self, model: Path, rate_wpm: int, volume: float, *, steady: bool = False) -> None:
         try:
             from piper import PiperVoice, SynthesisConfig
         except ImportError as exc:
@@ -126,8 +129,10 @@ class PiperSynth:
         except Exception as exc:  # onnxruntime and the JSON reader raise many types for one broken file
             raise SpeakerError("bad_voice", f"cannot load Piper voice {model}: {exc}") from exc
         self.rate = int(self._voice.config.sample_rate)
-        natural = self._pace(SynthesisConfig(volume=volume))
-        self._config = SynthesisConfig(length_scale=min(2.5, max(0.5, natural / rate_wpm)), volume=volume)
+        noise: dict[str, float] = {"noise_scale": 0.0, "noise_w_scale": 0.0} if steady else {}
+        natural = self._pace(SynthesisConfig(volume=volume, **noise))
+        length_scale = min(2.5, max(0.5, natural / rate_wpm))
+        self._config = SynthesisConfig(length_scale=length_scale, volume=volume, **noise)
         self.description = f"Piper voice {model.name.removesuffix('.onnx')}"
         _LOGGER.info("TTS %s at %d wpm (its own pace: %.0f)", self.description, rate_wpm, natural)
 

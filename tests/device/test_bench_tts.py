@@ -64,3 +64,29 @@ def test_bench_spoken_needs_a_folder_in_one_line() -> None:
     )
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "tadbot bench spoken: --out DIR is required\n"
+
+
+def test_bench_spoken_writes_the_same_speech_on_every_run(spoken_set: Path, tmp_path: Path) -> None:
+    """Piper varies its voice at random; the set does not, so benchmark figures compare across runs."""
+    config = tmp_path / "tadbot.toml"
+    config.write_text("", encoding="utf-8")
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "device.bench",
+            "spoken",
+            "--out",
+            str(tmp_path / "set"),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    names = sorted(p.name for p in spoken_set.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "set").iterdir()) and "piper-001.wav" in names
+    for name in names:
+        assert (spoken_set / name).read_bytes() == (tmp_path / "set" / name).read_bytes(), name
