@@ -179,6 +179,10 @@ def _serve(stt: SttSection, max_audio_s: float, pipe: Connection) -> None:
     while (data := pipe.recv()) is not None:
         audio = read_wav(data, max_seconds=max_audio_s)
         started = time.perf_counter()
-        text = transcriber.transcribe(audio).text
+        try:
+            text = transcriber.transcribe(audio).text
+        except TadbotError as exc:
+            pipe.send(("error", exc.message))
+            return
         pipe.send(("heard", (text, time.perf_counter() - started)))
     pipe.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
