@@ -129,10 +129,14 @@ class PiperSynth:
         except Exception as exc:  # onnxruntime and the JSON reader raise many types for one broken file
             raise SpeakerError("bad_voice", f"cannot load Piper voice {model}: {exc}") from exc
         self.rate = int(self._voice.config.sample_rate)
-        noise: dict[str, float] = {"noise_scale": 0.0, "noise_w_scale": 0.0} if steady else {}
-        natural = self._pace(SynthesisConfig(volume=volume, **noise))
-        length_scale = min(2.5, max(0.5, natural / rate_wpm))
-        self._config = SynthesisConfig(length_scale=length_scale, volume=volume, **noise)
+        noise = 0.0 if steady else None  # None: the voice's own noise scales
+        natural = self._pace(SynthesisConfig(volume=volume, noise_scale=noise, noise_w_scale=noise))
+        self._config = SynthesisConfig(
+            length_scale=min(2.5, max(0.5, natural / rate_wpm)),
+            noise_scale=noise,
+            noise_w_scale=noise,
+            volume=volume,
+        )
         self.description = f"Piper voice {model.name.removesuffix('.onnx')}"
         _LOGGER.info("TTS %s at %d wpm (its own pace: %.0f)", self.description, rate_wpm, natural)
 
