@@ -9,13 +9,13 @@ server would refuse (not a JPEG or PNG) is listed as unreadable and left out of 
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.errors import TadbotError
+from server.eval.labelled import read_labelled_csv
 
 
 @dataclass(frozen=True)
@@ -28,25 +28,14 @@ def read_photos(folder: Path) -> list[Photo]:
     from server.fer_manifest import normalize_label
 
     labels = folder / "labels.csv"
-    try:
-        with labels.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"image", "emotion"} <= set(reader.fieldnames):
-                raise TadbotError("bad_data", f"{labels}: needs the columns image,emotion")
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise TadbotError(
-            "bad_data", f"{labels}: cannot read ({exc}); --data needs images/ and labels.csv"
-        ) from exc
+    rows = read_labelled_csv(labels, ("image", "emotion"), "--data needs images/ and labels.csv")
     photos = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         try:
             label = normalize_label(row["emotion"])
         except ValueError as exc:
             raise TadbotError("bad_data", f"{labels} line {line}: {exc}") from exc
         photos.append(Photo(folder / "images" / row["image"], label))
-    if not photos:
-        raise TadbotError("bad_data", f"{labels}: no rows")
     return photos
 
 

@@ -8,13 +8,13 @@ left out of that row's neighbours, so scoring the examples themselves is not a l
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.errors import TadbotError
+from server.eval.labelled import read_labelled_csv
 from server.safety import Assessment, Level
 
 LABELS = ("crisis", "concern", "safe")
@@ -29,23 +29,15 @@ class Row:
 
 def read_rows(path: Path) -> list[Row]:
     """The CSV's rows; a missing file, a missing column or an unknown label is one clear error."""
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"label", "text"} <= set(reader.fieldnames):
-                raise TadbotError(
-                    "bad_data", f"{path}: needs the columns label,text (found {reader.fieldnames})"
-                )
-            rows = [Row(reader.line_num, (r["label"] or "").strip(), r["text"] or "") for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise TadbotError("bad_data", f"{path}: cannot read ({exc})") from exc
+    rows = [
+        Row(line, row["label"].strip(), row["text"])
+        for line, row in read_labelled_csv(path, ("label", "text"))
+    ]
     for row in rows:
         if row.label not in LABELS:
             raise TadbotError(
                 "bad_data", f"{path} line {row.line}: label {row.label!r}; allowed: {', '.join(LABELS)}"
             )
-    if not rows:
-        raise TadbotError("bad_data", f"{path}: no rows")
     return rows
 
 

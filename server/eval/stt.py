@@ -9,7 +9,6 @@ compared as written: "five" and "5" differ.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import TadbotError
+from server.eval.labelled import read_labelled_csv
 
 _NOT_A_WORD = re.compile(r"[^a-z0-9' ]+")
 _SPELLED_OUT = {
@@ -51,24 +51,12 @@ class Clip:
 def read_clips(folder: Path) -> list[Clip]:
     """The clips of `folder`/index.csv; a missing index, column or WAV is one error naming it."""
     index = folder / "index.csv"
-    try:
-        with index.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"file", "text"} <= set(reader.fieldnames):
-                raise TadbotError(
-                    "bad_data", f"{index}: needs the columns file,text (found {reader.fieldnames})"
-                )
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise TadbotError("bad_data", f"{index}: cannot read ({exc}); a set needs index.csv") from exc
     clips = []
-    for line, row in rows:
-        path = folder / (row["file"] or "")
+    for line, row in read_labelled_csv(index, ("file", "text"), "a set needs index.csv"):
+        path = folder / row["file"]
         if not row["file"] or not path.is_file():
             raise TadbotError("bad_data", f"{index} line {line}: no such file {path}")
-        clips.append(Clip(path, row["text"] or "", row.get("voice") or "", row.get("label") or ""))
-    if not clips:
-        raise TadbotError("bad_data", f"{index}: no rows")
+        clips.append(Clip(path, row["text"], row.get("voice", ""), row.get("label", "")))
     return clips
 
 
