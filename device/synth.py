@@ -190,6 +190,13 @@ def _budget_s(text: str) -> float:
     return 15.0 + 0.2 * len(text)
 
 
+def _espeak_playing() -> bool:
+    """Whether espeak-ng, as pyttsx3 drives it, is still busy with an utterance."""
+    from pyttsx3.drivers import _espeak
+
+    return bool(_espeak.IsPlaying())
+
+
 def _has_speech(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > _WAV_HEADER_BYTES
 
@@ -201,8 +208,9 @@ class EspeakSynth:
     (process-wide) engine goes to that file, so `say` is never used; it speaks only the last text queued
     before `runAndWait`, so each call passes one text; `runAndWait` returns before espeak-ng has finished,
     so each text waits for its `finished-utterance`; a bad voice is printed, not raised, so it is checked
-    here; and its "Audio saved to ..." goes to stdout, which would mix into the transcript, so that goes
-    to the log.
+    here; its "Audio saved to ..." goes to stdout, which would mix into the transcript, so that goes
+    to the log; and it cancels a new utterance as it begins when espeak-ng still reports the one before
+    as playing, so each waits for espeak-ng to go idle, and a cancelled one is said once more.
     """
 
     def __init__(self, voice: str, rate: int, volume: float, language: str) -> None:
@@ -220,6 +228,7 @@ class EspeakSynth:
         self._engine.setProperty("rate", rate)
         self._engine.setProperty("volume", volume)
         self._finished = threading.Event()
+        self._completed = True
         self._token = self._engine.connect("finished-utterance", self._on_finished)
         self._scratch = tempfile.TemporaryDirectory(
             prefix="tadbot-tts-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -227,7 +236,8 @@ class EspeakSynth:
         self.description = f"espeak-ng voice {voice_id}"
         _LOGGER.info("TTS %s, rate %d wpm, volume %.2f", self.description, rate, volume)
 
-    def _on_finished(self, **_: Any) -> None:
+    def _on_finished(self, completed: bool = True, **_: Any) -> None:
+        self._completed = completed
         self._finished.set()
 
     def synthesize(self, text: str) -> Speech:
@@ -242,21 +252,34 @@ class EspeakSynth:
             path.unlink(missing_ok=True)
 
     def _save(self, text: str, path: Path) -> None:
-        self._finished.clear()
-        path.unlink(missing_ok=True)  # a stale file must not pass the check below
-        self._engine.save_to_file(text, str(path))
-        printed = io.StringIO()
         deadline = time.monotonic() + _budget_s(text)
+        printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            self._engine.runAndWait()
-            finished = self._finished.wait(_budget_s(text))
-            # A late notification from the utterance before can end the wait early: the file then follows.
-            while finished and not _has_speech(path) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            written = self._attempt(text, path, deadline)
+            if not written and not self._completed:
+                # pyttsx3 cancels a new utterance when espeak-ng still called the one before playing as
+                # it began (its driver's stop() leaves a flag that its loop acts on); say it once more.
+                _LOGGER.debug("pyttsx3 cancelled an utterance as it began; saying it again")
+                written = self._attempt(text, path, deadline)
         if printed.getvalue().strip():
             _LOGGER.debug("pyttsx3: %s", printed.getvalue().strip())
-        if not finished or not _has_speech(path):
+        if not written:
             raise SpeakerError("tts_failed", f"pyttsx3 did not write speech to {path}")
+
+    def _attempt(self, text: str, path: Path, deadline: float) -> bool:
+        """One utterance into `path`; whether speech was written (`_completed` says if it was cancelled)."""
+        while _espeak_playing() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the utterance before is still winding down in espeak-ng's thread
+        self._finished.clear()
+        self._completed = True
+        path.unlink(missing_ok=True)  # a stale file must not pass the check below
+        self._engine.save_to_file(text, str(path))
+        self._engine.runAndWait()
+        finished = self._finished.wait(max(0.0, deadline - time.monotonic()))
+        # A late notification from the utterance before can end the wait early: the file then follows.
+        while finished and self._completed and not _has_speech(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return finished and _has_speech(path)
 
     def close(self) -> None:
         self._engine.disconnect(self._token)

@@ -224,3 +224,33 @@ def test_say_aloud_pipes_the_samples_to_aplay_and_blocks_until_it_ends(
     assert args.read_text().split() == ["-q", "-t", "raw", "-f", "S16_LE", "-c", "1", "-r", "22050", "-"]
     samples = np.frombuffer(played.read_bytes(), dtype="<i2").astype(np.float64)
     assert samples.size > 11_025 and float(np.sqrt(np.mean(samples**2))) > 500
+
+
+@needs_espeak
+def test_an_utterance_pyttsx3_cancels_as_it_begins_is_said_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyttsx3's driver cancels a new utterance when espeak-ng still reports the one before as playing
+    (seen under load as "pyttsx3 did not write speech"). Here the first utterance ends as its loop ends a
+    cancelled one: a finished-utterance that did not complete, and no sound."""
+    synth = EspeakSynth("", 165, 1.0, "en")
+    driver = synth._engine.proxy._driver
+    started: list[str] = []
+    start = driver._start_synthesis
+
+    def cancelled_as_it_began(text: str) -> None:
+        started.append(text)
+        if len(started) > 1:
+            start(text)
+            return
+        driver._proxy.notify("finished-utterance", completed=False)
+        driver._proxy.setBusy(False)
+        driver.endLoop()
+
+    monkeypatch.setattr(driver, "_start_synthesis", cancelled_as_it_began)
+    try:
+        speech = synth.synthesize("Breathe with me, slowly.")
+    finally:
+        synth.close()
+    assert started == ["Breathe with me, slowly."] * 2, "the cancelled utterance was said once more"
+    samples = np.frombuffer(speech.pcm, dtype="<i2").astype(np.float64)
+    assert speech.rate == 22050 and 0.8 < speech.seconds < 5
+    assert float(np.sqrt(np.mean(samples**2))) > 100, "real speech, not the cancelled silence"
