@@ -115,6 +115,16 @@ def _rows(text: str) -> list[tuple[str, str]]:
     return [(r["label"], r["text"]) for r in csv.DictReader(io.StringIO(text))]
 
 
+def test_the_unseen_set_stays_out_of_the_examples() -> None:
+    """tests/data/safety_unseen.csv was written blind to the rules and is scored, never searched."""
+    shipped = {
+        text for _, text in _rows((ROOT / "server" / "data" / "crisis_examples.csv").read_text("utf-8"))
+    }
+    unseen = _rows((ROOT / "tests" / "data" / "safety_unseen.csv").read_text(encoding="utf-8"))
+    assert len(unseen) >= 150 and sum(label == "crisis" for label, _ in unseen) >= 60
+    assert not [text for _, text in unseen if text in shipped]
+
+
 def test_the_examples_are_exactly_the_labelled_development_sets() -> None:
     shipped = _rows((ROOT / "server" / "data" / "crisis_examples.csv").read_text(encoding="utf-8"))
     sets = [
