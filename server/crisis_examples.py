@@ -6,8 +6,13 @@ those. They only ever add a crisis the rules missed, and never overrule a readin
 idiom, a negation, someone else's story, the past). The examples and their thresholds are data
 (`data/crisis_examples.csv`, `[neighbours]` in `data/crisis.toml`).
 
+Both the examples and what was said are embedded in one plain form (`canonical`): lower case, no
+punctuation at the ends, no fillers or openers (`[neighbours]` in `data/crisis.toml`). The same words
+must get the same reading whether Whisper wrote "Um, I see no reason to go on living." or someone typed
+"i see no reason to go on living".
+
 The examples' embeddings take a few seconds to compute (longer on a Pi), so they are cached beside the
-other server data, keyed by the file's and the model's contents.
+other server data, keyed by the plain texts and the model.
 """
 
 from __future__ import annotations
@@ -49,13 +54,16 @@ class CrisisExamples:
         k: int,
         share: float,
         min_similarity: float,
+        fillers: tuple[str, ...] = (),
+        openers: tuple[str, ...] = (),
         cache_dir: Path | None = None,
     ) -> None:
         if not texts or len(labels) != len(texts) or k < 1:
             raise ConfigError("safety_rules_invalid", f"{_SOURCE}: no examples, or k < 1")
         self._embedder = embedder
         self._texts = texts
-        self._keys = [_key(t) for t in texts]
+        self._fillers, self._openers = frozenset(fillers), frozenset(openers)
+        self._keys = [self.canonical(t) for t in texts]
         self._crisis = np.array([label == "crisis" for label in labels])
         self._k, self._share, self._min_similarity = k, share, min_similarity
         self._vectors = self._embed_examples(cache_dir)
@@ -72,16 +80,28 @@ class CrisisExamples:
             k=int(settings["k"]),
             share=float(settings["share"]),
             min_similarity=float(settings["min_similarity"]),
+            fillers=tuple(str(word) for word in settings.get("fillers", [])),
+            openers=tuple(str(word) for word in settings.get("openers", [])),
             cache_dir=cache_dir,
         )
 
+    def canonical(self, text: str) -> str:
+        """`text` as it is embedded: lower case, straight quotes, no fillers, no words that only open the
+        utterance ("honestly", "so" before the rest), and no punctuation at its ends. Commas inside stay:
+        the examples' readings were measured with them, and they mark where a thought turns."""
+        plain = text.lower().replace("\u2019", "'").replace("\u2018", "'")
+        words = [w for w in plain.split() if w.strip(_EDGES) not in self._fillers]
+        while words[1:] and words[0].strip(_EDGES) in self._openers:
+            words.pop(0)
+        return " ".join(words).strip(_EDGES)
+
     def nearest(self, text: str, *, skip_identical: bool = False) -> Nearest:
         """`skip_identical` leaves out an example with the same words: for evaluating on the examples."""
-        query = self._unit(self._embedder.embed([text]))[0]
+        key = self.canonical(text)
+        query = self._unit(self._embedder.embed([key]))[0]
         similarity = self._vectors @ query
         order = [int(i) for i in np.argsort(-similarity)]
         if skip_identical:
-            key = _key(text)
             order = [i for i in order if self._keys[i] != key]
         near = order[: self._k]
         crisis = [i for i in near if self._crisis[i]]
@@ -91,14 +111,14 @@ class CrisisExamples:
         return Nearest(vote and alike >= self._min_similarity, self._texts[best], round(alike, 3))
 
     def _embed_examples(self, cache_dir: Path | None) -> np.ndarray:
-        digest = hashlib.sha256("\n".join(self._texts).encode("utf-8"))
+        digest = hashlib.sha256("\n".join(self._keys).encode("utf-8"))
         digest.update(str(self._embedder.get_config()).encode("utf-8"))
         cached = cache_dir / f"crisis-examples-{digest.hexdigest()[:16]}.npy" if cache_dir else None
         if cached is not None and cached.is_file():
             vectors: np.ndarray = np.load(cached)
             if vectors.shape[0] == len(self._texts):
                 return vectors
-        vectors = self._unit(self._embedder.embed(self._texts))
+        vectors = self._unit(self._embedder.embed(self._keys))
         if cached is not None:
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -116,5 +136,5 @@ class CrisisExamples:
         return result
 
 
-def _key(text: str) -> str:
-    return " ".join(text.lower().split())
+_EDGES = " .,;:!?…\"'-"
+"""Punctuation that only dresses an utterance or a filler word, stripped where it does."""

@@ -133,3 +133,45 @@ def test_the_examples_are_exactly_the_labelled_development_sets() -> None:
         for row in _rows((ROOT / "tests" / "data" / f"safety_{name}.csv").read_text(encoding="utf-8"))
     ]
     assert shipped == sets
+
+
+def _dressed(text: str) -> list[str]:
+    """`text` as speech recognition or a typist might give the same words: other end punctuation, case,
+    fillers and openers."""
+    core = text.strip().rstrip(".!?")
+    return [
+        core,
+        f"{core}.",
+        f"{core}!",
+        core.lower(),
+        f"{core[:1].upper()}{core[1:]}.",
+        f"Um, {core[:1].lower()}{core[1:]}.",
+        f"honestly {core}",
+        f"Like, {core}...",
+        f"so, um, {core}",
+    ]
+
+
+def test_the_examples_read_the_same_words_the_same_whatever_their_dress(care: Care) -> None:
+    """Every labelled row: each dressing is embedded as the same plain text, so the second opinion
+    cannot change with a full stop, a capital or an "um"."""
+    assert care.examples is not None
+    rows = [
+        row
+        for name in (*SETS, "unseen")
+        for row in _rows((ROOT / "tests" / "data" / f"safety_{name}.csv").read_text("utf-8"))
+    ]
+    assert len(rows) > 900
+    for _, text in rows:
+        plain = care.examples.canonical(text)
+        assert plain and {care.examples.canonical(d) for d in _dressed(text)} == {plain}, text
+    assert care.examples.canonical("Honestly, I'm not WELL, so...") == "i'm not well, so", "only openers go"
+
+
+@pytest.mark.parametrize(
+    "said", ["I see no reason to go on living", "there's no point me being here anymore"]
+)
+def test_a_full_stop_does_not_change_the_whole_check(care: Care, said: str) -> None:
+    """Found in the landed code: without the full stop a crisis, with it none (Whisper writes one)."""
+    levels = {care.assess(dressed).level for dressed in _dressed(said)}
+    assert len(levels) == 1, levels
