@@ -167,7 +167,8 @@ class Companion:
                 return
             exercise = self.care.exercise_for(session.id, text)
             if exercise is not None:
-                self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
+                turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
+                self._record_concern(session, turn_id, assessment, "answered with a guided exercise")
                 self._remember(session, "user", text)
                 lines = self.care.exercise_lines(exercise)
                 yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
@@ -281,11 +282,7 @@ class Companion:
 
         conversation, content = self.history.within_context(session.id, conversation, content_with, memories)
         turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content, confidence=confidence)
-        if note:
-            trigger = f"{assessment.rule}: {assessment.trigger}"
-            self.records.add_safety_event(
-                session.id, turn_id, Level.CONCERN, trigger, "the model was asked to answer with care"
-            )
+        self._record_concern(session, turn_id, assessment, "the model was asked to answer with care")
         self._remember(session, "user", text)
 
         if self.components.chat is None:
@@ -319,6 +316,14 @@ class Companion:
         """The talk-down and an exercise, in place of a model that is missing, busy, failed or silent."""
         _LOGGER.warning("session %s: %s; talking down without the model", session.id, why)
         yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
+
+    def _record_concern(
+        self, session: SessionRow, turn_id: int, assessment: Assessment, answered: str
+    ) -> None:
+        """A concern goes into the therapist's record whatever answered it (the model, or an exercise)."""
+        if assessment.level == Level.CONCERN:
+            trigger = f"{assessment.rule}: {assessment.trigger}"
+            self.records.add_safety_event(session.id, turn_id, Level.CONCERN, trigger, answered)
 
     def _scripted(
         self,

@@ -136,6 +136,19 @@ def test_concern_adds_a_note_to_the_model_s_prompt_and_is_recorded(
     assert not any(e["type"] == "safety" for e in events), "a concern is not spoken as an alarm"
 
 
+def test_a_concern_that_asks_for_an_exercise_is_recorded_too(
+    companion: Companion, chat: RecordingChat
+) -> None:
+    """Found in the landed code: "I feel hopeless, help me breathe" started the exercise and no concern
+    reached the therapist's record."""
+    session_id, (events,) = _turns(companion, "eve", ["I feel hopeless, help me breathe"])
+    assert events[-1]["source"] == "exercise" and chat.calls == []
+    (flag,) = companion.records.session_log(session_id)["safety_events"]
+    assert (flag["level"], flag["message"]) == ("concern", "answered with a guided exercise")
+    assert flag["turn_id"] == companion.records.session_log(session_id)["turns"][0]["id"]
+    assert not any(e["type"] == "safety" for e in events), "a concern is not spoken as an alarm"
+
+
 def test_an_exercise_asked_for_is_paced_and_needs_no_model(companion: Companion, chat: RecordingChat) -> None:
     session_id, (events,) = _turns(companion, "fi", ["can you help me breathe"])
     steps = companion.care.exercises.get("box_breathing").steps
