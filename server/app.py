@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.config.update(MAX_CONTENT_LENGTH=max_bytes, MAX_FORM_MEMORY_SIZE=max_bytes, JSON_SORT_KEYS=False)
     care = Care.load(
         settings.safety,
-        embedder=components.memory.embedder if components.memory is not None else None,
+        embedder=components.embedder,
         cache_dir=settings.data_path / "cache",
     )
     components.status["safety"] = ComponentStatus(

@@ -43,6 +43,9 @@ class Components:
     fer: Any = None
     chat: Any = None
     memory: Any = None
+    embedder: Any = None
+    """The text embedder, held apart from memory: the crisis check's second opinion needs it even when
+    chromadb is down."""
     status: dict[str, ComponentStatus] = field(default_factory=dict)
 
     @property
@@ -59,7 +62,18 @@ def build_components(settings: Settings) -> Components:
     components.transcriber = _try(components, "stt", stt_key, lambda: build_transcriber(settings.stt))
     components.fer = _try(components, "fer", "fer.model_path", lambda: _build_fer(settings))
     components.chat = _try(components, "llm", _llm_key(settings), lambda: _build_llm(settings))
-    components.memory = _try(components, "memory", "memory.embedder_path", lambda: _build_memory(settings))
+    failure: Exception | None = None
+    try:
+        components.embedder = build_embedder(settings)
+    except Exception as exc:  # memory's status below names it; the rules read every turn without it
+        failure = exc
+
+    def memory() -> Any:
+        if failure is not None:
+            raise failure
+        return open_memory(settings, components.embedder)
+
+    components.memory = _try(components, "memory", "memory.embedder_path", memory)
     for name, status in components.status.items():
         _LOGGER.info("component %s: %s %s", name, status.status, status.detail)
     return components
@@ -137,10 +151,10 @@ def _build_llm(settings: Settings) -> Any:
     return get_chat_model("llama_cpp", model_path=path, **sizes, seed=llm.seed)
 
 
-def _build_memory(settings: Settings) -> Any:
+def build_embedder(settings: Settings) -> Any:
+    """all-MiniLM-L6-v2 from memory.embedder_path, the models dir or its PyPI package."""
     from server.embedding import MiniLMEmbedder, find_embedder_dir
     from server.errors import ModelError
-    from server.memory import Memory
     from server.models import models_dir
 
     found = find_embedder_dir(settings.memory.embedder_path, models_dir())
@@ -149,4 +163,11 @@ def _build_memory(settings: Settings) -> Any:
             "model_missing",
             "no text embedder found: run `tadbot models pull` or set memory.embedder_path",
         )
-    return Memory(settings.data_path / "memory", MiniLMEmbedder(found))
+    return MiniLMEmbedder(found)
+
+
+def open_memory(settings: Settings, embedder: Any = None) -> Any:
+    """The chromadb memory under the data dir, with `embedder` (built here when not given)."""
+    from server.memory import Memory
+
+    return Memory(settings.data_path / "memory", embedder or build_embedder(settings))

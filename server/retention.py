@@ -176,7 +176,7 @@ def _open_memory(settings: Settings) -> Memory | None:
     """The server's own memory store; None where none was ever made (the server can run without one)."""
     if not (settings.data_path / "memory").exists():
         return None
-    from server.components import _build_memory
+    from server.components import open_memory
 
-    memory: Memory = _build_memory(settings)
+    memory: Memory = open_memory(settings)
     return memory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 from pathlib import Path
@@ -175,3 +176,30 @@ def test_a_full_stop_does_not_change_the_whole_check(care: Care, said: str) -> N
     """Found in the landed code: without the full stop a crisis, with it none (Whisper writes one)."""
     levels = {care.assess(dressed).level for dressed in _dressed(said)}
     assert len(levels) == 1, levels
+
+
+def test_the_second_opinion_works_when_memory_is_down(tmp_path: Path) -> None:
+    """Found in the landed code: the examples took their embedder from memory, so a chromadb that would
+    not open silently left the crisis check to the rules alone."""
+    from server.app import create_app
+    from server.config import load_settings
+
+    config = tmp_path / "tadbot.toml"
+    config.write_text(
+        f'[llm]\nmodel_path = "{tmp_path / "none.gguf"}"\n[fer]\nmodel_path = "{tmp_path / "none.onnx"}"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "memory").write_text("a file where chromadb's folder should be", encoding="utf-8")
+    engine = create_app(settings).extensions["tadbot"]
+    try:
+        status = engine.components.status
+        assert engine.components.memory is None and status["memory"].status == "error"
+        assert status["safety"].detail == "rules and similar examples"
+        said = "I have made my peace and said my goodbyes, tonight I go"
+        assert engine.care.detector.assess(said).level != Level.CRISIS, "the rules alone miss it"
+        assert engine.care.assess(said).level == Level.CRISIS
+    finally:
+        engine.close()
+        atexit.unregister(engine.close)  # the app keeps its engine for exit; this one is done now
