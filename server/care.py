@@ -122,7 +122,9 @@ class Care:
                 return found, index, other
         for index, heard in enumerate(hypotheses if spoken else ()):
             restored = self.soundalikes.restored(heard)
-            found = self.detector.assess(restored) if restored != heard else best
+            if restored == heard:
+                continue
+            found = self.detector.assess(restored)
             if found.level == Level.CRISIS:
                 return found, index, restored
         return best, 0, ""

@@ -354,19 +354,15 @@ def _eval_stt(args: argparse.Namespace) -> dict[str, object]:
     """The configured speech engine (stt.*) on labelled speech: the words it got wrong."""
     from server.bench.stt import engine_label
     from server.components import build_transcriber
-    from server.eval.stt import read_clips, score
-    from server.stt import read_wav
+    from server.eval.stt import read_clip_audio, read_clips, score
 
     settings = _settings(args)
     clips = read_clips(Path(args.data))
     transcriber = build_transcriber(settings.stt)
-    heard = []
-    for clip in clips:
-        try:
-            audio = read_wav(clip.path.read_bytes(), max_seconds=settings.server.max_audio_s)
-        except TadbotError as exc:
-            raise TadbotError("bad_data", f"{clip.path}: {exc.message}") from exc
-        heard.append(transcriber.transcribe(audio).text)
+    limit = settings.server.max_audio_s
+    heard = [
+        transcriber.transcribe(read_clip_audio(clip, clip.path.read_bytes(), limit)).text for clip in clips
+    ]
     report: dict[str, object] = {"engine": engine_label(settings.stt), **score(clips, heard)}
     print(f"stt ({report['engine']}): WER {report['wer']} over {report['words']} words", file=sys.stderr)
     return report

@@ -170,4 +170,4 @@ def open_memory(settings: Settings, embedder: Any = None) -> Any:
     """The chromadb memory under the data dir, with `embedder` (built here when not given)."""
     from server.memory import Memory
 
-    return Memory(settings.data_path / "memory", embedder or build_embedder(settings))
+    return Memory(settings.data_path / "memory", build_embedder(settings) if embedder is None else embedder)

@@ -23,7 +23,7 @@ from typing import Any
 
 from server.config import SttSection
 from server.errors import TadbotError
-from server.eval.stt import Clip, read_clips, score
+from server.eval.stt import Clip, read_clip_audio, read_clips, score
 from server.stt import read_wav
 
 _TIMEOUT_S = 600.0
@@ -89,13 +89,7 @@ def run_stt_bench(options: SttBenchOptions, say: Callable[[str], None]) -> dict[
 
 def _durations(clips: list[Clip], audio: list[bytes], max_audio_s: float) -> list[float]:
     """Each clip's length; a clip the server would refuse is named here, before any engine loads."""
-    seconds = []
-    for clip, data in zip(clips, audio, strict=True):
-        try:
-            seconds.append(read_wav(data, max_seconds=max_audio_s).duration_s)
-        except TadbotError as exc:
-            raise TadbotError("bad_data", f"{clip.path}: {exc.message}") from exc
-    return seconds
+    return [read_clip_audio(c, data, max_audio_s).duration_s for c, data in zip(clips, audio, strict=True)]
 
 
 class _Worker:

@@ -17,6 +17,7 @@ from typing import Any
 
 from server.errors import TadbotError
 from server.eval.labelled import read_labelled_csv
+from server.stt import WavAudio, read_wav
 
 _NOT_A_WORD = re.compile(r"[^a-z0-9' ]+")
 _SPELLED_OUT = {
@@ -58,6 +59,14 @@ def read_clips(folder: Path) -> list[Clip]:
             raise TadbotError("bad_data", f"{index} line {line}: no such file {path}")
         clips.append(Clip(path, row["text"], row.get("voice", ""), row.get("label", "")))
     return clips
+
+
+def read_clip_audio(clip: Clip, data: bytes, max_seconds: float) -> WavAudio:
+    """The clip's WAV bytes read as the server reads an upload; one it would refuse is named."""
+    try:
+        return read_wav(data, max_seconds=max_seconds)
+    except TadbotError as exc:
+        raise TadbotError("bad_data", f"{clip.path}: {exc.message}") from exc
 
 
 def words(text: str) -> list[str]:
