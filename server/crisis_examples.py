@@ -21,7 +21,9 @@ import csv
 import hashlib
 import io
 import logging
+import threading
 import tomllib
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +35,9 @@ from server.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
 _SOURCE = "server/data/crisis_examples.csv"
+_RECENT = 256
+"""Plain forms whose embeddings are kept: a turn's n-best hypotheses, read again for sound-alikes, often
+differ only in what the plain form drops."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class CrisisExamples:
         self._crisis = np.array([label == "crisis" for label in labels])
         self._k, self._share, self._min_similarity = k, share, min_similarity
         self._vectors = self._embed_examples(cache_dir)
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @classmethod
     def load(cls, embedder: Any, cache_dir: Path | None = None) -> CrisisExamples:
@@ -85,6 +92,10 @@ class CrisisExamples:
             cache_dir=cache_dir,
         )
 
+    def __len__(self) -> int:
+        """How many labelled examples there are (`tadbot doctor` reports it)."""
+        return len(self._texts)
+
     def canonical(self, text: str) -> str:
         """`text` as it is embedded: lower case, straight quotes, no fillers, no words that only open the
         utterance ("honestly", "so" before the rest), and no punctuation at its ends. Commas inside stay:
@@ -98,7 +109,7 @@ class CrisisExamples:
     def nearest(self, text: str, *, skip_identical: bool = False) -> Nearest:
         """`skip_identical` leaves out an example with the same words: for evaluating on the examples."""
         key = self.canonical(text)
-        query = self._unit(self._embedder.embed([key]))[0]
+        query = self._query(key)
         similarity = self._vectors @ query
         order = [int(i) for i in np.argsort(-similarity)]
         if skip_identical:
@@ -109,6 +120,18 @@ class CrisisExamples:
         vote = len(crisis) / len(near) >= self._share and bool(crisis)
         alike = float(similarity[best])
         return Nearest(vote and alike >= self._min_similarity, self._texts[best], round(alike, 3))
+
+    def _query(self, key: str) -> np.ndarray:
+        with self._recent_lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                return self._recent[key]
+        query: np.ndarray = self._unit(self._embedder.embed([key]))[0]
+        with self._recent_lock:
+            self._recent[key] = query
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+        return query
 
     def _embed_examples(self, cache_dir: Path | None) -> np.ndarray:
         digest = hashlib.sha256("\n".join(self._keys).encode("utf-8"))

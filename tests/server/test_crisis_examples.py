@@ -16,6 +16,7 @@ from server.crisis_examples import CrisisExamples
 from server.embedding import MiniLMEmbedder
 from server.safety import Level
 from tests.conftest import ROOT
+from tests.server.test_safety import FOUND_IN_THE_LANDED_CODE
 
 SETS = ("eval", "holdout", "blind", "final")
 
@@ -167,6 +168,39 @@ def test_the_examples_read_the_same_words_the_same_whatever_their_dress(care: Ca
         plain = care.examples.canonical(text)
         assert plain and {care.examples.canonical(d) for d in _dressed(text)} == {plain}, text
     assert care.examples.canonical("Honestly, I'm not WELL, so...") == "i'm not well, so", "only openers go"
+
+
+def test_the_whole_check_gives_every_labelled_row_one_level_whatever_its_dress(care: Care) -> None:
+    """Every labelled row, development and unseen: rules and examples together give one level for all
+    its dressings (Whisper writes full stops and capitals; people say "um" and "honestly")."""
+    rows = [
+        row
+        for name in (*SETS, "unseen")
+        for row in _rows((ROOT / "tests" / "data" / f"safety_{name}.csv").read_text("utf-8"))
+    ]
+    varying = {}
+    for _, text in rows:
+        levels = {care.assess(dressed).level for dressed in _dressed(text)}
+        if len(levels) > 1:
+            varying[text] = levels
+    assert len(rows) > 900 and not varying, varying
+
+
+@pytest.mark.parametrize("text", FOUND_IN_THE_LANDED_CODE)
+def test_the_whole_check_reads_what_was_missed_as_a_crisis(care: Care, text: str) -> None:
+    assert care.assess(text).level == Level.CRISIS
+
+
+def test_a_query_read_again_is_embedded_once(embedder: MiniLMEmbedder, tmp_path: Path) -> None:
+    """The n-best hypotheses of a turn are read more than once; their plain forms are embedded once."""
+    counting = CountingEmbedder(embedder)
+    examples = CrisisExamples.load(counting, tmp_path)
+    before = counting.texts
+    first = examples.nearest("I see no reason to go on living")
+    again = examples.nearest("Um, I see no reason to go on living.")
+    other = examples.nearest("I see no reason to go on working")
+    assert first == again and other != first
+    assert counting.texts - before == 2
 
 
 @pytest.mark.parametrize(

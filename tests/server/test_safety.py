@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -93,6 +95,101 @@ CONCERN = [
     "I was suicidal ten years ago but I'm doing much better now",
     "I'm so tired of feeling like this",
 ]
+
+
+FOUND_IN_THE_LANDED_CODE = [
+    # a negation or a past tense in one predicate cancelled the intent stated in another
+    "I'm not okay and I want to end my life",
+    "I haven't slept in days and I want to die",
+    "No one would notice if I killed myself",
+    "I'm never going to get better so I'm going to kill myself",
+    "I can't promise I won't kill myself tonight",
+    "I don't want to hurt myself but I will",
+    # a past attempt with present intent, the highest risk, was read as concern
+    "I tried to kill myself last year and I'm going to do it again tonight",
+    # punctuation changed the verdict; planning the method was missed
+    "I see no reason to go on living",
+    "I see no reason to go on living.",
+    "I keep picturing how I would do it",
+]
+"""Each came back below crisis before the care-safety second round (issue 17's "What was found")."""
+
+
+@pytest.mark.parametrize("text", FOUND_IN_THE_LANDED_CODE)
+def test_the_rules_alone_read_what_was_missed_as_a_crisis(detector: CrisisDetector, text: str) -> None:
+    assert detector.assess(text).level == Level.CRISIS
+
+
+@pytest.mark.parametrize(
+    ("text", "level"),
+    [
+        # a negation governs its own predicate, whoever's words come after it
+        ("He doesn't know I want to die", Level.CRISIS),
+        ("My friend doesn't know I want to kill myself", Level.CRISIS),
+        ("no i want to die", Level.CRISIS),
+        ("I'm not okay and I want to go home", Level.NONE),
+        ("I don't think I want to die, I'm just scared", Level.NONE),
+        ("Not that I want to die, I'm just tired", Level.NONE),
+        ("I have no plans to hurt myself", Level.NONE),
+        ("My friend said she wants to kill herself", Level.NONE),
+        ("my therapist asked if i'd ever felt suicidal and i said no", Level.NONE),
+        # what follows can take a negation or the past back
+        ("I'm not going to hurt myself but I might", Level.CRISIS),
+        ("I don't want to die but sometimes I do", Level.CRISIS),
+        ("I was suicidal years ago and I still am", Level.CRISIS),
+        ("I used to self-harm and I want to die now", Level.CRISIS),
+        ("I won't kill myself, I promise", Level.NONE),
+        ("I tried to kill myself years ago and I still think about it", Level.CONCERN),
+        # intent to act again refers back to harm named anywhere, and can itself be negated
+        ("I tried to overdose last year and this time I'll get it right", Level.CRISIS),
+        ("I overdosed years ago and I won't do it again", Level.CONCERN),
+        ("I'm going to do it again tonight, the karaoke was so fun", Level.NONE),
+        ("I keep picturing how I would do it in the interview", Level.NONE),
+    ],
+)
+def test_negation_and_the_past_are_read_in_their_own_predicate(
+    detector: CrisisDetector, text: str, level: Level
+) -> None:
+    assert detector.assess(text).level == level
+
+
+def _dressed(text: str) -> list[str]:
+    core = text.strip().rstrip(".!?")
+    return [
+        core,
+        f"{core}.",
+        f"{core[:1].upper()}{core[1:]}!",
+        core.lower(),
+        f"Um, {core[:1].lower()}{core[1:]}.",
+        f"honestly {core}",
+        f"Like, {core}...",
+        f"so, um, {core}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sets", "commas"), [(("eval", "holdout", "blind", "final"), True), (("unseen",), False)]
+)
+def test_the_rules_give_every_labelled_row_one_reading_whatever_its_dress(
+    detector: CrisisDetector, sets: tuple[str, ...], commas: bool
+) -> None:
+    """The rules' level, and whether they ruled the words out (which keeps the examples from overturning
+    them), do not move with end punctuation, capitals, fillers or openers; on the development sets, not
+    with the commas inside either. (The unseen set is kept to what the issue asks: it is not for tuning.)"""
+    rows = [
+        row["text"]
+        for name in sets
+        for row in csv.DictReader(
+            io.StringIO((ROOT / "tests" / "data" / f"safety_{name}.csv").read_text("utf-8"))
+        )
+    ]
+    varying = {}
+    for text in rows:
+        dressed = _dressed(text) + ([text.replace(",", "")] if commas else [])
+        readings = {(found.level, found.ruled_out) for found in map(detector.assess, dressed)}
+        if len(readings) > 1:
+            varying[text] = readings
+    assert len(rows) > 200 and not varying, varying
 
 
 @pytest.mark.parametrize("text", CRISIS)
