@@ -29,6 +29,7 @@ from device import notify
 from device.backoff import Backoff
 from device.camera import CameraSource, CameraWatcher, FrameSource, ImageFileSource
 from device.client import ServerClient
+from device.crisis import load_crisis_fallback
 from device.errors import DeviceConfigError, DeviceError
 from device.exercises import load_exercises
 from device.lines import load_lines
@@ -246,7 +247,7 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
         raise DeviceConfigError(
             "no device token: pass --token, or set [device] token or TADBOT_DEVICE__TOKEN"
         )
-    lines, exercises = load_lines(), load_exercises()
+    lines, exercises, crisis = load_lines(), load_exercises(), load_crisis_fallback(settings.locale)
     one_shot = _one_shot(args)  # read before anything opens, so a bad file fails first
     wake = None if one_shot is not None else _wake_gate(settings)
     watchdog = _Watchdog()
@@ -267,6 +268,7 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
             frames,
             lines=lines,
             exercises=exercises,
+            crisis=crisis,
             backoff=None if one_shot else Backoff(),
             states=StateMachine(),
             think_ack_s=settings.think_ack_s,

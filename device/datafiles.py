@@ -1,4 +1,5 @@
-"""The device's versioned data files (lines.toml, exercises.toml): one way to read them, and one error.
+"""The device's versioned data files (lines.toml, exercises.toml, the crisis files, ...): one way to read
+them, and one error.
 
 A file shipped in the package is read from it; tests and a curious owner may pass another path. A file that
 cannot be read, or has another layout version, is refused with one DeviceError naming it.

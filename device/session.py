@@ -2,7 +2,8 @@
 
 Sentences go to the voice thread as they arrive, so the first is heard while the server writes the next;
 the microphone is muted while the device speaks (see device.voice and device.listen). The loop outlives
-what it can: a failed turn gets a spoken line that fits its error code, and a server that cannot be reached
+what it can: a failed turn gets a spoken line that fits its error code (or, when the person's words were a
+crisis, the device's own copy of the crisis reply: device.crisis), and a server that cannot be reached
 gets the device's own talk-down and exercise while it is retried; a broken camera means a turn without a
 frame, a broken speaker a logged line. It stops only when going on would be pointless or harmful: the
 server refuses this device. Every change of state is logged by device.states.
@@ -17,13 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TextIO
 
 from device.backoff import Backoff
 from device.camera import FrameSource
 from device.client import ServerClient
+from device.crisis import CrisisFallback
 from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError
 from device.exercises import OfflineExercises, Step
 from device.lines import Lines
@@ -66,6 +68,17 @@ class Utterance:
     text: str | None = None
 
 
+@dataclass
+class _Heard:
+    """What the current turn has brought so far, for the crisis fallback should its stream break: the
+    person's words (typed, then the server's transcript), whether the server read a crisis, and the
+    sentences already handed to the voice."""
+
+    words: str = ""
+    server_crisis: bool = False
+    sent: list[str] = field(default_factory=list)
+
+
 def describe_faces(event: dict[str, Any]) -> str:
     """`fear 0.61, neutral 0.20, sad 0.10`, or why there is nothing to show."""
     faces = int(event.get("faces", 0) or 0)
@@ -94,6 +107,7 @@ class Conversation:
         *,
         lines: Lines,
         exercises: OfflineExercises | None = None,
+        crisis: CrisisFallback | None = None,
         backoff: Backoff | None = None,
         out: TextIO | None = None,
         states: StateMachine | None = None,
@@ -109,6 +123,8 @@ class Conversation:
         self._talk_down: tuple[Step, ...] = ()
         if exercises is not None:
             self._offline, self._talk_down = exercises.rotation(), exercises.talk_down
+        self._crisis = crisis
+        self._heard = _Heard()
         self._backoff = backoff
         self._out = out or sys.stdout
         self.states = states or StateMachine()
@@ -266,6 +282,7 @@ class Conversation:
         A session the server no longer knows (404) or has ended (409) is replaced by a new one, once, and
         the utterance sent again, so the person's words are not lost.
         """
+        self._heard = _Heard(utterance.text or "")
         if not self._session_id:
             try:
                 self._set_session(self._open_once(greet=False))
@@ -310,6 +327,7 @@ class Conversation:
                     if event.get("type") == EventType.COMMAND:
                         command = _command(event)
                     if self._handle(event):
+                        self._heard = _Heard()  # a whole reply: nothing is left for the fallback
                         if command is not None:
                             self._obey(command)
                         return True
@@ -332,20 +350,23 @@ class Conversation:
     def _failed(self, exc: ServerError) -> bool:
         if exc.status in _REFUSED:
             raise self._refused(exc) from exc
-        self._fail(exc.code, exc.message)
+        crisis = self._fail(exc.code, exc.message)
         if exc.transient and self._backoff is not None:
-            self._speak_offline(exc)
+            self._speak_offline(exc, exercise=not crisis)
         return False
 
-    def _speak_offline(self, exc: ServerError) -> None:
+    def _speak_offline(self, exc: ServerError, *, exercise: bool) -> None:
         """The server failed the turn (down, overloaded, cut off): the device's own talk-down and exercise,
-        so the person is not left in silence; the server is tried again with a back-off meanwhile."""
+        so the person is not left in silence; the server is tried again with a back-off meanwhile.
+
+        After the crisis reply there is no `exercise`: the talk-down tells a panic it is not dangerous, which
+        must not follow words of crisis, and the reply already ends by breathing with them."""
         assert self._backoff is not None
         self.states.go(State.OFFLINE, exc.code)
         if self._session_id and exc.status is None:
             self._set_session("")  # a server that went away may come back without it; a new one is opened
         self._next_try = time.monotonic() + self._backoff.failed()
-        if self._offline is None:
+        if self._offline is None or not exercise:
             return
         name, steps = next(self._offline)
         _LOGGER.info("speaking the offline exercise %s while the server is away", name)
@@ -373,16 +394,19 @@ class Conversation:
         """Show and speak one event; True when it is `done`."""
         kind = event.get("type")
         if kind == EventType.TRANSCRIPT:
+            self._heard.words = str(event.get("text", "")) or self._heard.words
             self._print(f"you: {event.get('text', '')}")
         elif kind == EventType.EMOTIONS:
             self._print(f"face: {describe_faces(event)}")
         elif kind == EventType.SAFETY:
             # Shown, not spoken: what to say (the helpline among it) follows as sentences, in a calm order.
+            self._heard.server_crisis |= event.get("level") == "crisis"
             self._print(f"safety: {event.get('level', '?')}: {event.get('message', '')}")
         elif kind == EventType.SENTENCE:
             text = str(event.get("text", ""))
             self.states.go(State.SPEAKING, "first sentence")
             self._print(f"bot: {text}")
+            self._heard.sent.append(text)
             pause_ms = event.get("pause_ms", 0)
             self._say(text, pause_ms if isinstance(pause_ms, int) else 0)
         elif kind == EventType.COMMAND:
@@ -396,13 +420,30 @@ class Conversation:
             _LOGGER.debug("ignoring unknown event type %r", kind)
         return False
 
-    def _fail(self, code: str, message: str) -> None:
-        """A failed turn: the cause in the log and transcript, and a spoken line that fits it."""
+    def _fail(self, code: str, message: str) -> bool:
+        """A failed turn: the cause in the log and transcript, and a spoken line that fits it; True when
+        that was the crisis reply, because the server or the device's rules read the words as a crisis."""
         _LOGGER.warning("turn failed: %s: %s", code, message)
         self._print(f"error: {code}: {message}")
+        heard = self._heard
+        crisis = (
+            None
+            if self._crisis is None
+            else self._crisis.lines_for(heard.words, heard.server_crisis, heard.sent)
+        )
+        if crisis is not None:
+            who, lines = crisis
+            _LOGGER.warning(
+                "%s read this turn as a crisis: saying %d line(s) of the crisis reply", who, len(lines)
+            )
+            for line in lines:
+                self._print(f"bot: {line}")
+                self._say(line)
+            return True
         line = self._lines.for_error(code)
         self._print(f"bot: {line}")
         self._say(line)
+        return False
 
     def acknowledge(self) -> None:
         """Say a short "one moment" while the server thinks; never the same one twice in a row."""

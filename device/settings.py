@@ -67,6 +67,13 @@ class DeviceSettings:
         default=120.0, metadata=_doc("Seconds to wait for each part of an answer.")
     )
     language: str = field(default="en", metadata=_doc("Language tag (en, en-GB, ...) picking the TTS voice."))
+    locale: str = field(
+        default="US",
+        metadata=_doc(
+            "Country whose crisis line the device's own crisis reply gives when a turn breaks (US, CA, GB, "
+            "IE, AU, NZ; any other gets findahelpline.com); keep it equal to the server's [safety] locale."
+        ),
+    )
     vad_aggressiveness: int = field(
         default=2,
         metadata=_doc("WebRTC VAD aggressiveness, 0-3: higher ignores more noise, and some speech."),
@@ -177,6 +184,10 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     ),
     "request_timeout_s": (lambda v: 1.0 <= v <= 3600.0, "a number of seconds from 1 to 3600"),
     "language": (lambda v: _LANGUAGE_RE.fullmatch(v) is not None, "a language tag such as en or en-GB"),
+    "locale": (
+        lambda v: re.fullmatch(r"[A-Za-z]{2}", v) is not None,
+        "a two-letter country code such as US or GB",
+    ),
     "vad_aggressiveness": (lambda v: 0 <= v <= 3, "an integer from 0 to 3"),
     "pre_roll_s": (lambda v: 0.0 <= v <= 2.0, "a number of seconds from 0 to 2"),
     "end_silence_s": (lambda v: 0.3 <= v <= 3.0, "a number of seconds from 0.3 to 3"),

@@ -1,8 +1,9 @@
 """A small real HTTP server on a loopback port that speaks the device side of the v1 contract.
 
 It stands in for the TADBot server so the device's tests need none of the server's models. Each test sets
-the turn `script`: the events to stream, with optional pauses and one optional gate that holds the stream
-until the test has seen the events before it (proof that events arrive as they are written, not at the end).
+the turn `script`: the events to stream, with optional pauses, one optional gate that holds the stream
+until the test has seen the events before it (proof that events arrive as they are written, not at the end),
+and an optional break, where the server hangs up mid-stream.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ TOKEN = "device-token-123"
 GREETING = "Hello, I'm here with you."
 GATE = "gate"
 """A script item: wait until the test opens `Loopback.gate` before writing further events."""
+BREAK = "break"
+"""A script item: hang up here, as a crashed server does; a chunked body never gets its last chunk."""
 HEALTHY: dict[str, Any] = {
     "status": "ok",
     "components": {name: {"status": "ok"} for name in ("db", "stt", "fer", "llm", "memory", "safety")},
@@ -159,6 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for item in state.script:
+                if item == BREAK:
+                    self.close_connection = True
+                    return
                 if item == GATE:
                     state.gate_timed_out = not state.gate.wait(timeout=5)
                 elif isinstance(item, float):

@@ -9,12 +9,14 @@ import pytest
 
 from device.backoff import Backoff
 from device.client import ServerClient
+from device.crisis import load_crisis_fallback
 from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError, SpeakerError
 from device.exercises import load_exercises
 from device.lines import load_lines
 from device.session import Conversation, Utterance, describe_faces
 from device.voice import Voice
-from tests.device.loopback import GREETING, TOKEN, Loopback, serve
+from tests.device.conftest import spoken_wav
+from tests.device.loopback import BREAK, GREETING, TOKEN, Loopback, serve
 
 LINES = load_lines()
 REPLY = [
@@ -97,6 +99,7 @@ def _run(
         frames or OneFrame(),
         lines=LINES,
         exercises=load_exercises(),
+        crisis=load_crisis_fallback("US"),
         backoff=backoff,
         out=out,
         heartbeat=heartbeat,
@@ -374,6 +377,88 @@ def test_speaking_to_a_daemon_whose_server_is_down_gets_the_offline_exercise(unu
     assert speaker.sentences[:2] == [LINES.waiting_for_server, LINES.errors["server_unreachable"]]
     assert speaker.sentences[2:] == [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
     assert "error: server_unreachable: cannot reach the server" in out
+
+
+CRISIS_REPLY = [
+    "I'm really glad you told me, and I'm taking what you said seriously.",
+    "You deserve support right now, from a person who can help.",
+    "You can call or text nine eight eight, the Suicide and Crisis Lifeline, any time, day or night.",
+    "If you are in immediate danger, call nine one one now, or ask someone near you to stay with you.",
+    "I'm here with you. Let's breathe together while you reach out: in slowly, and out even slower.",
+]
+CUT_OFF = "My answer got cut off, sorry. Please say that again."
+
+
+def test_a_stream_that_breaks_after_words_of_crisis_gets_the_devices_crisis_reply(
+    any_loopback: Loopback, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The words are the server's transcript of speech: the device has nothing else to read them by."""
+    any_loopback.script = [{"type": "transcript", "text": "I just want to end my life."}, BREAK]
+    with caplog.at_level(logging.INFO):
+        failed, out, speaker = _run(any_loopback, [Utterance(audio=spoken_wav())])
+    assert failed == 1
+    assert speaker.sentences == [GREETING, *CRISIS_REPLY]
+    assert out.splitlines()[-5:] == [f"bot: {line}" for line in CRISIS_REPLY]
+    assert (
+        "the device's rule end_my_life read this turn as a crisis: saying 5 line(s) of the crisis reply"
+        in [r.getMessage() for r in caplog.records]
+    )
+    assert not any("want to end" in r.getMessage().lower() for r in caplog.records), "never their words"
+
+
+@pytest.mark.parametrize(
+    "words",
+    ["My heart is racing and I can't breathe.", "I'm not going to kill myself, I'm just scared."],
+    ids=["safe", "negated"],
+)
+def test_a_stream_that_breaks_after_other_words_still_gets_the_cut_off_line(
+    any_loopback: Loopback, words: str
+) -> None:
+    any_loopback.script = [{"type": "transcript", "text": words}, BREAK]
+    failed, out, speaker = _run(any_loopback, [Utterance(audio=spoken_wav())])
+    assert failed == 1
+    assert speaker.sentences == [GREETING, CUT_OFF]
+    assert out.splitlines()[-1] == f"bot: {CUT_OFF}"
+
+
+def test_a_crisis_the_server_flagged_is_finished_by_the_device_when_the_stream_breaks(
+    loopback: Loopback,
+) -> None:
+    """Words the device's rules miss: the server's safety event is enough, and no line is said twice."""
+    loopback.script = [
+        {"type": "transcript", "text": "I wrote a goodbye note to my family."},
+        {"type": "safety", "level": "crisis", "message": CRISIS_REPLY[2]},
+        *({"type": "sentence", "text": line} for line in CRISIS_REPLY[:2]),
+        BREAK,
+    ]
+    failed, _, speaker = _run(loopback, [Utterance(audio=spoken_wav())])
+    assert failed == 1
+    assert speaker.sentences == [GREETING, *CRISIS_REPLY]
+
+
+def test_an_error_event_on_typed_words_of_crisis_gets_the_crisis_reply(loopback: Loopback) -> None:
+    loopback.script = [{"type": "error", "code": "llm_failed", "message": "the model failed"}]
+    failed, out, speaker = _run(loopback, [Utterance(text="I want to kill myself.")])
+    assert failed == 1
+    assert speaker.sentences == [GREETING, *CRISIS_REPLY]
+    assert "error: llm_failed: the model failed" in out.splitlines()
+
+
+def test_the_daemon_says_the_crisis_reply_without_the_panic_talk_down_and_recovers(
+    loopback: Loopback,
+) -> None:
+    """The talk-down calls the feeling not dangerous: after words of crisis it would be wrong."""
+    loopback.script = [{"type": "transcript", "text": "I want to kill myself."}, BREAK]
+
+    def microphone() -> Iterator[Utterance | None]:
+        yield Utterance(audio=spoken_wav())
+        loopback.script = REPLY  # the server is back
+        yield Utterance(text="still scared")
+
+    failed, _, speaker = _run(loopback, microphone(), backoff=Backoff((0.01,)))
+    assert failed == 1
+    assert speaker.sentences == [GREETING, *CRISIS_REPLY, "I'm here.", "Breathe out slowly."]
+    assert loopback.opened == ["s1", "s2"], "a server that broke off may have lost the session: a new one"
 
 
 @pytest.mark.parametrize(

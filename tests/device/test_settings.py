@@ -92,6 +92,7 @@ def test_local_tadbot_toml_is_the_last_fallback(tmp_path: Path) -> None:
         ("tts_rate = true", {}, ["tts_rate", "True", "integer"]),
         ("", {"TADBOT_DEVICE__REQUEST_TIMEOUT_S": "soon"}, ["request_timeout_s", "soon", "TADBOT_DEVICE__"]),
         ("", {"TADBOT_DEVICE__LANGUAGE": "english!"}, ["language", "english!", "en-GB"]),
+        ('locale = "en-GB"', {}, ["locale", "en-GB", "two-letter country code"]),
         ("max_utterance_s = 90", {}, ["max_utterance_s", "90", "from 1 to 60", "server"]),
         ('server_url = "http://127.0.0.1:99999"', {}, ["server_url", "99999", "valid port"]),
         ('server_url = "http://:8710"', {}, ["server_url", "http://:8710", "host"]),
