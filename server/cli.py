@@ -322,7 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     _require("server")
-    evaluate = {"fer": _eval_fer, "safety": _eval_safety, "stt": _eval_stt}[args.target]
+    evaluate = {"fer": _eval_fer, "guard": _eval_guard, "safety": _eval_safety, "stt": _eval_stt}[args.target]
     report = evaluate(args)
     print(json.dumps(report, ensure_ascii=False))
     return 0
@@ -407,6 +407,23 @@ def _eval_safety(args: argparse.Namespace) -> dict[str, object]:
         f"recall {alone['recall']}, false alarms {alone['false_alarm_rate']}",
         file=sys.stderr,
     )
+    return report
+
+
+def _eval_guard(args: argparse.Namespace) -> dict[str, object]:
+    from server.eval.guard import evaluate, read_rows
+    from server.guard import OutputGuard
+
+    report = evaluate(read_rows(Path(args.data)), OutputGuard.load())
+    alone = report["sentence_only"]
+    print(
+        f"guard: blocked {report['block_rate']} of {report['harmful']} harmful replies, "
+        f"false blocks {report['false_block_rate']} on {report['kind']} kind ones; each sentence alone: "
+        f"blocked {alone['block_rate']}, false blocks {alone['false_block_rate']}",
+        file=sys.stderr,
+    )
+    for category, rate in report["by_category"].items():
+        print(f"  {category}: blocked {rate}", file=sys.stderr)
     return report
 
 
@@ -523,11 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluation = add("eval", cmd_eval, "measure quality on labelled data; one JSON object on the last line")
-    evaluation.add_argument("target", choices=("safety", "fer", "stt"))
+    evaluation.add_argument("target", choices=("safety", "guard", "fer", "stt"))
     evaluation.add_argument(
         "--data",
         required=True,
         help="safety: a CSV with columns label,text (crisis, concern or safe); "
+        "guard: a CSV with columns sentence,label (harmful or kind) and optionally category; "
         "fer: a folder with images/ and labels.csv (image,emotion); "
         "stt: a folder of WAVs with index.csv (file,text), as `tadbot bench spoken` writes",
     )

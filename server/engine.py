@@ -369,7 +369,8 @@ class Companion:
         timings: dict[str, float],
         offer: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Stream the reply sentence by sentence, each through the output guard, and commit it before `done`.
+        """Stream the reply sentence by sentence, each through the output guard (alone and with the reply so
+        far, so harm split across sentences is caught), and commit it before `done`.
 
         A blocked sentence is replaced by its category's safe line, recorded as a safety event, and ends the
         reply: what follows it usually carries the same idea. A model that fails or says nothing before its
@@ -386,7 +387,7 @@ class Companion:
             try:
                 with contextlib.closing(self._reply(messages, raw, stats)) as replies:
                     for sentence in replies:
-                        verdict = self.care.guard.check(sentence)
+                        verdict = self.care.guard.check(sentence, sentences)
                         if verdict.blocked:
                             self._blocked(session, sentence, verdict.category or "", verdict.replacement)
                             sentence, blocked = verdict.replacement, True

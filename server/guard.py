@@ -2,8 +2,13 @@
 
 Gemma-2-2B follows the persona prompt most of the time, not every time, and someone in the middle of a
 panic attack may do what they hear. So every sentence passes this guard on its way to the speaker: one
-that names a means of self-harm, tells them to stop treatment, gives a medication dose, diagnoses, claims
-to be a human or a therapist, or flirts is replaced by a calm fixed sentence for its category.
+that names a means of self-harm, urges or praises self-harm, says others would be better off without them,
+tells them to stop treatment, gives a medication dose, gives diet or calorie advice, diagnoses, claims to be
+a human or a therapist, or flirts is replaced by a calm fixed sentence for its category.
+
+Harm can be split across sentences ("You have pills in the cupboard." "Swallow them."), so each sentence is
+checked alone and then with the reply so far: there, the sentences stand one a line and only a match that
+reaches into the newest one counts, so words already spoken are never blamed twice.
 
 The patterns are data (`data/guard.toml`), matched against a normalised copy of the sentence: lower case,
 straight quotes and single spaces. A match is exempt only when it lies wholly inside a match of one of its
@@ -15,12 +20,23 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
 from server.errors import ConfigError
 
-CATEGORIES = ("self_harm_method", "stop_treatment", "medication_dose", "diagnosis", "human_claim", "romance")
+CATEGORIES = (
+    "self_harm_method",
+    "encourage_harm",
+    "burden",
+    "stop_treatment",
+    "medication_dose",
+    "diet",
+    "diagnosis",
+    "human_claim",
+    "romance",
+)
 """Every category the data must define, in the order they are checked: the first that matches decides."""
 
 _SOURCE = "server/data/guard.toml"
@@ -59,15 +75,16 @@ class _Rule:
     allow: tuple[re.Pattern[str], ...]
     fallback: str
 
-    def first_match(self, text: str) -> str | None:
-        """The first words a pattern matches outside every allowed span, or None."""
+    def first_match(self, text: str, newest: int = 0) -> str | None:
+        """The first words a pattern matches outside every allowed span and ending past `newest`, or None."""
         allowed = [found.span() for pattern in self.allow for found in pattern.finditer(text)]
         for pattern in self.patterns:
             start = 0
             # Search from every start, not just after the previous match, so an exempt match cannot hide
             # an overlapping one that is not exempt.
             while (found := pattern.search(text, start)) is not None:
-                if not any(a <= found.start() and found.end() <= b for a, b in allowed):
+                exempt = any(a <= found.start() and found.end() <= b for a, b in allowed)
+                if found.end() > newest and not exempt:
                     return found.group()
                 start = found.start() + 1
         return None
@@ -107,14 +124,27 @@ class OutputGuard:
                 raise _invalid(source, f"[{rule.category}] fallback is itself blocked as {why}")
         return guard
 
-    def check(self, sentence: str) -> Verdict:
-        """Whether `sentence` may be spoken, and if not, why and what to say instead."""
-        text = _WHITESPACE.sub(" ", sentence.translate(_QUOTES).lower()).strip()
+    def check(self, sentence: str, before: Sequence[str] = ()) -> Verdict:
+        """Whether `sentence` may be spoken after `before` (the reply's sentences already spoken), and if
+        not, why and what to say instead."""
+        text = _normal(sentence)
+        verdict = self._first(text, 0)
+        if verdict.blocked or not before:
+            return verdict
+        earlier = "\n".join(_normal(line) for line in before)
+        return self._first(f"{earlier}\n{text}", len(earlier) + 1)
+
+    def _first(self, text: str, newest: int) -> Verdict:
         for rule in self._rules:
-            matched = rule.first_match(text)
+            matched = rule.first_match(text, newest)
             if matched is not None:
                 return Verdict(rule.category, matched, rule.fallback)
         return _ALLOWED
+
+
+def _normal(sentence: str) -> str:
+    """Lower case, straight quotes, single spaces: one line of the text the patterns read."""
+    return _WHITESPACE.sub(" ", sentence.translate(_QUOTES).lower()).strip()
 
 
 def _invalid(source: str, what: str) -> ConfigError:
@@ -171,6 +201,6 @@ def _compile(source: str, where: str, pattern: str, lists: dict[str, str]) -> re
         return lists[name]
 
     try:
-        return re.compile(_PLACEHOLDER.sub(expand, pattern), re.IGNORECASE)
+        return re.compile(_PLACEHOLDER.sub(expand, pattern), re.IGNORECASE | re.MULTILINE)
     except re.error as exc:
         raise _invalid(source, f"{where}: {pattern!r} is not a valid regex ({exc})") from exc

@@ -9,10 +9,11 @@ from server.errors import TadbotError
 
 
 def read_labelled_csv(
-    path: Path, columns: tuple[str, ...], needs: str = ""
+    path: Path, columns: tuple[str, ...], needs: str = "", labels: tuple[str, ...] = ()
 ) -> list[tuple[int, dict[str, str]]]:
-    """Each row of `path` with its line number. A file that cannot be read, lacks one of `columns` or has
-    no rows is one TadbotError naming it; `needs` says what the command's --data must hold."""
+    """Each row of `path` with its line number. A file that cannot be read, lacks one of `columns`, has
+    no rows or, when `labels` are given, a `label` outside them is one TadbotError naming it; `needs` says
+    what the command's --data must hold."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
@@ -25,4 +26,10 @@ def read_labelled_csv(
         raise TadbotError("bad_data", f"{path}: cannot read ({exc}){'; ' + needs if needs else ''}") from exc
     if not rows:
         raise TadbotError("bad_data", f"{path}: no rows")
+    if labels:
+        for line, row in rows:
+            label = row["label"].strip()
+            if label not in labels:
+                allowed = ", ".join(labels)
+                raise TadbotError("bad_data", f"{path} line {line}: label {label!r}; allowed: {allowed}")
     return rows

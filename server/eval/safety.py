@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import TadbotError
 from server.eval.labelled import read_labelled_csv
 from server.safety import Assessment, Level
 
@@ -29,16 +28,10 @@ class Row:
 
 def read_rows(path: Path) -> list[Row]:
     """The CSV's rows; a missing file, a missing column or an unknown label is one clear error."""
-    rows = [
+    return [
         Row(line, row["label"].strip(), row["text"])
-        for line, row in read_labelled_csv(path, ("label", "text"))
+        for line, row in read_labelled_csv(path, ("label", "text"), labels=LABELS)
     ]
-    for row in rows:
-        if row.label not in LABELS:
-            raise TadbotError(
-                "bad_data", f"{path} line {row.line}: label {row.label!r}; allowed: {', '.join(LABELS)}"
-            )
-    return rows
 
 
 def evaluate(
