@@ -44,7 +44,7 @@ def care(embedder: MiniLMEmbedder, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.parametrize(
     "text",
     [
-        "I think tonight is finally the night I do it",
+        "everything is sorted, the letters are written, it ends tonight",
         "I have made my peace and said my goodbyes, tonight I go",
         "my mind is made up, I am going to end everything on Sunday",
         "I don't see myself still being here next week, it's all arranged",
@@ -90,7 +90,7 @@ def test_a_failing_embedder_leaves_the_rules_in_charge(
 
     monkeypatch.setattr(care.examples, "_embedder", type("Broken", (), {"embed": staticmethod(broken)})())
     assert care.assess("I want to end my life").level == Level.CRISIS
-    assert care.assess("tonight is finally the night I do it").level == Level.NONE
+    assert care.assess("the letters are written and it is all over on sunday").level == Level.NONE
     assert "the rules alone decide" in caplog.text
 
 
