@@ -8,6 +8,7 @@ steady talk-down and an exercise. None of this needs the model, so none of it wa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -28,6 +29,11 @@ _LOGGER = logging.getLogger(__name__)
 DISTRESS = frozenset({"fear", "sad"})
 """Face readings that, turn after turn, make an exercise worth offering."""
 
+REPEATED_CONCERN_TURNS = 3
+"""Concern on this many turns of one session, in a row or not, is answered as a crisis
+("repeated_concern"): hopelessness said again and again is a risk no single turn shows. Once reached, every
+later concern in the session is a crisis too. A constant, not a config key: a safety floor."""
+
 
 @dataclass(frozen=True)
 class Line:
@@ -43,6 +49,10 @@ class _SessionState:
     offered: str | None = None
     """The exercise offered at the end of the last reply, waiting for a yes."""
     last_offer_exchange: int = -(10**9)
+    concern_turns: int = 0
+    """Turns of this session that read as concern on their own."""
+    last_was_crisis: bool = False
+    """The person's previous turn was answered as a crisis."""
 
 
 class Care:
@@ -128,6 +138,34 @@ class Care:
             if found.level == Level.CRISIS:
                 return found, index, restored
         return best, 0, ""
+
+    def across_turns(self, session_id: str, found: Assessment) -> Assessment:
+        """This turn's reading in the light of the session so far; call it once per turn, before the reply
+        is chosen. Concern becomes crisis on the turn right after a crisis ("concern_after_crisis": the
+        helpline was just given and they still sound hopeless), or on the REPEATED_CONCERN_TURNS-th turn of
+        concern in the session ("repeated_concern"). The trigger keeps the turn's own rule and words."""
+        with self._lock:
+            state = self._sessions.setdefault(session_id, _SessionState())
+            after_crisis = state.last_was_crisis
+            if found.level == Level.CONCERN:
+                state.concern_turns += 1
+            concerns = state.concern_turns
+            if found.level != Level.CONCERN:
+                raised = found
+            elif after_crisis:
+                why = f"{found.trigger} ({found.rule}; on the turn after a crisis)"
+                raised = dataclasses.replace(
+                    found, level=Level.CRISIS, rule="concern_after_crisis", trigger=why
+                )
+            elif concerns >= REPEATED_CONCERN_TURNS:
+                why = f"{found.trigger} ({found.rule}; concern on {concerns} turns of this session)"
+                raised = dataclasses.replace(found, level=Level.CRISIS, rule="repeated_concern", trigger=why)
+            else:
+                raised = found
+            state.last_was_crisis = raised.level == Level.CRISIS
+        if raised is not found:
+            _LOGGER.warning("session %s: concern read as a crisis (%s)", session_id, raised.rule)
+        return raised
 
     def crisis_lines(self) -> list[Line]:
         return [Line(text) for text in self.crisis.lines]

@@ -5,7 +5,12 @@ a spoken command (start over, goodbye, be quiet: tagged for the device and answe
 guided exercise the person asked for or accepted, the language model, or, when the model is missing,
 busy or failing, a steady talk-down and an exercise. The engine receives ready components and never builds
 its own. Every turn stream ends with `done` or `error`; the turn is committed to the record before `done`
-is sent.
+is sent. A crisis turn is the exception: nothing is written before its helpline is spoken, and a database
+too locked to take its record within a second gets it from a background retry (server/crisis_record.py),
+with `done` carrying no turn id.
+
+Crisis and concern turns go to the therapist's record whole, but never to the vector memory or a session
+summary: a later session's prompt must not quote them back under a note to use past details.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from server.care import Care, Line
 from server.commands import Command, Commands
 from server.components import Components
 from server.config import Settings
+from server.crisis_record import CrisisRecorder
 from server.errors import LlmError, MemoryStoreError, TadbotError
 from server.fer_smoothing import EmotionSmoother
 from server.history import History
 from server.llm import GenerationStats
 from server.model_queue import ModelQueue
 from server.prompt import Prompts, build_messages, stage_for, turn_content
-from server.records import Conversation, SessionRow
+from server.records import Conversation, CrisisTurn, EmotionSample, SessionRow
 from server.safety import Assessment, Level
 from server.stt import Transcript
 from server.summary import Summariser
@@ -88,9 +94,11 @@ class Companion:
         self.queue = ModelQueue(settings.llm.queue_max)
         self.faces = EmotionSmoother(settings.fer.smoothing)
         self.history = History(lambda: self.components, settings, prompts, self.queue)
+        self.crisis_records = CrisisRecorder(lambda: self.components.records)
 
     def close(self) -> None:
         self.history.close()
+        self.crisis_records.close()
 
     def admit(self) -> None:
         self.queue.admit()
@@ -133,15 +141,19 @@ class Companion:
             yield event(EventType.TRANSCRIPT, text=text)
 
             top3: list[dict[str, Any]] = []
+            # Written once the crisis check has spoken: a crisis writes them with its record, after the
+            # helpline.
+            samples: list[EmotionSample] = []
             if given.frames and self.components.fer is not None:
                 t0 = time.perf_counter()
-                read = self._read_faces(session, given.frames)
+                read = self._read_faces(session, given.frames, samples)
                 timings["fer_ms"] = _ms(t0)
                 if read is not None:
                     faces, top3 = read
                     yield event(EventType.EMOTIONS, faces=faces, top3=top3)
 
             if not text.strip():
+                self.records.add_emotion_samples(session.id, samples)
                 yield event(
                     EventType.ERROR,
                     code="no_speech",
@@ -154,13 +166,14 @@ class Companion:
             assessment, source, read_as = self.care.assess_heard(
                 heard.hypotheses, spoken=given.audio is not None, second_opinion=command is None
             )
+            assessment = self.care.across_turns(session.id, assessment)
             timings["safety_ms"] = _ms(t0)
             confidence = heard.confidence() if given.audio is not None else None
             if assessment.level == Level.CRISIS:
-                yield from self._crisis(
-                    session, heard.text, source, read_as, confidence, assessment, started, timings
-                )
+                crisis = _Crisis(heard.text, source, read_as, confidence, assessment, tuple(samples))
+                yield from self._crisis(session, crisis, started, timings)
                 return
+            self.records.add_emotion_samples(session.id, samples)
             # Only words the safety check found nothing in can be a command: a concern goes to the model.
             if command is not None and assessment.level == Level.NONE:
                 yield from self._command(session, text, confidence, command, started, timings)
@@ -169,7 +182,7 @@ class Companion:
             if exercise is not None:
                 turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
                 self._record_concern(session, turn_id, assessment, "answered with a guided exercise")
-                self._remember(session, "user", text)
+                self._remember_said(session, text, assessment)
                 lines = self.care.exercise_lines(exercise)
                 yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
                 return
@@ -186,42 +199,44 @@ class Companion:
             )
 
     def _crisis(
-        self,
-        session: SessionRow,
-        text: str,
-        source: int,
-        read_as: str,
-        confidence: dict[str, Any] | None,
-        assessment: Assessment,
-        started: float,
-        timings: dict[str, float],
+        self, session: SessionRow, crisis: _Crisis, started: float, timings: dict[str, float]
     ) -> Iterator[dict[str, Any]]:
-        """The scripted crisis reply: recorded and flagged for the therapist, alerted, and spoken at once.
+        """The scripted crisis reply: spoken at once, then alerted, recorded and flagged for the therapist.
 
-        `source` is the speech hypothesis that read as a crisis (0: the transcript itself) and `read_as`
-        the words that did, when they are not the transcript (another hypothesis, or one with a misheard
-        crisis word put back): the safety event keeps them, since the transcript alone would not show why."""
-        turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
+        Nothing is written before the helpline is said: a locked or full database must not delay it or
+        turn it into an error. The record follows, also when the device hangs up mid-reply, and is retried
+        in the background when the database will not take it (`done` then carries no turn id). Neither
+        the words nor the reply go to the vector memory."""
         helpline = self.care.crisis.helpline
-        trigger = f"{assessment.rule}: {assessment.trigger}"
-        self.records.add_safety_event(
-            session.id,
-            turn_id,
-            Level.CRISIS,
-            trigger,
-            helpline,
-            hypothesis=source + 1,
-            heard_as=read_as,
-        )
-        _LOGGER.warning(
-            "session %s: crisis (%s); answering from the crisis script", session.id, assessment.rule
-        )
-        self.care.alerts.send(
-            client=session.client, session_id=session.id, level=Level.CRISIS, rule=assessment.rule
-        )
-        self._remember(session, "user", text)
-        yield event(EventType.SAFETY, level=str(Level.CRISIS), message=helpline)
-        yield from self._scripted(session, self.care.crisis_lines(), Source.CRISIS, started, timings)
+        lines = self.care.crisis_lines()
+        heard_at = time.time()
+        rule = crisis.assessment.rule
+        _LOGGER.warning("session %s: crisis (%s); answering from the crisis script", session.id, rule)
+        said: list[str] = []
+        try:
+            yield event(EventType.SAFETY, level=str(Level.CRISIS), message=helpline)
+            yield from self._lines(lines, said, started, timings)
+        finally:
+            self.care.alerts.send(client=session.client, session_id=session.id, level=Level.CRISIS, rule=rule)
+            timings["total_ms"] = _ms(started)
+            turn_id = self.crisis_records.keep(
+                CrisisTurn(
+                    session_id=session.id,
+                    text=crisis.text,
+                    heard_at=heard_at,
+                    trigger=f"{rule}: {crisis.assessment.trigger}",
+                    message=helpline,
+                    reply=" ".join(said),
+                    replied_at=time.time(),
+                    timings=dict(timings) if len(said) == len(lines) else {"interrupted": True},
+                    confidence=crisis.confidence,
+                    hypothesis=crisis.source + 1,
+                    heard_as=crisis.read_as,
+                    samples=crisis.samples,
+                )
+            )
+        _LOGGER.info("reply %s in session %s from crisis: %d sentences", turn_id, session.id, len(said))
+        yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(Source.CRISIS))
 
     def _command(
         self,
@@ -283,7 +298,7 @@ class Companion:
         conversation, content = self.history.within_context(session.id, conversation, content_with, memories)
         turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content, confidence=confidence)
         self._record_concern(session, turn_id, assessment, "the model was asked to answer with care")
-        self._remember(session, "user", text)
+        self._remember_said(session, text, assessment)
 
         if self.components.chat is None:
             status = self.components.status.get("llm")
@@ -339,14 +354,7 @@ class Companion:
         sent: list[str] = []
         committed = False
         try:
-            for line in lines:
-                if not sent:
-                    timings["first_sentence_ms"] = _ms(started)
-                sent.append(line.text)
-                if line.pause_ms:
-                    yield event(EventType.SENTENCE, text=line.text, pause_ms=line.pause_ms)
-                else:
-                    yield event(EventType.SENTENCE, text=line.text)
+            yield from self._lines(lines, sent, started, timings)
             reply = " ".join(sent)
             timings["total_ms"] = _ms(started)
             turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
@@ -360,6 +368,20 @@ class Companion:
         finally:
             if sent and not committed:
                 self._record_interrupted(session, sent)
+
+    @staticmethod
+    def _lines(
+        lines: Sequence[Line], sent: list[str], started: float, timings: dict[str, float]
+    ) -> Iterator[dict[str, Any]]:
+        """Fixed lines as sentence events, with their pauses; `sent` collects what was said."""
+        for line in lines:
+            if not sent:
+                timings["first_sentence_ms"] = _ms(started)
+            sent.append(line.text)
+            if line.pause_ms:
+                yield event(EventType.SENTENCE, text=line.text, pause_ms=line.pause_ms)
+            else:
+                yield event(EventType.SENTENCE, text=line.text)
 
     def _speak(
         self,
@@ -473,10 +495,10 @@ class Companion:
             yield spoken
 
     def _read_faces(
-        self, session: SessionRow, frames: Sequence[Any]
+        self, session: SessionRow, frames: Sequence[Any], samples: list[EmotionSample]
     ) -> tuple[int, list[dict[str, Any]]] | None:
-        """Every frame goes to the timeline as it was; the turn's reading is the session's smoothed estimate
-        after the frames that showed a face.
+        """Every frame goes to `samples`, for the timeline, as it was; the turn's reading is the session's
+        smoothed estimate after the frames that showed a face.
 
         A face that cannot be read must not cost the person their reply: the turn goes on without emotions.
         """
@@ -490,7 +512,7 @@ class Companion:
             except Exception:
                 _LOGGER.exception("FER failed in session %s; answering without the face", session.id)
                 return None
-            self.records.add_emotion_sample(session.id, "turn", reading.faces, _top3_json(reading.top3))
+            samples.append(EmotionSample(time.time(), "turn", reading.faces, _top3_json(reading.top3)))
             faces = max(faces, reading.faces)
             if reading.faces:
                 smoothed = self.faces.update(session.id, reading.probs)
@@ -527,6 +549,12 @@ class Companion:
             spent += cost
         return kept
 
+    def _remember_said(self, session: SessionRow, text: str, assessment: Assessment) -> None:
+        """What the person said, for recall in later sessions, unless it raised a concern (a crisis never
+        gets here): recalled later, it would be quoted back under a note to use past details."""
+        if assessment.level == Level.NONE:
+            self._remember(session, "user", text)
+
     def _remember(self, session: SessionRow, role: str, text: str, kind: str = "turn") -> None:
         memory = self.components.memory
         if memory is None:
@@ -540,8 +568,13 @@ class Companion:
 
     def end_session(self, session: SessionRow) -> dict[str, Any]:
         # "Goodbye" and "start over" say nothing about the person: a summary that quoted them would be
-        # remembered, and recalled into the next session's prompts.
-        said = [text for text in self.records.user_turns(session.id) if self.commands.match(text) is None]
+        # remembered, and recalled into the next session's prompts. Crisis and concern turns must never be
+        # quoted back there; the therapist reads them in the session's record.
+        said = [
+            text
+            for text in self.records.user_turns(session.id, unraised=True)
+            if self.commands.match(text) is None
+        ]
         quoted = "; ".join(f"'{s[:120]}'" for s in said[:5]) or "nothing"
         summary = self.prompts.summary.format(turns=len(said), said=quoted)
         rolling = self.records.conversation(session.id).summary
@@ -572,6 +605,21 @@ class Companion:
             # gone it cannot write again, so a second sweep leaves nothing behind.
             memories += memory.forget_client(client)
         return {**deleted, "memories": memories}
+
+
+@dataclass(frozen=True)
+class _Crisis:
+    """A turn read as a crisis, as the crisis reply records it."""
+
+    text: str
+    source: int
+    """The speech hypothesis that read as a crisis (0: the transcript itself)."""
+    read_as: str
+    """The words that did, when not the transcript (another hypothesis, or one with a misheard crisis word
+    put back): the safety event keeps them, since the transcript alone would not show why."""
+    confidence: dict[str, Any] | None
+    assessment: Assessment
+    samples: tuple[EmotionSample, ...]
 
 
 def _top3_json(top3: Sequence[Any]) -> list[dict[str, Any]]:

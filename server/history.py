@@ -18,7 +18,14 @@ from server.errors import LlmError
 from server.model_queue import ModelQueue
 from server.prompt import Prompts, build_messages
 from server.records import Conversation, Turn
-from server.summary import TURN_OVERHEAD_TOKENS, Summariser, fallback_summary, plan_fold, summarise_prompt
+from server.summary import (
+    TURN_OVERHEAD_TOKENS,
+    Summariser,
+    fallback_summary,
+    plan_fold,
+    summarisable,
+    summarise_prompt,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -120,7 +127,10 @@ class History:
         plan = plan_fold(conversation.turns, self._cost, limit=budget * 3 // 4, target=budget // 2)
         if plan is None or chat is None:
             return
-        summary = self._model_summary(conversation.summary, plan.folded)
+        # Nothing the model may read (only crisis or concern turns): the summary stays as it was.
+        summary = (
+            self._model_summary(conversation.summary, plan.folded) if summarisable(plan.folded) else None
+        )
         if summary is None:
             summary = fallback_summary(
                 self.prompts,

@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +42,39 @@ class Turn:
     role: str
     text: str
     prompt: str
+    raised: bool = False
+    """A crisis or concern was raised on this turn, or it is the reply to one: never summarised."""
+
+
+@dataclass(frozen=True)
+class EmotionSample:
+    """One face reading, kept for the timeline; `t` is when it was read, whenever it is written."""
+
+    t: float
+    source: str
+    faces: int
+    top3: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CrisisTurn:
+    """Everything a crisis turn records, written in one transaction after the helpline was spoken, so that
+    a retried write never leaves half of it, or writes it twice."""
+
+    session_id: str
+    text: str
+    heard_at: float
+    trigger: str
+    message: str
+    """What the person was told: the helpline."""
+    reply: str
+    """The crisis lines said ('' when the device hung up before the first)."""
+    replied_at: float
+    timings: dict[str, Any]
+    confidence: dict[str, Any] | None = None
+    hypothesis: int = 1
+    heard_as: str = ""
+    samples: tuple[EmotionSample, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,64 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
+_RAISED_ON_TURN = (
+    "EXISTS (SELECT 1 FROM safety_events e WHERE e.turn_id = t.id AND e.level IN ('crisis', 'concern'))"
+)
+"""Whether the turn aliased `t` raised a crisis or a concern. Such a turn, and the reply to it, is kept out
+of every summary later prompts read; the therapist's record keeps it whole."""
+
+
+def _insert_turn(
+    db: sqlite3.Connection,
+    session_id: str,
+    role: str,
+    text: str,
+    at: float,
+    timings: dict[str, Any] | None = None,
+    prompt: str | None = None,
+    confidence: dict[str, Any] | None = None,
+) -> int:
+    cur = db.execute(
+        "INSERT INTO turns (session_id, role, text, created_at, timings, prompt, confidence) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            session_id,
+            role,
+            text,
+            at,
+            json.dumps(timings or {}),
+            prompt,
+            json.dumps(confidence) if confidence else None,
+        ),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def _insert_safety_event(
+    db: sqlite3.Connection,
+    session_id: str,
+    turn_id: int | None,
+    at: float,
+    level: str,
+    trigger: str,
+    message: str,
+    hypothesis: int,
+    heard_as: str,
+) -> None:
+    db.execute(
+        "INSERT INTO safety_events (session_id, turn_id, t, level, trigger, message, hypothesis, heard_as) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, turn_id, at, level, trigger, message, hypothesis, heard_as),
+    )
+
+
+def _insert_samples(db: sqlite3.Connection, session_id: str, samples: Sequence[EmotionSample]) -> None:
+    db.executemany(
+        "INSERT INTO emotion_samples (session_id, t, source, faces, top3) VALUES (?, ?, ?, ?, ?)",
+        [(session_id, s.t, s.source, s.faces, json.dumps(s.top3)) for s in samples],
+    )
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -93,8 +184,8 @@ class Records:
             _add_missing_columns(db)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
+    def _connect(self, busy_timeout_s: float = 10.0) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=busy_timeout_s)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -193,31 +284,45 @@ class Records:
         """`prompt` is the turn as the model saw or wrote it, when that differs from the words kept;
         `confidence`, for a spoken turn, how sure speech recognition was of each word."""
         with self._connect() as db:
-            cur = db.execute(
-                "INSERT INTO turns (session_id, role, text, created_at, timings, prompt, confidence) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session_id,
-                    role,
-                    text,
-                    time.time(),
-                    json.dumps(timings or {}),
-                    prompt,
-                    json.dumps(confidence) if confidence else None,
-                ),
+            return _insert_turn(db, session_id, role, text, time.time(), timings, prompt, confidence)
+
+    def add_crisis_turn(self, turn: CrisisTurn, *, busy_timeout_s: float = 10.0) -> int:
+        """The whole crisis turn, or nothing; returns the reply's id (the person's, when nothing was said).
+
+        `busy_timeout_s`: how long to wait for another writer's lock before giving up with
+        sqlite3.OperationalError, which the caller retries (server/crisis_record.py)."""
+        with self._connect(busy_timeout_s) as db:
+            said = _insert_turn(
+                db, turn.session_id, "user", turn.text, turn.heard_at, {}, None, turn.confidence
             )
-            return int(cur.lastrowid or 0)
+            _insert_safety_event(
+                db,
+                turn.session_id,
+                said,
+                turn.heard_at,
+                "crisis",
+                turn.trigger,
+                turn.message,
+                turn.hypothesis,
+                turn.heard_as,
+            )
+            _insert_samples(db, turn.session_id, turn.samples)
+            if not turn.reply:
+                return said
+            return _insert_turn(db, turn.session_id, "assistant", turn.reply, turn.replied_at, turn.timings)
 
     def set_timings(self, turn_id: int, timings: dict[str, Any]) -> None:
         with self._connect() as db:
             db.execute("UPDATE turns SET timings = ? WHERE id = ?", (json.dumps(timings), turn_id))
 
-    def user_turns(self, session_id: str) -> list[str]:
+    def user_turns(self, session_id: str, *, unraised: bool = False) -> list[str]:
+        """What the person said, in order; `unraised` leaves out the turns that raised a crisis or concern."""
+        query = "SELECT text FROM turns t WHERE session_id = ? AND role = 'user'"
+        if unraised:
+            query += f" AND NOT {_RAISED_ON_TURN}"
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT text FROM turns WHERE session_id = ? AND role = 'user' ORDER BY id", (session_id,)
-            ).fetchall()
-        return [r["text"] for r in rows]
+            rows = db.execute(query + " ORDER BY id", (session_id,))
+            return [r["text"] for r in rows]
 
     def conversation(self, session_id: str) -> Conversation:
         """The running summary and the turns not yet folded into it, each as the model saw it."""
@@ -226,14 +331,17 @@ class Records:
                 "SELECT rolling_summary, folded_through FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
             rows = db.execute(
-                "SELECT id, role, text, COALESCE(prompt, text) AS prompt FROM turns "
-                "WHERE session_id = ? AND id > ? ORDER BY id",
+                f"SELECT id, role, text, COALESCE(prompt, text) AS prompt, {_RAISED_ON_TURN} AS raised "
+                "FROM turns t WHERE session_id = ? AND id > ? ORDER BY id",
                 (session_id, head["folded_through"]),
             ).fetchall()
+        turns: list[Turn] = []
+        for row in rows:
+            # A reply carries the mark of the turn it answered: it may repeat or answer their words.
+            raised = bool(row["raised"]) or (row["role"] == "assistant" and bool(turns) and turns[-1].raised)
+            turns.append(Turn(row["id"], row["role"], row["text"], row["prompt"], raised))
         return Conversation(
-            summary=head["rolling_summary"],
-            folded_through=head["folded_through"],
-            turns=tuple(Turn(**dict(r)) for r in rows),
+            summary=head["rolling_summary"], folded_through=head["folded_through"], turns=tuple(turns)
         )
 
     def fold(self, session_id: str, *, summary: str, through: int, expected_through: int) -> bool:
@@ -249,11 +357,13 @@ class Records:
     def add_emotion_sample(
         self, session_id: str, source: str, faces: int, top3: list[dict[str, Any]]
     ) -> None:
+        self.add_emotion_samples(session_id, [EmotionSample(time.time(), source, faces, top3)])
+
+    def add_emotion_samples(self, session_id: str, samples: Sequence[EmotionSample]) -> None:
+        if not samples:
+            return
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO emotion_samples (session_id, t, source, faces, top3) VALUES (?, ?, ?, ?, ?)",
-                (session_id, time.time(), source, faces, json.dumps(top3)),
-            )
+            _insert_samples(db, session_id, samples)
 
     def add_safety_event(
         self,
@@ -270,10 +380,8 @@ class Records:
         `hypothesis`: which of speech recognition's hypotheses raised it (1, the transcript, unless
         another one read as a crisis), and `heard_as` that hypothesis's words when it was not the first."""
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO safety_events (session_id, turn_id, t, level, trigger, message, hypothesis, "
-                "heard_as) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (session_id, turn_id, time.time(), level, trigger, message, hypothesis, heard_as),
+            _insert_safety_event(
+                db, session_id, turn_id, time.time(), level, trigger, message, hypothesis, heard_as
             )
 
     def end_session(self, session_id: str, summary: str) -> int:

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS safety_events (
     hypothesis INTEGER NOT NULL DEFAULT 1,
     heard_as TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS safety_by_turn ON safety_events (turn_id);
 
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY,

@@ -2,7 +2,8 @@
 
 A fold is planned from token counts; the language model writes the summary in the background while
 nobody waits for a reply, and a deterministic one stands in whenever it cannot (a turn arrives, the
-model fails, or there is no model).
+model fails, or there is no model). Neither ever reads a turn that raised a crisis or concern, nor the
+reply to one: the summary ends up in the session's record that later sessions recall.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def fallback_summary(
     prompts: Prompts, previous: str, folded: Sequence[Turn], count: Callable[[str], int], limit: int
 ) -> str:
     """The person's own words, newest kept, within `limit` tokens: always available, never invented."""
-    said = "; ".join(f"'{_clip(t.text, 120)}'" for t in folded if t.role == "user")
+    said = "; ".join(f"'{_clip(t.text, 120)}'" for t in summarisable(folded) if t.role == "user")
     summary = " ".join(
         part for part in (previous, prompts.fold_fallback.format(said=said) if said else "") if part
     )
@@ -63,8 +64,13 @@ def fallback_summary(
 
 
 def summarise_prompt(prompts: Prompts, previous: str, folded: Sequence[Turn], name: str) -> str:
-    lines = [f"{'They' if t.role == 'user' else name}: {t.text}" for t in folded]
+    lines = [f"{'They' if t.role == 'user' else name}: {t.text}" for t in summarisable(folded)]
     return prompts.summarise.format(summary=previous or "(none yet)", turns="\n".join(lines))
+
+
+def summarisable(turns: Sequence[Turn]) -> list[Turn]:
+    """The turns a summary may read: none that raised a crisis or concern, nor the replies to them."""
+    return [t for t in turns if not t.raised]
 
 
 def _clip(text: str, chars: int) -> str:

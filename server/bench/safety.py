@@ -69,12 +69,13 @@ def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
             max_tokens=_BUSY_TOKENS,
         )
         with server:
-            crisis_session = _session(server)
+            # Each utterance in a session of its own: after a crisis turn a concern is answered as a crisis
+            # too (server/care.py, across_turns), which would hide a line the check reads as less.
             say(f"{len(lines)} crisis turns with the model idle")
-            idle = [_crisis_turn(server, crisis_session, text=line) for line in lines]
+            idle = [_crisis_turn(server, _session(server), text=line) for line in lines]
             if spoken:
                 say(f"{len(spoken)} spoken, through speech recognition, with the model idle")
-            heard = [server.turn(crisis_session, audio=clip.wav, crisis_only=True) for clip in spoken]
+            heard = [server.turn(_session(server), audio=clip.wav, crisis_only=True) for clip in spoken]
             say("the typed ones again while the model writes another reply")
             busy, overlapped = _while_busy(server, busy_line, lambda: _typed_turns(server, lines))
     caught = [m for m, clip in zip(heard, spoken, strict=True) if m.safety == clip.label == "crisis"]
@@ -109,8 +110,7 @@ def _crisis_turn(server: LiveServer, session_id: str, *, text: str) -> TurnMeasu
 
 
 def _typed_turns(server: LiveServer, lines: list[str]) -> list[TurnMeasure]:
-    session_id = _session(server)
-    return [_crisis_turn(server, session_id, text=line) for line in lines]
+    return [_crisis_turn(server, _session(server), text=line) for line in lines]
 
 
 def _while_busy(

@@ -403,6 +403,28 @@ def test_role_server_passes_with_every_model_loaded(
     assert _line(lines, "models") == "✓ models   loaded: llm, fer, stt, memory"
 
 
+def test_the_server_side_checks_come_first_each_on_its_own_line(
+    loopback: Loopback, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tadbot doctor` passes each check it ran on the server side as one `--result` (device/ never imports
+    server/): the LLM decode and the crisis check's second opinion."""
+    llm = {"name": "llm", "state": "pass", "detail": "decoded a token on this CPU"}
+    second = {
+        "name": "second_opinion",
+        "state": "fail",
+        "detail": "no text embedder found: run `tadbot models pull`; the rules alone decide",
+    }
+    results = [arg for check in (llm, second) for arg in ("--result", json.dumps(check))]
+    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url, "--json", *results)
+    report = json.loads(lines[-1])
+    assert [c["name"] for c in report["checks"]][:3] == ["llm", "second_opinion", "server"]
+    assert lines[1:3] == [
+        "✓ llm      decoded a token on this CPU",
+        "✗ second_opinion no text embedder found: run `tadbot models pull`; the rules alone decide",
+    ]
+    assert code == 1 and lines[-2] == "1 required check(s) failed: second_opinion"
+
+
 def test_role_server_with_the_server_down_cannot_tell(
     unused_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:

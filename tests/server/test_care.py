@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,30 +126,6 @@ def test_a_dead_webhook_never_delays_or_breaks_the_reply(
     assert "crisis alert for session" in caplog.text and "failed" in caplog.text
 
 
-def test_concern_adds_a_note_to_the_model_s_prompt_and_is_recorded(
-    companion: Companion, chat: RecordingChat
-) -> None:
-    session_id, (events,) = _turns(companion, "ed", ["I can't do this anymore"])
-    assert events[-1]["source"] == "llm"
-    assert companion.care.crisis.concern_note in chat.calls[-1][-1]["content"]
-    (flag,) = companion.records.session_log(session_id)["safety_events"]
-    assert flag["level"] == "concern"
-    assert not any(e["type"] == "safety" for e in events), "a concern is not spoken as an alarm"
-
-
-def test_a_concern_that_asks_for_an_exercise_is_recorded_too(
-    companion: Companion, chat: RecordingChat
-) -> None:
-    """Found in the landed code: "I feel hopeless, help me breathe" started the exercise and no concern
-    reached the therapist's record."""
-    session_id, (events,) = _turns(companion, "eve", ["I feel hopeless, help me breathe"])
-    assert events[-1]["source"] == "exercise" and chat.calls == []
-    (flag,) = companion.records.session_log(session_id)["safety_events"]
-    assert (flag["level"], flag["message"]) == ("concern", "answered with a guided exercise")
-    assert flag["turn_id"] == companion.records.session_log(session_id)["turns"][0]["id"]
-    assert not any(e["type"] == "safety" for e in events), "a concern is not spoken as an alarm"
-
-
 def test_an_exercise_asked_for_is_paced_and_needs_no_model(companion: Companion, chat: RecordingChat) -> None:
     session_id, (events,) = _turns(companion, "fi", ["can you help me breathe"])
     steps = companion.care.exercises.get("box_breathing").steps
@@ -244,3 +221,188 @@ def test_without_a_model_no_offer_is_left_waiting_for_a_yes(tmp_path: Path) -> N
     offer = companion.care.exercises.get("box_breathing").offer
     assert offer not in _said(first)
     assert second[-1]["source"] == "offline", "a yes to an offer that was never said starts nothing"
+
+
+# The helpline before the record: nothing is written until it has been said.
+
+
+def _fer_companion(tmp_path: Path, chat: RecordingChat, tiny_fer: Path) -> Companion:
+    from server.faces import HaarDetector
+    from server.fer import EmotionClassifier, FerPipeline
+
+    companion = _companion(tmp_path, chat)
+    fer = FerPipeline(HaarDetector(), EmotionClassifier(tiny_fer))
+    companion.components = Components(records=companion.records, chat=chat, fer=fer)
+    return companion
+
+
+def test_nothing_is_written_before_the_helpline_is_said(companion: Companion) -> None:
+    session_id = companion.start_session("ola", None)["session_id"]
+    session = companion.records.session(session_id)
+    seen = []
+    for item in companion.turn(session, TurnInput(text="I want to end my life")):
+        recorded = companion.records.session_log(session_id)
+        if item["type"] != "done":
+            assert recorded["turns"] == [] and recorded["safety_events"] == [], item
+        else:
+            # The record is in before `done`, when the database takes it at once.
+            assert [t["id"] for t in recorded["turns"]][-1] == item["turn_id"]
+        seen.append(item["type"])
+    assert seen[:2] == ["transcript", "safety"] and seen[-1] == "done"
+
+
+def test_a_locked_database_never_holds_up_the_helpline_and_the_record_lands_after(
+    tmp_path: Path, chat: RecordingChat, tiny_fer: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    import numpy as np
+
+    companion = _fer_companion(tmp_path, chat, tiny_fer)
+    session_id = companion.start_session("pam", None)["session_id"]
+    session = companion.records.session(session_id)
+    frame = np.zeros((64, 64, 3), dtype=np.uint8)
+    # Another writer holds the database: every write waits for it, as with a stuck backup or a long purge.
+    blocker = sqlite3.connect(companion.records.path, timeout=0, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="server.crisis_record"):
+            given = TurnInput(text="I want to end my life", frames=[frame])
+            events = list(companion.turn(session, given))
+        took = time.monotonic() - started
+        lines = list(companion.care.crisis.lines)
+        assert [e["type"] for e in events[:3]] == ["transcript", "emotions", "safety"]
+        assert events[2]["message"] == companion.care.crisis.helpline
+        assert _said(events) == lines
+        done = events[-1]
+        assert done["type"] == "done" and done["source"] == "crisis" and done["turn_id"] is None
+        assert took < 3, f"the stream waited {took:.1f} s on the locked database"
+        assert "crisis record not written on try 3: database is locked" in caplog.text
+        assert companion.records.session_log(session_id)["turns"] == [], "written through the lock?"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert companion.crisis_records.wait_idle(30), "the retried write never finished"
+    log = companion.records.session_log(session_id)
+    assert [(t["role"], t["text"]) for t in log["turns"]] == [
+        ("user", "I want to end my life"),
+        ("assistant", " ".join(lines)),
+    ]
+    assert log["turns"][1]["timings"]["total_ms"] == done["timings"]["total_ms"]
+    (flag,) = log["safety_events"]
+    assert (flag["level"], flag["trigger"], flag["message"]) == (
+        "crisis",
+        "suicidal_ideation: end my life",
+        companion.care.crisis.helpline,
+    )
+    assert flag["turn_id"] == log["turns"][0]["id"]
+    assert [(e["source"], e["faces"]) for e in log["emotion_samples"]] == [("turn", 0)]
+    # Kept at the time they happened, not when the write finally landed.
+    assert log["emotion_samples"][0]["t"] <= log["turns"][0]["created_at"] == flag["t"]
+    assert log["turns"][1]["created_at"] < time.time() - 1.0, "stamped when said, not when written"
+    assert companion.records.list_sessions("pam")[0]["crisis"] is True
+    companion.close()
+
+
+def test_a_hang_up_mid_crisis_reply_still_records_the_crisis(companion: Companion) -> None:
+    session_id = companion.start_session("quy", None)["session_id"]
+    stream = companion.turn(companion.records.session(session_id), TurnInput(text="I want to die"))
+    heard = [next(stream) for _ in range(3)]
+    assert [e["type"] for e in heard] == ["transcript", "safety", "sentence"]
+    stream.close()  # what the WSGI server does when the device hangs up
+    log = companion.records.session_log(session_id)
+    assert [(t["role"], t["text"]) for t in log["turns"]] == [
+        ("user", "I want to die"),
+        ("assistant", companion.care.crisis.lines[0]),
+    ]
+    assert log["turns"][1]["timings"] == {"interrupted": True}
+    assert [(e["level"], e["turn_id"]) for e in log["safety_events"]] == [("crisis", log["turns"][0]["id"])]
+
+
+# Concern is recorded whatever answers it. Found in earlier code: "I feel hopeless, help me breathe" started
+# the exercise and no concern reached the therapist's record.
+
+
+@pytest.mark.parametrize(
+    ("said", "source", "answered"),
+    [
+        ("I can't do this anymore", "llm", "the model was asked to answer with care"),
+        ("I feel hopeless, help me breathe", "exercise", "answered with a guided exercise"),
+        # Command words in a concern never make it a command: the model answers, with the care note.
+        ("I feel hopeless, goodbye", "llm", "the model was asked to answer with care"),
+    ],
+)
+def test_concern_is_recorded_whatever_answers_it(
+    companion: Companion, chat: RecordingChat, said: str, source: str, answered: str
+) -> None:
+    session_id, (events,) = _turns(companion, "rae", [said])
+    assert events[-1]["source"] == source
+    assert not any(e["type"] in ("command", "safety") for e in events), "not a command, not an alarm"
+    log = companion.records.session_log(session_id)
+    (flag,) = log["safety_events"]
+    assert (flag["level"], flag["message"], flag["turn_id"]) == ("concern", answered, log["turns"][0]["id"])
+    assert bool(chat.calls) is (source == "llm")
+    if chat.calls:
+        assert companion.care.crisis.concern_note in chat.calls[-1][-1]["content"]
+
+
+def test_concern_is_recorded_without_a_model_too(tmp_path: Path) -> None:
+    companion = _companion(tmp_path, None)
+    session_id, (events,) = _turns(companion, "sol", ["I feel hopeless, goodbye"])
+    assert events[-1]["source"] == "offline"
+    (flag,) = companion.records.session_log(session_id)["safety_events"]
+    assert (flag["level"], flag["trigger"]) == ("concern", "hopelessness: hopeless")
+
+
+# Risk across turns.
+
+
+def test_concern_right_after_a_crisis_is_a_crisis(companion: Companion, chat: RecordingChat) -> None:
+    session_id, (_, after, later) = _turns(
+        companion, "tam", ["I want to end my life", "I feel hopeless", "I feel hopeless"]
+    )
+    assert after[1] == {"type": "safety", "level": "crisis", "message": companion.care.crisis.helpline}
+    assert _said(after) == list(companion.care.crisis.lines) and after[-1]["source"] == "crisis"
+    # The turn after that was a crisis too, so concern on it is read the same way.
+    assert later[-1]["source"] == "crisis"
+    assert chat.calls == [], "the model was asked"
+    triggers = [
+        (e["level"], e["trigger"]) for e in companion.records.session_log(session_id)["safety_events"]
+    ]
+    assert triggers == [
+        ("crisis", "suicidal_ideation: end my life"),
+        ("crisis", "concern_after_crisis: hopeless (hopelessness; on the turn after a crisis)"),
+        ("crisis", "concern_after_crisis: hopeless (hopelessness; on the turn after a crisis)"),
+    ]
+
+
+def test_concern_after_a_calmer_turn_past_a_crisis_stays_concern(companion: Companion) -> None:
+    _, (_, calm, concern) = _turns(
+        companion, "uri", ["I want to end my life", "I walked the dog today", "I feel hopeless"]
+    )
+    assert calm[-1]["source"] == "llm" and concern[-1]["source"] == "llm"
+
+
+def test_concern_on_a_third_turn_of_a_session_is_a_crisis(
+    companion: Companion, chat: RecordingChat, tmp_path: Path, webhook: str
+) -> None:
+    lines = ["I feel hopeless", "I walked the dog today", "I can't do this anymore", "I feel hopeless"]
+    session_id, streams = _turns(companion, "val", lines)
+    assert [s[-1]["source"] for s in streams] == ["llm", "llm", "llm", "crisis"]
+    assert streams[3][1]["type"] == "safety"
+    events = companion.records.session_log(session_id)["safety_events"]
+    assert [(e["level"], e["trigger"]) for e in events] == [
+        ("concern", "hopelessness: hopeless"),
+        ("concern", "hopelessness: can't do this anymore"),
+        ("crisis", "repeated_concern: hopeless (hopelessness; concern on 3 turns of this session)"),
+    ]
+    # Counted per session: the same person's next session starts again from their words alone.
+    _, (fresh,) = _turns(companion, "val", ["I feel hopeless"])
+    assert fresh[-1]["source"] == "llm"
+    # The alert names the rule, so the clinic knows why (never the words).
+    (tmp_path / "alerted").mkdir()
+    alerted = _companion(tmp_path / "alerted", chat, f'alert_url = "{webhook}"')
+    _turns(alerted, "wyn", lines)
+    assert alerted.care.alerts.wait(10)
+    assert [a["rule"] for a in _Webhook.received] == ["repeated_concern"]

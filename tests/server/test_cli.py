@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tadbot
+from tests.conftest import ROOT, tadbot
 
 
 @pytest.fixture
@@ -127,3 +127,37 @@ def test_doctor_runs_the_device_checks_and_fails_without_a_server(env: dict[str,
     assert checks["server"]["ok"] is False and "Connection refused" in checks["server"]["detail"]
     assert checks["disk"]["ok"] is True
     assert "✗ server" in done.stdout or "x server" in done.stdout
+
+
+def _doctor_server_side(env: dict[str, str]) -> tuple[int, dict[str, dict[str, object]], list[str]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{s.getsockname()[1]}"  # refused: the server checks fail alike
+        done = tadbot("doctor", "--role", "server", "--json", "--server", server, env=env, timeout=300)
+    assert "Traceback" not in done.stdout + done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return done.returncode, {c["name"]: c for c in report["checks"]}, [c["name"] for c in report["checks"]]
+
+
+def test_doctor_reports_the_crisis_second_opinion(env: dict[str, str], model_dir: Path) -> None:
+    """The nearest labelled examples, with their embedder loaded apart from the memory, as the server does."""
+    code, checks, order = _doctor_server_side(env)
+    assert order[:2] == ["llm", "second_opinion"], "the server-side checks come first"
+    second = checks["second_opinion"]
+    shipped = ROOT / "server" / "data" / "crisis_examples.csv"
+    examples = len(shipped.read_text(encoding="utf-8").strip().splitlines()) - 1  # less the header
+    assert (second["state"], second["required"]) == ("pass", True)
+    assert second["detail"] == f"all-MiniLM-L6-v2 from {model_dir}, {examples} labelled examples"
+    assert code == 1, "the server is not running, so the models check fails"
+
+
+def test_doctor_says_when_the_rules_alone_decide(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "no-embedder"
+    code, checks, _ = _doctor_server_side({**env, "TADBOT_MEMORY__EMBEDDER_PATH": str(missing)})
+    second = checks["second_opinion"]
+    assert (second["state"], second["ok"]) == ("fail", False)
+    assert second["detail"] == (
+        f"The embedder directory {missing} does not exist; fix memory.embedder_path or set it to '' to use "
+        "the installed default; the rules alone decide"
+    )
+    assert code == 1

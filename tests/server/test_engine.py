@@ -357,3 +357,67 @@ def test_commands_are_left_out_of_the_session_summary(companion: Companion) -> N
     companion.end_session(companion.records.session(only_a_restart))
     # A session that held nothing but a command leaves nothing to recall in the next one.
     assert companion.components.memory.count("uma") == 0
+
+
+CRISIS = "I want to end my life"
+CONCERN = "I feel hopeless about my life"
+
+
+def test_crisis_and_concern_stay_out_of_later_prompts_and_whole_in_the_record(companion: Companion) -> None:
+    chat = companion.components.chat
+    first = companion.start_session("vic", None)["session_id"]
+    _talk(companion, first, ["I baked bread with my sister", CRISIS, "I walked to the park", CONCERN])
+    ended = companion.end_session(companion.records.session(first))
+    assert "I baked bread with my sister" in ended["summary"]
+    assert "end my life" not in ended["summary"] and "hopeless" not in ended["summary"]
+    recalled = companion.components.memory.recall(
+        client="vic", query=f"{CRISIS}. {CONCERN}", k=20, roles=("user", "summary")
+    )
+    assert recalled, "nothing was remembered at all"
+    assert not [r.text for r in recalled if "end my life" in r.text or "hopeless" in r.text]
+
+    second = companion.start_session("vic", None)["session_id"]
+    _talk(companion, second, ["baking bread with my sister helped me feel less lost in life"])
+    prompt = "\n".join(message["content"] for message in chat.calls[-1])
+    assert "- I baked bread with my sister" in prompt, "recall works, so what is missing was left out"
+    assert "end my life" not in prompt and "hopeless" not in prompt, prompt
+
+    from server.export import to_csv, to_text
+
+    log = companion.records.session_log(first)
+    assert [(e["level"], e["turn_id"]) for e in log["safety_events"]] == [
+        ("crisis", log["turns"][2]["id"]),
+        ("concern", log["turns"][6]["id"]),
+    ]
+    assert [log["turns"][i]["text"] for i in (2, 6)] == [CRISIS, CONCERN]
+    for words in (CRISIS, CONCERN):
+        assert words in to_text(log)[0] and words in to_csv(log)[0]
+
+
+def test_the_running_summary_never_reads_crisis_or_concern_turns(tmp_path: Path, tiny_gguf: Path) -> None:
+    config = tmp_path / "tadbot.toml"
+    config.write_text(
+        "[llm]\nmax_tokens = 24\nn_ctx = 2048\n[memory]\nhistory_tokens = 300\n", encoding="utf-8"
+    )
+    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
+    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=5))
+    components = Components(records=Records(tmp_path / "db.sqlite3"), chat=chat)
+    companion = Companion(components, settings, Prompts.load("Tad"))
+    session_id = companion.start_session("wes", None)["session_id"]
+    meeting = [f"turn {n}: my heart races when I think about the meeting on day {n}" for n in range(12)]
+    _talk(companion, session_id, [CRISIS, meeting[0], CONCERN, *meeting[1:]])
+    turns = companion.records.session_log(session_id)["turns"]
+    conversation = companion.records.conversation(session_id)
+    concern_turn = next(t["id"] for t in turns if t["text"] == CONCERN)
+    assert conversation.folded_through > concern_turn, "both were folded out of the prompt"
+    assert conversation.summary
+    opening = companion.prompts.summarise.split("{")[0]
+    asked = [c[0]["content"] for c in chat.calls if len(c) == 1 and c[0]["content"].startswith(opening)]
+    assert asked, "the model was never asked to summarise"
+    crisis_reply = companion.care.crisis.lines[0]
+    for text in [conversation.summary, *asked]:
+        assert "end my life" not in text and "hopeless" not in text and crisis_reply not in text, text
+    ended = companion.end_session(companion.records.session(session_id))
+    assert "end my life" not in ended["summary"] and "hopeless" not in ended["summary"]
+    assert "'turn 0: my heart races" in ended["summary"]
+    companion.close()
