@@ -176,14 +176,10 @@ def test_only_a_lower_ranked_hypothesis_carries_the_crisis() -> None:
 @pytest.mark.parametrize(
     ("heard", "meant"),
     [
-        (
-            "I've got the bills lined up and I'm going to take them all.",
-            "I've got the pills lined up and I'm going to take them all.",
-        ),
-        (
-            "I've got the Pulls lined up and I'm going to take them all.",
-            "I've got the pills lined up and I'm going to take them all.",
-        ),
+        # The spoken line ends "...and I'm going to take them all", which the rules now read as a crisis
+        # whatever was lined up; its first half alone still needs the sound-alike put back.
+        ("I've got the bills lined up on the table.", "I've got the pills lined up on the table."),
+        ("I've got the Pulls lined up on the table.", "I've got the pills lined up on the table."),
         ("There's no reason for me to love anymore.", "There's no reason for me to live anymore."),
     ],
 )
