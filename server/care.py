@@ -48,6 +48,8 @@ class _SessionState:
     distressed_turns: int = 0
     offered: str | None = None
     """The exercise offered at the end of the last reply, waiting for a yes."""
+    taken: str | None = None
+    """The offer the latest turn read its words against: a turn answered again reads them against it too."""
     last_offer_exchange: int = -(10**9)
     concern_turns: int = 0
     """Turns of this session that read as concern on their own."""
@@ -170,12 +172,18 @@ class Care:
     def crisis_lines(self) -> list[Line]:
         return [Line(text) for text in self.crisis.lines]
 
-    def exercise_for(self, session_id: str, text: str) -> Exercise | None:
-        """The exercise this utterance asks for, or the one just offered when it says yes to it."""
+    def exercise_for(self, session_id: str, text: str, *, again: bool = False) -> Exercise | None:
+        """The exercise this utterance asks for, or the one just offered when it says yes to it.
+
+        `again`: the same turn answered again after its first answer broke, so the same choice."""
         asked = self.exercises.asked_for(text)
         with self._lock:
             state = self._sessions.setdefault(session_id, _SessionState())
-            offered, state.offered = state.offered, None
+            if again:
+                offered = state.taken
+            else:
+                offered, state.offered = state.offered, None
+                state.taken = offered
         if asked is not None:
             return asked
         if offered is not None and self.exercises.accepted(text):
@@ -183,13 +191,26 @@ class Care:
         return None
 
     def offer(
-        self, session_id: str, exchange: int, assessment: Assessment, top3: list[dict[str, Any]]
+        self,
+        session_id: str,
+        exchange: int,
+        assessment: Assessment,
+        top3: list[dict[str, Any]],
+        *,
+        again: bool = False,
     ) -> str | None:
         """An exercise to offer after this reply, when their words show panic or their face has shown fear
-        or sadness for `safety.offer_after_turns` turns; at most once in `safety.offer_every_turns`."""
+        or sadness for `safety.offer_after_turns` turns; at most once in `safety.offer_every_turns`.
+
+        `again`: the same exchange answered again after its first answer broke: the offer made then, if
+        any, with nothing counted twice."""
         settings = self.settings
         with self._lock:
             state = self._sessions.setdefault(session_id, _SessionState())
+            if again:
+                if state.offered is None or state.last_offer_exchange != exchange:
+                    return None
+                return self.exercises.get(state.offered).offer
             top = top3[0] if top3 else None
             if top and top["label"] in DISTRESS and top["score"] >= settings.offer_min_score:
                 state.distressed_turns += 1
@@ -218,3 +239,8 @@ class Care:
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
+
+    def held(self) -> set[str]:
+        """The sessions whose state is in memory: each is freed when its session ends."""
+        with self._lock:
+            return set(self._sessions)

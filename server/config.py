@@ -39,6 +39,14 @@ class ServerSection:
     threads: int = _opt(8, "gunicorn threads: each streaming turn holds one.", lo=1, hi=256)
     max_upload_mb: float = _opt(20.0, "Largest request body accepted, in MB.", lo=0.1, hi=512)
     max_audio_s: float = _opt(60.0, "Longest utterance accepted, in seconds.", lo=1, hi=600)
+    session_idle_s: float = _opt(
+        1800.0,
+        "A session with no turn or frame for this many seconds is ended by the server, as /end would "
+        "(summary, memory), and its state in memory freed; a device that lost it gets 409 and opens a new "
+        "one. 0: never.",
+        lo=0,
+        hi=7 * 86400,
+    )
     log_level: str = _opt("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 

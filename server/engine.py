@@ -11,6 +11,11 @@ with `done` carrying no turn id.
 
 Crisis and concern turns go to the therapist's record whole, but never to the vector memory or a session
 summary: a later session's prompt must not quote them back under a note to use past details.
+
+A turn sent again under the same idempotency key (a device whose stream broke) is not heard twice: a reply
+committed whole is replayed from the record, with no speech recognition, crisis check or model, and a turn
+whose answer broke is answered again from its recorded words, which are not written again. Sessions left
+idle for `server.session_idle_s` are ended here, as /end would, by a background sweep.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from server.crisis_record import CrisisRecorder
 from server.errors import LlmError, MemoryStoreError, TadbotError
 from server.fer_smoothing import EmotionSmoother
 from server.history import History
+from server.idle import IdleSweep
+from server.in_flight import TurnsInFlight, TurnStream
 from server.llm import GenerationStats
 from server.model_queue import ModelQueue
 from server.prompt import Prompts, build_messages, stage_for, turn_content
-from server.records import Conversation, CrisisTurn, EmotionSample, SessionRow
+from server.records import Conversation, CrisisTurn, EmotionSample, KeptTurn, SessionRow
 from server.safety import Assessment, Level
 from server.stt import Transcript
 from server.summary import Summariser
@@ -95,8 +102,12 @@ class Companion:
         self.faces = EmotionSmoother(settings.fer.smoothing)
         self.history = History(lambda: self.components, settings, prompts, self.queue)
         self.crisis_records = CrisisRecorder(lambda: self.components.records)
+        self.in_flight = TurnsInFlight()
+        # Last: the sweep's thread may run at once, and it uses everything above.
+        self.idle = IdleSweep(settings.server.session_idle_s, self.expire_idle)
 
     def close(self) -> None:
+        self.idle.close()
         self.history.close()
         self.crisis_records.close()
 
@@ -128,10 +139,24 @@ class Companion:
         self.records.add_emotion_sample(session.id, "frame", reading.faces, top3)
         return {"faces": reading.faces, "top3": top3}
 
-    def turn(self, session: SessionRow, given: TurnInput) -> Iterator[dict[str, Any]]:
+    def turn(self, session: SessionRow, given: TurnInput, key: str | None = None) -> TurnStream:
+        """The turn's events, streamed. `key` is the device's Idempotency-Key: a turn already answered
+        under it is replayed from the record, and one whose answer broke is answered again. Raises
+        TurnInProgress (409) while a turn under the same key is still streaming."""
+        self.in_flight.begin(session.id, key)
+        return TurnStream(self._turn(session, given, key), lambda: self.in_flight.end(session.id, key))
+
+    def _turn(self, session: SessionRow, given: TurnInput, key: str | None) -> Generator[dict[str, Any]]:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
+            kept = self.records.kept_turn(session.id, key) if key is not None else None
+            if kept is not None and kept.reply is not None:
+                yield from self._replay(session, kept)
+                return
+            if kept is not None:
+                yield from self._again(session, kept, key, started, timings)
+                return
             heard = Transcript(text=given.text or "", engine="typed")
             if given.audio is not None:
                 t0 = time.perf_counter()
@@ -168,25 +193,13 @@ class Companion:
             )
             assessment = self.care.across_turns(session.id, assessment)
             timings["safety_ms"] = _ms(t0)
-            confidence = heard.confidence() if given.audio is not None else None
+            said = _Said(text, heard.confidence() if given.audio is not None else None, key)
             if assessment.level == Level.CRISIS:
-                crisis = _Crisis(heard.text, source, read_as, confidence, assessment, tuple(samples))
+                crisis = _Crisis(said, source, read_as, assessment, tuple(samples))
                 yield from self._crisis(session, crisis, started, timings)
                 return
             self.records.add_emotion_samples(session.id, samples)
-            # Only words the safety check found nothing in can be a command: a concern goes to the model.
-            if command is not None and assessment.level == Level.NONE:
-                yield from self._command(session, text, confidence, command, started, timings)
-                return
-            exercise = self.care.exercise_for(session.id, text)
-            if exercise is not None:
-                turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
-                self._record_concern(session, turn_id, assessment, "answered with a guided exercise")
-                self._remember_said(session, text, assessment)
-                lines = self.care.exercise_lines(exercise)
-                yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
-                return
-            yield from self._answer(session, text, confidence, assessment, top3, started, timings)
+            yield from self._reply_to(session, said, command, assessment, top3, started, timings)
         except TadbotError as exc:
             _LOGGER.warning("turn failed in session %s: %s (%s)", session.id, exc.code, exc.message)
             yield event(EventType.ERROR, code=exc.code, message=exc.message)
@@ -197,6 +210,73 @@ class Companion:
                 code="internal_error",
                 message="The server failed while answering; the error is in its log.",
             )
+
+    def _reply_to(
+        self,
+        session: SessionRow,
+        said: _Said,
+        command: Command | None,
+        assessment: Assessment,
+        top3: list[dict[str, Any]],
+        started: float,
+        timings: dict[str, float],
+    ) -> Iterator[dict[str, Any]]:
+        """Any reply but the crisis script: a command, an exercise, or the model (or the talk-down)."""
+        # Only words the safety check found nothing in can be a command: a concern goes to the model.
+        if command is not None and assessment.level == Level.NONE:
+            yield from self._command(session, said, command, started, timings)
+            return
+        exercise = self.care.exercise_for(session.id, said.text, again=said.again is not None)
+        if exercise is not None:
+            turn_id = self._person(session, said)
+            self._first_time(session, said, turn_id, assessment, "answered with a guided exercise")
+            lines = self.care.exercise_lines(exercise)
+            yield from self._scripted(session, lines, Source.EXERCISE, started, timings)
+            return
+        yield from self._answer(session, said, assessment, top3, started, timings)
+
+    def _replay(self, session: SessionRow, kept: KeptTurn) -> Iterator[dict[str, Any]]:
+        """A turn already answered whole, from the record: no speech recognition, crisis check or model."""
+        assert kept.reply is not None
+        reply = kept.reply
+        yield event(EventType.TRANSCRIPT, text=kept.text)
+        if kept.crisis is not None:
+            yield event(EventType.SAFETY, level=str(Level.CRISIS), message=kept.crisis)
+        command = self.commands.match(kept.text) if reply.source == Source.COMMAND else None
+        if command is not None:
+            yield event(EventType.COMMAND, name=str(command.name))
+        for sentence in reply.sentences:
+            yield event(EventType.SENTENCE, **sentence)
+        _LOGGER.info("reply %d in session %s replayed from the record", reply.turn_id, session.id)
+        yield event(
+            EventType.DONE, turn_id=reply.turn_id, timings=reply.timings, source=reply.source, replayed=True
+        )
+
+    def _again(
+        self, session: SessionRow, kept: KeptTurn, key: str | None, started: float, timings: dict[str, float]
+    ) -> Iterator[dict[str, Any]]:
+        """A turn whose first answer broke, answered again from its recorded words.
+
+        Their words, any crisis or concern, and their face readings are already recorded, and the crisis
+        alert sent: none of it is done twice, and the session's safety state is not counted again. A crisis
+        is given the crisis script again; any other turn the same choice of reply as the first time."""
+        _LOGGER.info("session %s: turn %d answered again; its first answer broke", session.id, kept.id)
+        yield event(EventType.TRANSCRIPT, text=kept.text)
+        if kept.crisis is not None:
+            yield event(EventType.SAFETY, level=str(Level.CRISIS), message=kept.crisis)
+            lines = self.care.crisis_lines()
+            yield from self._scripted(session, lines, Source.CRISIS, started, timings, remember=False)
+            return
+        t0 = time.perf_counter()
+        command = self.commands.match(kept.text)
+        assessment, source, read_as = self.care.assess_heard((kept.text,), second_opinion=command is None)
+        timings["safety_ms"] = _ms(t0)
+        said = _Said(kept.text, kept.confidence, key, again=kept.id)
+        if assessment.level == Level.CRISIS:
+            # Not a crisis the first time (a second opinion that failed then): recorded as one now.
+            yield from self._crisis(session, _Crisis(said, source, read_as, assessment, ()), started, timings)
+            return
+        yield from self._reply_to(session, said, command, assessment, [], started, timings)
 
     def _crisis(
         self, session: SessionRow, crisis: _Crisis, started: float, timings: dict[str, float]
@@ -219,20 +299,24 @@ class Companion:
         finally:
             self.care.alerts.send(client=session.client, session_id=session.id, level=Level.CRISIS, rule=rule)
             timings["total_ms"] = _ms(started)
+            whole = len(said) == len(lines)
             turn_id = self.crisis_records.keep(
                 CrisisTurn(
                     session_id=session.id,
-                    text=crisis.text,
+                    text=crisis.said.text,
                     heard_at=heard_at,
                     trigger=f"{rule}: {crisis.assessment.trigger}",
                     message=helpline,
                     reply=" ".join(said),
                     replied_at=time.time(),
-                    timings=dict(timings) if len(said) == len(lines) else {"interrupted": True},
-                    confidence=crisis.confidence,
+                    timings=dict(timings) if whole else {"interrupted": True},
+                    confidence=crisis.said.confidence,
                     hypothesis=crisis.source + 1,
                     heard_as=crisis.read_as,
                     samples=crisis.samples,
+                    key=crisis.said.key,
+                    source=str(Source.CRISIS) if whole else None,
+                    sentences=tuple(_sentence(line) for line in lines[: len(said)]),
                 )
             )
         _LOGGER.info("reply %s in session %s from crisis: %d sentences", turn_id, session.id, len(said))
@@ -241,8 +325,7 @@ class Companion:
     def _command(
         self,
         session: SessionRow,
-        text: str,
-        confidence: dict[str, Any] | None,
+        said: _Said,
         command: Command,
         started: float,
         timings: dict[str, float],
@@ -254,7 +337,7 @@ class Companion:
         they say nothing about the person, and recalled later they would crowd out what does. A silent
         reply (pause) records no companion turn, so `done` carries the person's turn.
         """
-        turn_id = self.records.add_turn(session.id, "user", text, {}, confidence=confidence)
+        turn_id = self._person(session, said)
         _LOGGER.info("session %s: command %s", session.id, command.name)
         yield event(EventType.COMMAND, name=str(command.name))
         if command.reply:
@@ -262,25 +345,26 @@ class Companion:
             yield from self._scripted(session, lines, Source.COMMAND, started, timings, remember=False)
             return
         timings["total_ms"] = _ms(started)
-        self.records.set_timings(turn_id, timings)
+        self.records.set_timings(turn_id, timings, source=str(Source.COMMAND))
         yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(Source.COMMAND))
 
     def _answer(
         self,
         session: SessionRow,
-        text: str,
-        confidence: dict[str, Any] | None,
+        said: _Said,
         assessment: Assessment,
         top3: list[dict[str, Any]],
         started: float,
         timings: dict[str, float],
     ) -> Iterator[dict[str, Any]]:
         """A reply from the language model, or without it when it is missing or too busy to wait for."""
+        text, again = said.text, said.again is not None
         t0 = time.perf_counter()
-        conversation = self.history.fit(session.id)
+        conversation = self.history.fit(session.id, before=said.again)
         memories = self._recall(session, text, conversation)
         timings["memory_ms"] = _ms(t0)
-        exchange = len(self.records.user_turns(session.id)) + 1
+        # A turn answered again is already in the record.
+        exchange = len(self.records.user_turns(session.id)) + (0 if again else 1)
         persona = self.settings.persona
         stage = stage_for(exchange, persona.stage_building, persona.stage_established)
         note = ""
@@ -295,10 +379,11 @@ class Companion:
                 self.prompts, user_text=text, memories=notes, stage=stage, top3=top3, safety_note=note
             )
 
-        conversation, content = self.history.within_context(session.id, conversation, content_with, memories)
-        turn_id = self.records.add_turn(session.id, "user", text, {}, prompt=content, confidence=confidence)
-        self._record_concern(session, turn_id, assessment, "the model was asked to answer with care")
-        self._remember_said(session, text, assessment)
+        conversation, content = self.history.within_context(
+            session.id, conversation, content_with, memories, before=said.again
+        )
+        turn_id = self._person(session, said, prompt=content)
+        self._first_time(session, said, turn_id, assessment, "the model was asked to answer with care")
 
         if self.components.chat is None:
             status = self.components.status.get("llm")
@@ -311,7 +396,7 @@ class Companion:
             yield from self._offline(session, exc.message, started, timings)
             return
         # Only a reply from the model carries an offer: the talk-down already leads into an exercise.
-        offer = self.care.offer(session.id, exchange, assessment, top3)
+        offer = self.care.offer(session.id, exchange, assessment, top3, again=again)
         try:
             messages = build_messages(
                 self.prompts,
@@ -331,6 +416,21 @@ class Companion:
         """The talk-down and an exercise, in place of a model that is missing, busy, failed or silent."""
         _LOGGER.warning("session %s: %s; talking down without the model", session.id, why)
         yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
+
+    def _person(self, session: SessionRow, said: _Said, prompt: str | None = None) -> int:
+        """The person's turn in the record, written once under its key however often it is answered."""
+        return self.records.add_turn(
+            session.id, "user", said.text, {}, prompt=prompt, confidence=said.confidence, key=said.key
+        )
+
+    def _first_time(
+        self, session: SessionRow, said: _Said, turn_id: int, assessment: Assessment, answered: str
+    ) -> None:
+        """What a turn records and remembers of the person's words, once: not again when it is answered
+        again after its first answer broke."""
+        if said.again is None:
+            self._record_concern(session, turn_id, assessment, answered)
+            self._remember_said(session, said.text, assessment)
 
     def _record_concern(
         self, session: SessionRow, turn_id: int, assessment: Assessment, answered: str
@@ -357,7 +457,14 @@ class Companion:
             yield from self._lines(lines, sent, started, timings)
             reply = " ".join(sent)
             timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(session.id, "assistant", reply, timings)
+            turn_id = self.records.add_turn(
+                session.id,
+                "assistant",
+                reply,
+                timings,
+                source=str(source),
+                sentences=[_sentence(line) for line in lines],
+            )
             committed = True
             if remember:
                 self._remember(session, "assistant", reply)
@@ -378,10 +485,7 @@ class Companion:
             if not sent:
                 timings["first_sentence_ms"] = _ms(started)
             sent.append(line.text)
-            if line.pause_ms:
-                yield event(EventType.SENTENCE, text=line.text, pause_ms=line.pause_ms)
-            else:
-                yield event(EventType.SENTENCE, text=line.text)
+            yield event(EventType.SENTENCE, **_sentence(line))
 
     def _speak(
         self,
@@ -436,7 +540,15 @@ class Companion:
             spoken = reply if blocked else "".join(raw) + (f" {offer}" if offer else "")
             timings.update(stats.timings())
             timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(session.id, "assistant", reply, timings, prompt=spoken)
+            turn_id = self.records.add_turn(
+                session.id,
+                "assistant",
+                reply,
+                timings,
+                prompt=spoken,
+                source=str(Source.LLM),
+                sentences=[{"text": sentence} for sentence in sentences],
+            )
             committed = True
             self._remember(session, "assistant", reply)
             _LOGGER.info(
@@ -588,6 +700,36 @@ class Companion:
         _LOGGER.info("session %s ended after %d exchanges", session.id, turns)
         return {"session_id": session.id, "turns": turns, "summary": summary}
 
+    def expire_idle(self, before: float) -> list[str]:
+        """End, as /end would, every open session with no turn or frame since `before` and no turn
+        streaming; returns their ids. One that cannot be ended is logged and tried at the next sweep.
+        The state of sessions no longer open (ended or erased some other way) is freed too."""
+        held = self.held_sessions()
+        for session_id in held - self.records.open_sessions(held):
+            self.faces.forget(session_id)
+            self.care.forget(session_id)
+        ended: list[str] = []
+        for session_id in self.records.idle_sessions(before):
+            if self.in_flight.busy(session_id):
+                continue
+            try:
+                session = self.records.session(session_id)
+                _LOGGER.info(
+                    "session %s: no turn or frame for %g s; the server ends it",
+                    session_id,
+                    self.settings.server.session_idle_s,
+                )
+                self.end_session(session)
+            except Exception:
+                _LOGGER.exception("session %s: could not end it after it went idle", session_id)
+                continue
+            ended.append(session_id)
+        return ended
+
+    def held_sessions(self) -> set[str]:
+        """Sessions with state in memory (the safety state, the face estimate): ending one frees it."""
+        return self.care.held() | self.faces.held()
+
     def forget_client(self, client: str, actor: str) -> dict[str, int]:
         """Vector memory first: if it cannot be erased, nothing is, and the caller is told."""
         memory = self.components.memory
@@ -608,18 +750,36 @@ class Companion:
 
 
 @dataclass(frozen=True)
+class _Said:
+    """The person's words for this turn, as their turn is recorded."""
+
+    text: str
+    confidence: dict[str, Any] | None
+    key: str | None = None
+    """The device's Idempotency-Key."""
+    again: int | None = None
+    """The recorded turn's id when it is answered again after its first answer broke."""
+
+
+@dataclass(frozen=True)
 class _Crisis:
     """A turn read as a crisis, as the crisis reply records it."""
 
-    text: str
+    said: _Said
     source: int
     """The speech hypothesis that read as a crisis (0: the transcript itself)."""
     read_as: str
     """The words that did, when not the transcript (another hypothesis, or one with a misheard crisis word
     put back): the safety event keeps them, since the transcript alone would not show why."""
-    confidence: dict[str, Any] | None
     assessment: Assessment
     samples: tuple[EmotionSample, ...]
+
+
+def _sentence(line: Line) -> dict[str, Any]:
+    """A `sentence` event's fields, as streamed and as a repeated key replays them."""
+    if line.pause_ms:
+        return {"text": line.text, "pause_ms": line.pause_ms}
+    return {"text": line.text}
 
 
 def _top3_json(top3: Sequence[Any]) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ class TadbotError(Exception):
     """An error a caller can act on: `code` is stable, `message` says what to do."""
 
     status = 500
+    retry_after_s: float | None = None
+    """Seconds a caller should wait before trying again, sent as Retry-After (503s get a default)."""
 
     def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)

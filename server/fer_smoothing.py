@@ -37,3 +37,8 @@ class EmotionSmoother:
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
+
+    def held(self) -> set[str]:
+        """The sessions with an estimate in memory: each is freed when its session ends."""
+        with self._lock:
+            return set(self._sessions)

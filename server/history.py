@@ -9,6 +9,7 @@ prompt and the reply are made to fit the context window, so a long conversation 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
@@ -76,6 +77,7 @@ class History:
         conversation: Conversation,
         content_with: Callable[[Sequence[str]], str],
         memories: Sequence[str],
+        before: int | None = None,
     ) -> tuple[Conversation, str]:
         """Make the prompt and the reply fit the context window: never an overflow in the middle of a turn.
 
@@ -86,7 +88,7 @@ class History:
         content = content_with(memories)
         if self._prompt_tokens(conversation, content) <= room:
             return conversation, content
-        conversation = self.fit(session_id, limit=0)
+        conversation = self.fit(session_id, limit=0, before=before)
         if self._prompt_tokens(conversation, content) <= room:
             return conversation, content
         content = content_with(())
@@ -101,9 +103,12 @@ class History:
             503,
         )
 
-    def fit(self, session_id: str, limit: int | None = None) -> Conversation:
-        """The conversation within its token budget (or `limit`), folding deterministically now if it must."""
-        conversation = self._components().records.conversation(session_id)
+    def fit(self, session_id: str, limit: int | None = None, before: int | None = None) -> Conversation:
+        """The conversation within its token budget (or `limit`), folding deterministically now if it must.
+
+        `before`: only the turns before this one; a turn answered again after its first answer broke must
+        not read its own words, and the reply cut off, as history."""
+        conversation = _before(self._components().records.conversation(session_id), before)
         budget = self.settings.memory.history_tokens
         limit = budget if limit is None else limit
         plan = plan_fold(conversation.turns, self._cost, limit=limit, target=min(limit, budget // 2))
@@ -116,7 +121,7 @@ class History:
             session_id, summary=summary, through=plan.through, expected_through=conversation.folded_through
         ):
             _LOGGER.info("session %s: folded %d turns without the model", session_id, len(plan.folded))
-        return self._components().records.conversation(session_id)
+        return _before(self._components().records.conversation(session_id), before)
 
     def _fold_with_model(self, session_id: str) -> None:
         """The background job: let the model write the running summary, then read the new prompt start in."""
@@ -177,3 +182,9 @@ class History:
 
         summary = clean_for_speech("".join(pieces))
         return summary if summary and self.count(summary) <= limit else None
+
+
+def _before(conversation: Conversation, turn_id: int | None) -> Conversation:
+    if turn_id is None:
+        return conversation
+    return dataclasses.replace(conversation, turns=tuple(t for t in conversation.turns if t.id < turn_id))

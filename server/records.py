@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -75,6 +75,35 @@ class CrisisTurn:
     hypothesis: int = 1
     heard_as: str = ""
     samples: tuple[EmotionSample, ...] = ()
+    key: str | None = None
+    """The device's Idempotency-Key: a person's turn already recorded under it is not written again."""
+    source: str | None = None
+    """'crisis' when the reply was said whole; None when it was cut off, so a repeat answers it again."""
+    sentences: tuple[dict[str, Any], ...] = ()
+    """The sentence events said, as a repeated key replays them."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply committed whole: the turn a `done` event named, as a repeated key replays it."""
+
+    turn_id: int
+    source: str
+    sentences: tuple[dict[str, Any], ...]
+    timings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KeptTurn:
+    """A person's turn found by its idempotency key, and how far its answer got."""
+
+    id: int
+    text: str
+    confidence: dict[str, Any] | None
+    crisis: str | None
+    """What the person was told when the turn was a crisis (the helpline); None otherwise."""
+    reply: Reply | None
+    """None when no whole reply was committed: the answer broke, and the turn is to be answered again."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +122,13 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             "rolling_summary": "TEXT NOT NULL DEFAULT ''",
             "folded_through": "INTEGER NOT NULL DEFAULT 0",
         },
-        "turns": {"prompt": "TEXT", "confidence": "TEXT"},
+        "turns": {
+            "prompt": "TEXT",
+            "confidence": "TEXT",
+            "idempotency_key": "TEXT",
+            "source": "TEXT",
+            "sentences": "TEXT",
+        },
         "safety_events": {
             "hypothesis": "INTEGER NOT NULL DEFAULT 1",
             "heard_as": "TEXT NOT NULL DEFAULT ''",
@@ -104,6 +139,8 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         for name, kind in columns.items():
             if name not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    # Indexes on added columns: schema.sql cannot make them before an old data dir has the column.
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS turns_by_key ON turns (session_id, idempotency_key)")
 
 
 _RAISED_ON_TURN = (
@@ -122,10 +159,18 @@ def _insert_turn(
     timings: dict[str, Any] | None = None,
     prompt: str | None = None,
     confidence: dict[str, Any] | None = None,
+    *,
+    key: str | None = None,
+    source: str | None = None,
+    sentences: Sequence[dict[str, Any]] | None = None,
 ) -> int:
-    cur = db.execute(
-        "INSERT INTO turns (session_id, role, text, created_at, timings, prompt, confidence) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    """A turn already recorded under `key` is not written again: its id comes back, with the new
+    `prompt` when one is given (the turn answered again is what the model saw last)."""
+    (turn_id,) = db.execute(
+        "INSERT INTO turns (session_id, role, text, created_at, timings, prompt, confidence, "
+        "idempotency_key, source, sentences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (session_id, idempotency_key) "
+        "DO UPDATE SET prompt = COALESCE(excluded.prompt, turns.prompt) RETURNING id",
         (
             session_id,
             role,
@@ -134,9 +179,12 @@ def _insert_turn(
             json.dumps(timings or {}),
             prompt,
             json.dumps(confidence) if confidence else None,
+            key,
+            source,
+            json.dumps(list(sentences)) if sentences is not None else None,
         ),
-    )
-    return int(cur.lastrowid or 0)
+    ).fetchone()
+    return int(turn_id)
 
 
 def _insert_safety_event(
@@ -280,20 +328,40 @@ class Records:
         timings: dict[str, Any] | None = None,
         prompt: str | None = None,
         confidence: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        source: str | None = None,
+        sentences: Sequence[dict[str, Any]] | None = None,
     ) -> int:
         """`prompt` is the turn as the model saw or wrote it, when that differs from the words kept;
-        `confidence`, for a spoken turn, how sure speech recognition was of each word."""
+        `confidence`, for a spoken turn, how sure speech recognition was of each word. `key`, on the
+        person's turn: the device's Idempotency-Key (a turn already recorded under it keeps its one row).
+        `source` and `sentences`, on the turn a `done` event names: what a repeated key replays."""
         with self._connect() as db:
-            return _insert_turn(db, session_id, role, text, time.time(), timings, prompt, confidence)
+            return _insert_turn(
+                db,
+                session_id,
+                role,
+                text,
+                time.time(),
+                timings,
+                prompt,
+                confidence,
+                key=key,
+                source=source,
+                sentences=sentences,
+            )
 
     def add_crisis_turn(self, turn: CrisisTurn, *, busy_timeout_s: float = 10.0) -> int:
         """The whole crisis turn, or nothing; returns the reply's id (the person's, when nothing was said).
+        A person's turn already recorded under the turn's key (a repeat whose first record landed late) is
+        not written again.
 
         `busy_timeout_s`: how long to wait for another writer's lock before giving up with
         sqlite3.OperationalError, which the caller retries (server/crisis_record.py)."""
         with self._connect(busy_timeout_s) as db:
             said = _insert_turn(
-                db, turn.session_id, "user", turn.text, turn.heard_at, {}, None, turn.confidence
+                db, turn.session_id, "user", turn.text, turn.heard_at, {}, None, turn.confidence, key=turn.key
             )
             _insert_safety_event(
                 db,
@@ -309,11 +377,64 @@ class Records:
             _insert_samples(db, turn.session_id, turn.samples)
             if not turn.reply:
                 return said
-            return _insert_turn(db, turn.session_id, "assistant", turn.reply, turn.replied_at, turn.timings)
+            return _insert_turn(
+                db,
+                turn.session_id,
+                "assistant",
+                turn.reply,
+                turn.replied_at,
+                turn.timings,
+                source=turn.source,
+                sentences=turn.sentences,
+            )
 
-    def set_timings(self, turn_id: int, timings: dict[str, Any]) -> None:
+    def set_timings(self, turn_id: int, timings: dict[str, Any], *, source: str | None = None) -> None:
+        """`source`: the turn is the one a `done` event named (a command with nothing to say)."""
         with self._connect() as db:
-            db.execute("UPDATE turns SET timings = ? WHERE id = ?", (json.dumps(timings), turn_id))
+            db.execute(
+                "UPDATE turns SET timings = ?, source = COALESCE(?, source) WHERE id = ?",
+                (json.dumps(timings), source, turn_id),
+            )
+
+    def kept_turn(self, session_id: str, key: str) -> KeptTurn | None:
+        """The person's turn recorded under `key`, with its crisis message and its whole reply, if any.
+
+        The reply is the first turn from it on, before the person's next turn, that a `done` event named:
+        a cut-off reply names none, and one answered again after it may."""
+        with self._connect() as db:
+            said = db.execute(
+                "SELECT id, text, confidence FROM turns WHERE session_id = ? AND idempotency_key = ?",
+                (session_id, key),
+            ).fetchone()
+            if said is None:
+                return None
+            crisis = db.execute(
+                "SELECT message FROM safety_events WHERE turn_id = ? AND level = 'crisis' "
+                "ORDER BY id LIMIT 1",
+                (said["id"],),
+            ).fetchone()
+            reply = db.execute(
+                "SELECT r.id, r.source, r.sentences, r.timings FROM turns r "
+                "WHERE r.session_id = :session AND r.id >= :said AND r.source IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM turns n WHERE n.session_id = :session AND n.role = 'user' "
+                "AND n.id > :said AND n.id < r.id) "
+                "ORDER BY r.id LIMIT 1",
+                {"session": session_id, "said": said["id"]},
+            ).fetchone()
+        return KeptTurn(
+            id=said["id"],
+            text=said["text"],
+            confidence=json.loads(said["confidence"]) if said["confidence"] else None,
+            crisis=crisis["message"] if crisis else None,
+            reply=Reply(
+                turn_id=reply["id"],
+                source=reply["source"],
+                sentences=tuple(json.loads(reply["sentences"] or "[]")),
+                timings=json.loads(reply["timings"]),
+            )
+            if reply
+            else None,
+        )
 
     def user_turns(self, session_id: str, *, unraised: bool = False) -> list[str]:
         """What the person said, in order; `unraised` leaves out the turns that raised a crisis or concern."""
@@ -383,6 +504,29 @@ class Records:
             _insert_safety_event(
                 db, session_id, turn_id, time.time(), level, trigger, message, hypothesis, heard_as
             )
+
+    def idle_sessions(self, before: float) -> list[str]:
+        """Open sessions with nothing since `before`: not started, no turn and no face reading since."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM sessions s WHERE ended_at IS NULL AND started_at < :before "
+                "AND NOT EXISTS (SELECT 1 FROM turns t "
+                "WHERE t.session_id = s.id AND t.created_at >= :before) "
+                "AND NOT EXISTS (SELECT 1 FROM emotion_samples e "
+                "WHERE e.session_id = s.id AND e.t >= :before) "
+                "ORDER BY started_at",
+                {"before": before},
+            )
+            return [r["id"] for r in rows]
+
+    def open_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Which of these sessions are still open: not ended, and not erased."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM sessions WHERE ended_at IS NULL AND id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(session_ids)),),
+            )
+            return {r["id"] for r in rows}
 
     def end_session(self, session_id: str, summary: str) -> int:
         """Close the session (idempotent) and return how many exchanges it held."""

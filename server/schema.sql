@@ -41,9 +41,17 @@ CREATE TABLE IF NOT EXISTS turns (
     -- The turn as the model saw it (with its notes) or wrote it, replayed so the cached prefix matches.
     prompt TEXT,
     -- A spoken turn: JSON {"engine", "avg_logprob", "words": [[word, probability], ...]}.
-    confidence TEXT
+    confidence TEXT,
+    -- The person's turn: the device's Idempotency-Key, so a repeat is answered from the record.
+    idempotency_key TEXT,
+    -- The turn a `done` event named: where the reply came from (null on a cut-off reply), and the
+    -- sentence events as sent, JSON [{"text", "pause_ms"?}, ...], for a repeated key to replay.
+    source TEXT,
+    sentences TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, id);
+-- turns_by_key, UNIQUE (session_id, idempotency_key), is made in records.py once a data dir from an
+-- earlier version has the column.
 
 CREATE TABLE IF NOT EXISTS emotion_samples (
     id INTEGER PRIMARY KEY,

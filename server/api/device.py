@@ -21,6 +21,8 @@ CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MAX_FRAMES_PER_TURN = 8
 # About three minutes of speech: longer typed text would crowd the history out of the model's context.
 MAX_TEXT_CHARS = 2000
+# A random string from the device (a UUID, say): visible ASCII, no spaces.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,100}")
 
 
 @bp.before_request
@@ -44,6 +46,7 @@ def start_session() -> tuple[Response, int]:
 @bp.post("/<session_id>/turns")
 def turn(session_id: str) -> Response:
     session = _open_session(session_id)
+    key = _idempotency_key()
     engine = companion()
     audio_file = request.files.get("audio")
     text = request.form.get("text")
@@ -68,12 +71,17 @@ def turn(session_id: str) -> Response:
         )
     given = TurnInput(audio=audio, text=text, frames=_frames(engine.components.fer is not None))
     # The engine takes its place in the model's queue only when the reply needs the model; past the
-    # queue's bound it answers without it, so no turn is ever refused for being busy.
-    return Response(
-        _ndjson(engine.turn(session, given)),
+    # queue's bound it answers without it, so no turn is ever refused for being busy. A repeated key
+    # whose first attempt still streams is refused here, before the stream starts (409).
+    stream = engine.turn(session, given, key)
+    response = Response(
+        _ndjson(stream),
         mimetype="application/x-ndjson",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    # Also when the stream was never read: the turn must not stay in flight.
+    response.call_on_close(stream.close)
+    return response
 
 
 @bp.post("/<session_id>/frames")
@@ -108,6 +116,18 @@ def _open_session(session_id: str) -> SessionRow:
             "session_ended", "this session has ended; start a new one with POST /api/v1/sessions", 409
         )
     return session
+
+
+def _idempotency_key() -> str | None:
+    """The optional `Idempotency-Key` header: the same key again means the same turn, sent again."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest(
+            "bad_idempotency_key",
+            "the Idempotency-Key header must be 1-100 visible ASCII characters with no spaces (a random "
+            "UUID, say), new for each utterance and the same only when that utterance is sent again",
+        )
+    return key
 
 
 def _frames(decode: bool) -> list[Any]:

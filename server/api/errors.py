@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -32,7 +33,9 @@ def register(app: Flask) -> None:
         if exc.status >= 500:
             _LOGGER.warning("%s: %s", exc.code, exc.message)
         response, status = error_response(exc.code, exc.message, exc.status)
-        if exc.status == 503:
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+        elif exc.status == 503:
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response, status
 

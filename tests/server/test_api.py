@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import wave
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from flask import Flask
 
 from tests.conftest import LiveServer, start_server, stop_server, tadbot
 from tests.speech import pcm16_wav, speak
@@ -361,3 +363,150 @@ def test_openapi_documents_every_command_and_reply_source(live_server: LiveServe
     assert events["done"]["properties"]["source"]["enum"] == [str(source) for source in Source]
     # A crisis reply whose record the database could not take at once still ends with `done`.
     assert events["done"]["properties"]["turn_id"]["type"] == ["integer", "null"]
+
+
+# Idempotency keys and idle sessions.
+
+
+def _turn(
+    server: LiveServer, session_id: str, text: str, headers: dict[str, str] | None = None
+) -> requests.Response:
+    return requests.post(
+        f"{server.url}/api/v1/sessions/{session_id}/turns",
+        headers={**server.device_headers(), **(headers or {})},
+        data={"text": text},
+        timeout=60,
+    )
+
+
+def test_a_repeated_idempotency_key_is_answered_from_the_record(live_server: LiveServer) -> None:
+    session_id = _session(live_server, "retrier")
+    key = {"Idempotency-Key": "3f2c9a1e-7b4d-4c1a-9f00-5e6d7c8b9a01"}
+    first = [
+        json.loads(line) for line in _turn(live_server, session_id, "I feel shaky", key).text.splitlines()
+    ]
+    again = _turn(live_server, session_id, "I feel shaky", key)
+    assert again.status_code == 200, again.text
+    replayed = [json.loads(line) for line in again.text.splitlines()]
+    assert first[-1]["type"] == "done" and "replayed" not in first[-1]
+    assert replayed[:-1] == first[:-1]
+    assert replayed[-1] == {**first[-1], "replayed": True}
+    log = requests.get(
+        f"{live_server.url}/api/v1/sessions/{session_id}", headers=live_server.therapist_headers(), timeout=10
+    ).json()
+    assert [(t["role"], t["id"]) for t in log["turns"]][1:] == [("assistant", first[-1]["turn_id"])]
+    assert [t["role"] for t in log["turns"]] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 101, "two words"], ids=["empty", "too-long", "space"])
+def test_a_bad_idempotency_key_is_a_400(live_server: LiveServer, key: str) -> None:
+    session_id = _session(live_server, "bad-key")
+    _error(_turn(live_server, session_id, "hello", {"Idempotency-Key": key}), 400, "bad_idempotency_key")
+    log = requests.get(
+        f"{live_server.url}/api/v1/sessions/{session_id}", headers=live_server.therapist_headers(), timeout=10
+    ).json()
+    assert log["turns"] == []
+
+
+def _app(tmp_path: Path, idle_s: float) -> tuple[Flask, dict[str, str]]:
+    """The real Flask app in-process, with no models: a test can hold a turn open inside it."""
+    from server.app import create_app
+    from server.components import Components
+    from server.config import load_settings
+    from server.records import Records
+
+    config = tmp_path / "tadbot.toml"
+    config.write_text(f"[server]\nsession_idle_s = {idle_s}\n", encoding="utf-8")
+    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path)})
+    records = Records(tmp_path / "db.sqlite3")
+    token = records.add_credential("devices", "pi")
+    return create_app(settings, Components(records=records)), {"Authorization": f"Bearer {token}"}
+
+
+def test_a_key_whose_first_attempt_still_streams_gets_409_with_retry_after(tmp_path: Path) -> None:
+    from server.engine import TurnInput
+
+    app, headers = _app(tmp_path, 0)
+    engine = app.extensions["tadbot"]
+    client = app.test_client()
+    try:
+        session_id = client.post("/api/v1/sessions", headers=headers, json={"client": "wren"}).json[
+            "session_id"
+        ]
+        url = f"/api/v1/sessions/{session_id}/turns"
+        keyed = {**headers, "Idempotency-Key": "k-1"}
+        first = engine.turn(engine.records.session(session_id), TurnInput(text="hello"), "k-1")
+        assert next(first)["type"] == "transcript"  # the first attempt is streaming
+        answer = client.post(url, headers=keyed, data={"text": "hello"})
+        assert answer.status_code == 409 and answer.headers["Retry-After"] == "5"
+        assert answer.json["error"]["code"] == "turn_in_progress"
+        assert "Idempotency-Key" in answer.json["error"]["message"]
+        rest = list(first)
+        assert rest[-1]["type"] == "done" and rest[-1]["source"] == "offline"
+        answer = client.post(url, headers=keyed, data={"text": "hello"})
+        events = [json.loads(line) for line in answer.get_data(as_text=True).splitlines()]
+        assert events[-1] == {**rest[-1], "replayed": True}
+        assert [e["text"] for e in events if e["type"] == "sentence"] == [
+            e["text"] for e in rest if e["type"] == "sentence"
+        ]
+    finally:
+        engine.close()
+
+
+def test_a_turn_stream_closed_unread_does_not_stay_in_flight(tmp_path: Path) -> None:
+    app, headers = _app(tmp_path, 0)
+    engine = app.extensions["tadbot"]
+    client = app.test_client()
+    try:
+        session_id = client.post("/api/v1/sessions", headers=headers, json={"client": "yves"}).json[
+            "session_id"
+        ]
+        url = f"/api/v1/sessions/{session_id}/turns"
+        keyed = {**headers, "Idempotency-Key": "unread"}
+        unread = client.post(url, headers=keyed, data={"text": "hello"})
+        assert unread.status_code == 200
+        unread.close()  # what the WSGI server does when the device is gone before the first line
+        answer = client.post(url, headers=keyed, data={"text": "hello"})
+        events = [json.loads(line) for line in answer.get_data(as_text=True).splitlines()]
+        assert events[-1]["type"] == "done" and "replayed" not in events[-1]
+        assert engine.records.user_turns(session_id) == ["hello"]
+    finally:
+        engine.close()
+
+
+def test_a_session_left_idle_is_ended_by_the_server_and_a_later_turn_gets_409(tmp_path: Path) -> None:
+    app, headers = _app(tmp_path, 0.3)
+    engine = app.extensions["tadbot"]
+    client = app.test_client()
+    try:
+        session_id = client.post("/api/v1/sessions", headers=headers, json={"client": "xan"}).json[
+            "session_id"
+        ]
+        deadline = time.monotonic() + 10
+        while engine.records.session(session_id).ended_at is None:
+            assert time.monotonic() < deadline, "the server never ended the idle session"
+            time.sleep(0.05)
+        answer = client.post(f"/api/v1/sessions/{session_id}/turns", headers=headers, data={"text": "hello"})
+        assert answer.status_code == 409 and answer.json["error"]["code"] == "session_ended"
+        assert "POST /api/v1/sessions" in answer.json["error"]["message"]
+    finally:
+        engine.close()
+
+
+def test_openapi_documents_the_idempotency_key_and_its_answers(live_server: LiveServer) -> None:
+    spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
+    turns = spec["paths"]["/api/v1/sessions/{session_id}/turns"]["post"]
+    (header,) = [p for p in turns["parameters"] if p["in"] == "header"]
+    assert (header["name"], header["required"], header["schema"]["maxLength"]) == (
+        "Idempotency-Key",
+        False,
+        100,
+    )
+    assert "turn_in_progress" in turns["responses"]["409"]["description"]
+    assert "Retry-After" in turns["responses"]["409"]["headers"]
+    (done,) = [
+        e
+        for e in spec["components"]["schemas"]["TurnEvent"]["oneOf"]
+        if e["properties"]["type"]["const"] == "done"
+    ]
+    assert done["properties"]["replayed"]["const"] is True and "replayed" not in done["required"]

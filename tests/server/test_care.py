@@ -406,3 +406,63 @@ def test_concern_on_a_third_turn_of_a_session_is_a_crisis(
     _turns(alerted, "wyn", lines)
     assert alerted.care.alerts.wait(10)
     assert [a["rule"] for a in _Webhook.received] == ["repeated_concern"]
+
+
+# A crisis sent again under the same idempotency key: the device's stream broke.
+
+
+def _keyed(companion: Companion, session_id: str, text: str, key: str) -> list[dict[str, Any]]:
+    return list(companion.turn(companion.records.session(session_id), TurnInput(text=text), key))
+
+
+def test_a_crisis_sent_again_is_replayed_with_the_helpline_and_recorded_once(
+    companion: Companion, chat: RecordingChat
+) -> None:
+    session_id = companion.start_session("rae", None)["session_id"]
+    first = _keyed(companion, session_id, "I want to end my life", "crisis-key")
+    again = _keyed(companion, session_id, "I want to end my life", "crisis-key")
+    assert [e["type"] for e in again[:2]] == ["transcript", "safety"]
+    assert again[1] == {"type": "safety", "level": "crisis", "message": companion.care.crisis.helpline}
+    assert again[:-1] == first[:-1] and _said(again) == list(companion.care.crisis.lines)
+    assert again[-1] == {**first[-1], "replayed": True} and again[-1]["source"] == "crisis"
+    log = companion.records.session_log(session_id)
+    assert [t["role"] for t in log["turns"]] == ["user", "assistant"]
+    assert [e["level"] for e in log["safety_events"]] == ["crisis"]
+    assert chat.calls == []
+
+
+def test_a_crisis_reply_cut_off_is_said_again_whole_and_the_crisis_recorded_once(
+    companion: Companion,
+) -> None:
+    session_id = companion.start_session("sol", None)["session_id"]
+    stream = companion.turn(companion.records.session(session_id), TurnInput(text="I want to die"), "k")
+    assert [next(stream)["type"] for _ in range(3)] == ["transcript", "safety", "sentence"]
+    stream.close()
+    again = _keyed(companion, session_id, "I want to die", "k")
+    assert again[1] == {"type": "safety", "level": "crisis", "message": companion.care.crisis.helpline}
+    assert _said(again) == list(companion.care.crisis.lines) and again[-1]["source"] == "crisis"
+    assert "replayed" not in again[-1]
+    log = companion.records.session_log(session_id)
+    assert [(t["role"], t["timings"].get("interrupted", False)) for t in log["turns"]] == [
+        ("user", False),
+        ("assistant", True),
+        ("assistant", False),
+    ]
+    assert log["turns"][2]["id"] == again[-1]["turn_id"]
+    assert [(e["level"], e["turn_id"]) for e in log["safety_events"]] == [("crisis", log["turns"][0]["id"])]
+
+
+def test_a_yes_to_an_offer_whose_exercise_was_cut_off_starts_the_same_exercise_again(
+    companion: Companion,
+) -> None:
+    session_id, (first,) = _turns(companion, "tam", ["I'm having a panic attack"])
+    box = companion.care.exercises.get("box_breathing")
+    assert _said(first)[-1] == box.offer
+    session = companion.records.session(session_id)
+    stream = companion.turn(session, TurnInput(text="okay let's try"), "yes-key")
+    assert [next(stream)["type"] for _ in range(3)] == ["transcript", "sentence", "sentence"]
+    stream.close()
+    again = _keyed(companion, session_id, "okay let's try", "yes-key")
+    assert again[-1]["source"] == "exercise" and _said(again) == [step.text for step in box.steps]
+    user_turns = companion.records.user_turns(session_id)
+    assert user_turns == ["I'm having a panic attack", "okay let's try"]

@@ -85,3 +85,14 @@ def test_describe_prints_every_section_with_docs(tmp_path: Path) -> None:
     for section in ("[server]", "[llm]", "[fer]", "[stt]", "[memory]", "[persona]"):
         assert section in shown
     assert "n_ctx = 1024  # Context window" in shown
+
+
+def test_the_server_ends_idle_sessions_after_half_an_hour_unless_told_otherwise(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, ""), env={}).server.session_idle_s == 1800.0
+    set_in_file = _write(tmp_path, "[server]\nsession_idle_s = 60\n")
+    assert load_settings(set_in_file, env={}).server.session_idle_s == 60.0
+    off = load_settings(set_in_file, env={"TADBOT_SERVER__SESSION_IDLE_S": "0"})
+    assert off.server.session_idle_s == 0.0
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, "[server]\nsession_idle_s = -1\n"), env={})
+    assert "server.session_idle_s = -1.0: must be between 0 and" in caught.value.message

@@ -421,3 +421,115 @@ def test_the_running_summary_never_reads_crisis_or_concern_turns(tmp_path: Path,
     assert "end my life" not in ended["summary"] and "hopeless" not in ended["summary"]
     assert "'turn 0: my heart races" in ended["summary"]
     companion.close()
+
+
+# A repeated idempotency key: the device's stream broke and it sends the same utterance once more.
+
+
+def _keyed(companion: Companion, session_id: str, text: str, key: str) -> list[dict[str, Any]]:
+    return list(companion.turn(companion.records.session(session_id), TurnInput(text=text), key))
+
+
+def _sentences(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == "sentence"]
+
+
+def test_a_repeated_key_is_replayed_from_the_record_and_the_model_is_not_asked_again(
+    companion: Companion,
+) -> None:
+    chat = companion.components.chat
+    session_id = companion.start_session("kim", None)["session_id"]
+    first = _keyed(companion, session_id, "my hands are shaking", "key-1")
+    asked = len(chat.calls)
+    assert asked == 1 and first[-1]["type"] == "done" and "replayed" not in first[-1]
+    again = _keyed(companion, session_id, "my hands are shaking", "key-1")
+    assert len(chat.calls) == asked, "the model was asked again for a reply already given"
+    assert again[0] == {"type": "transcript", "text": "my hands are shaking"}
+    assert _sentences(again) == _sentences(first) and _sentences(first)
+    assert again[-1] == {**first[-1], "replayed": True}
+    assert [e["type"] for e in again] == ["transcript", *["sentence"] * len(_sentences(first)), "done"]
+    turns = companion.records.session_log(session_id)["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    assert turns[1]["id"] == again[-1]["turn_id"]
+    # Another key is another utterance: heard and answered anew.
+    _keyed(companion, session_id, "my hands are shaking", "key-2")
+    assert len(chat.calls) == asked + 1
+    assert [t["role"] for t in companion.records.session_log(session_id)["turns"]] == [
+        "user",
+        "assistant",
+    ] * 2
+
+
+def test_a_broken_first_answer_is_answered_again_without_a_second_person_turn(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    inner = LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=3)
+    chat = RecordingChat(ScriptedChat(["You are safe here. ", "Breathe in slowly. ", "Now out. "], inner))
+    companion = _companion(tmp_path, chat)
+    session_id = companion.start_session("lou", None)["session_id"]
+    _keyed(companion, session_id, "I like my garden", "earlier")
+    stream = companion.turn(companion.records.session(session_id), TurnInput(text="I can't breathe"), "k")
+    assert [next(stream)["type"] for _ in range(3)] == ["transcript", "sentence", "sentence"]
+    stream.close()  # the device's connection broke mid-reply
+    again = _keyed(companion, session_id, "I can't breathe", "k")
+    assert again[0] == {"type": "transcript", "text": "I can't breathe"}
+    assert again[-1]["type"] == "done" and again[-1]["source"] == "llm" and "replayed" not in again[-1]
+    assert [e["text"] for e in _sentences(again)][:3] == [
+        "You are safe here.",
+        "Breathe in slowly.",
+        "Now out.",
+    ]
+    assert len(chat.calls) == 3
+    # The model read the conversation before this turn, then this turn's words once: not the cut-off reply.
+    assert [m["role"] for m in chat.calls[-1]] == ["system", "user", "assistant", "user"]
+    prompt = "\n".join(m["content"] for m in chat.calls[-1])
+    assert prompt.count("I can't breathe") == 1 and "I like my garden" in prompt
+    turns = companion.records.session_log(session_id)["turns"]
+    assert [(t["role"], t["text"]) for t in turns[2:]] == [
+        ("user", "I can't breathe"),
+        ("assistant", "You are safe here. Breathe in slowly."),
+        ("assistant", " ".join(e["text"] for e in _sentences(again))),
+    ]
+    assert turns[3]["timings"] == {"interrupted": True} and turns[4]["id"] == again[-1]["turn_id"]
+    # A third try finds the whole reply and replays it.
+    third = _keyed(companion, session_id, "I can't breathe", "k")
+    assert _sentences(third) == _sentences(again) and third[-1]["replayed"] is True
+    assert len(chat.calls) == 3 and len(companion.records.session_log(session_id)["turns"]) == 5
+
+
+def test_a_key_still_streaming_is_refused_until_its_stream_ends(companion: Companion) -> None:
+    from server.in_flight import TurnInProgress
+
+    session_id = companion.start_session("max", None)["session_id"]
+    session = companion.records.session(session_id)
+    stream = companion.turn(session, TurnInput(text="I feel dizzy"), "busy-key")
+    assert next(stream)["type"] == "transcript"
+    with pytest.raises(TurnInProgress) as refused:
+        companion.turn(session, TurnInput(text="I feel dizzy"), "busy-key")
+    assert (refused.value.code, refused.value.status, refused.value.retry_after_s) == (
+        "turn_in_progress",
+        409,
+        5,
+    )
+    rest = list(stream)
+    assert rest[-1]["type"] == "done"
+    again = _keyed(companion, session_id, "I feel dizzy", "busy-key")
+    assert again[-1] == {**rest[-1], "replayed": True}
+
+
+def test_a_silent_command_and_a_paced_exercise_are_replayed_as_they_were_sent(companion: Companion) -> None:
+    session_id = companion.start_session("ned", None)["session_id"]
+    pause = _keyed(companion, session_id, "be quiet", "pause-key")
+    assert [e["type"] for e in pause] == ["transcript", "command", "done"]
+    assert _keyed(companion, session_id, "be quiet", "pause-key") == [
+        *pause[:2],
+        {**pause[-1], "replayed": True},
+    ]
+    exercise = _keyed(companion, session_id, "can you help me breathe", "breathe-key")
+    assert any(e.get("pause_ms", 0) > 0 for e in _sentences(exercise))
+    replayed = _keyed(companion, session_id, "can you help me breathe", "breathe-key")
+    assert _sentences(replayed) == _sentences(exercise)
+    assert replayed[-1]["source"] == "exercise" and replayed[-1]["replayed"] is True
+    assert companion.components.chat.calls == []
+    roles = [t["role"] for t in companion.records.session_log(session_id)["turns"]]
+    assert roles == ["user", "user", "assistant"]
