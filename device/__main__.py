@@ -19,6 +19,7 @@ import logging
 import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,14 +27,17 @@ from types import FrameType
 from typing import NoReturn
 
 from device import notify
-from device.backoff import Backoff
+from device.backoff import DELAYS_S, Backoff
 from device.camera import CameraSource, CameraWatcher, FrameSource, ImageFileSource
 from device.client import ServerClient
 from device.crisis import load_crisis_fallback
+from device.earcons import Earcons
 from device.errors import DeviceConfigError, DeviceError
 from device.exercises import load_exercises
 from device.lines import load_lines
 from device.listen import END, Failed, Gate, Heard, Item, Listener, MicPcm, PcmSource, WavPcm
+from device.liveness import Beat, Liveness, status_path
+from device.playback import Playback
 from device.session import Conversation, Utterance
 from device.settings import DeviceSettings, load_settings, settings_to_toml
 from device.speaker import AloudSpeaker, Speaker, WavDirSpeaker, WavFileSpeaker
@@ -41,12 +45,20 @@ from device.states import StateMachine
 from device.synth import open_synth
 from device.timeline import FramePoster
 from device.vad import EndpointConfig, Endpointer
-from device.voice import Voice
+from device.voice import IDLE_DEADLINE_S, Voice
 from device.wakeword import WakeGate, WakeWordDetector
 
 _LOGGER = logging.getLogger("device.main")  # not "__main__", which `python -m device` would give
 
 PROG = "tadbot device"
+
+_SLACK_S = 30.0
+"""Added to a thread's longest wait on purpose before it counts as hung (device.liveness)."""
+_LISTENER_DEADLINE_S = max(DELAYS_S) + _SLACK_S
+"""The microphone beats every frame, but one read of a microphone that is away waits up to 30 s to retry."""
+_CONVERSATION_REQUESTS = 4
+"""The most requests the conversation makes between two beats: open a session, send a turn, send it once
+more, end the session; each may wait `request_timeout_s`."""
 
 
 class _UsageError(Exception):
@@ -111,10 +123,11 @@ def _one_shot(args: argparse.Namespace) -> list[Utterance] | None:
     return None
 
 
-def _pcm(args: argparse.Namespace, settings: DeviceSettings) -> PcmSource:
+def _pcm(args: argparse.Namespace, settings: DeviceSettings, beat: Beat) -> PcmSource:
     if args.mic_file is not None:
         return WavPcm(args.mic_file, realtime=True)
-    return MicPcm(None if settings.mic_index < 0 else settings.mic_index)
+    index = None if settings.mic_index < 0 else settings.mic_index
+    return MicPcm(index, device_name=settings.mic_device, beat=beat)
 
 
 def _endpointer(settings: DeviceSettings) -> Endpointer:
@@ -140,15 +153,35 @@ def _wake_gate(settings: DeviceSettings) -> WakeGate | None:
     return WakeGate(detector, settings.wake_window_s)
 
 
+class _Beating:
+    """A PCM source that beats for the listener on every frame it reads, so the listener beats while it
+    waits for speech, and stops beating when a read blocks in the driver."""
+
+    def __init__(self, source: PcmSource, beat: Beat) -> None:
+        self._source = source
+        self._beat = beat
+        self.live = source.live
+
+    def read(self) -> bytes | None:
+        frame = self._source.read()
+        self._beat.beat("listening")
+        return frame
+
+    def close(self) -> None:
+        self._source.close()
+
+
 class _Listening:
     """The listener thread and its queue, seen by the conversation as utterances with idle ticks between.
 
-    A listener that crashes is started again; the microphone's own failures it already rides out.
+    A listener that crashes, or hangs (`restart`, from device.liveness), is started again; the
+    microphone's own failures it already rides out.
     """
 
-    def __init__(self, make: Callable[[queue.Queue[Item]], Listener], heartbeat: Callable[[], None]) -> None:
+    def __init__(self, make: Callable[[queue.Queue[Item]], Listener], beat: Beat) -> None:
         self._make = make
-        self._heartbeat = heartbeat
+        self._beat = beat
+        self._lock = threading.Lock()
         self._queue: queue.Queue[Item] = queue.Queue()
         self._listener = make(self._queue)
         self._listener.start()
@@ -157,51 +190,73 @@ class _Listening:
         """Utterances as they are heard, None each idle second; closing it stops the listener first."""
         try:
             while True:
+                listened = self._queue
                 try:
-                    item = self._queue.get(timeout=1.0)
+                    item = listened.get(timeout=1.0)
                 except queue.Empty:
                     yield None
                     continue
+                if listened is not self._queue:
+                    continue  # from a listener replaced as hung
                 if item is END:
                     return
                 if isinstance(item, Failed):
                     _LOGGER.error("the listener failed (%s); starting it again", item.exc)
-                    self._listener.stop()
                     time.sleep(1.0)
-                    self._listener = self._make(self._queue)
-                    self._listener.start()
+                    self.restart()
                     continue
                 assert isinstance(item, Heard)
                 _LOGGER.info("heard %.1f s of speech", item.speech_s)
-                yield Utterance(audio=item.wav)
+                yield Utterance(audio=item.wav, heard_at=item.started)
         finally:
             self.stop()
 
+    def restart(self) -> None:
+        """Replace the listener with a new one on a queue of its own, so nothing the old one puts later
+        (END, once a stuck read returns) is taken for the new one's. The old one is stopped from a
+        throwaway thread: closing a microphone stuck in a read can block as long as the read."""
+        with self._lock:
+            old, self._queue = self._listener, queue.Queue()
+            threading.Thread(target=old.stop, name="listener-stop", daemon=True).start()
+            self._listener = self._make(self._queue)
+            self._listener.start()
+
     def stop(self) -> None:
-        self._listener.stop()
-        self._listener.join(5.0)
+        self._beat.done()
+        with self._lock:
+            listener = self._listener
+        listener.stop()
+        listener.join(5.0)
 
 
-def _frames(args: argparse.Namespace, settings: DeviceSettings) -> FrameSource | None:
+def _frames(args: argparse.Namespace, settings: DeviceSettings, live: Liveness) -> FrameSource | None:
     if args.frame is not None:
         return ImageFileSource(args.frame)
     if settings.camera_index < 0:
         return None
     camera = CameraSource(settings.camera_index)
-    return CameraWatcher(camera, fps=settings.camera_fps, reopen=camera.reopen)
+    beat = live.register("camera", _SLACK_S)
+    return CameraWatcher(camera, fps=settings.camera_fps, reopen=camera.reopen, beat=beat)
 
 
 def _speaker(args: argparse.Namespace, settings: DeviceSettings) -> Speaker:
     synth, _ = open_synth(settings)
     try:
         if args.tts_out is None:
-            return AloudSpeaker(synth)
+            return AloudSpeaker(synth, Playback(settings.speaker_device))
         if args.mic_file is not None or Path(args.tts_out).is_dir():
             return WavDirSpeaker(args.tts_out, synth)
         return WavFileSpeaker(args.tts_out, synth)
     except Exception:
         synth.close()
         raise
+
+
+def _earcons(speaker: Speaker, settings: DeviceSettings) -> Earcons | None:
+    """The chimes play through the speaker's own output; speech written to files gets none."""
+    if not settings.earcons or not isinstance(speaker, AloudSpeaker):
+        return None
+    return Earcons(speaker.output)
 
 
 def _barge_in(voice: Voice) -> Callable[[], None]:
@@ -212,19 +267,6 @@ def _barge_in(voice: Voice) -> Callable[[], None]:
             voice.interrupt()
 
     return interrupt
-
-
-class _Watchdog:
-    """Feeds systemd's watchdog from the main loop, at half the interval the unit asks for."""
-
-    def __init__(self) -> None:
-        self._every = notify.watchdog_interval()
-        self._last = 0.0
-
-    def __call__(self) -> None:
-        if self._every is not None and time.monotonic() - self._last >= self._every:
-            notify.watchdog()
-            self._last = time.monotonic()
 
 
 def _fail(message: str, code: int) -> int:
@@ -250,18 +292,24 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
     lines, exercises, crisis = load_lines(), load_exercises(), load_crisis_fallback(settings.locale)
     one_shot = _one_shot(args)  # read before anything opens, so a bad file fails first
     wake = None if one_shot is not None else _wake_gate(settings)
-    watchdog = _Watchdog()
+    live = Liveness(status_path())  # its supervisor, which feeds systemd's watchdog, runs in the daemon only
     with contextlib.ExitStack() as stack:  # closed in reverse: clients, camera, speaker, voice
         client = ServerClient(settings.server_url, settings.token, settings.request_timeout_s)
         stack.callback(client.close)
-        frames = _frames(args, settings)
+        frames = _frames(args, settings, live)
         if frames is not None:
             stack.callback(frames.close)
         speaker = _speaker(args, settings)
         stack.callback(speaker.close)
         gate = Gate(barge_in=settings.barge_in)
-        voice = Voice(speaker, None if one_shot else gate, tail_s=settings.mute_tail_s)
+        voice = Voice(
+            speaker,
+            beat=live.register("voice", IDLE_DEADLINE_S, restart=lambda: voice.restart()),
+            earcons=_earcons(speaker, settings),
+        )
         stack.callback(voice.close)
+        deadline_s = _CONVERSATION_REQUESTS * settings.request_timeout_s + _SLACK_S
+        beat = live.register("conversation", deadline_s)
         conversation = Conversation(
             client,
             voice,
@@ -270,9 +318,10 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
             exercises=exercises,
             crisis=crisis,
             backoff=None if one_shot else Backoff(),
-            states=StateMachine(),
+            states=StateMachine(None if one_shot else gate, tail_s=settings.mute_tail_s),
             think_ack_s=settings.think_ack_s,
-            heartbeat=watchdog,
+            idle_end_s=0.0 if one_shot else settings.idle_end_s,
+            heartbeat=lambda: beat.beat(conversation.states.state),
             ready=None if one_shot else notify.ready,
         )
         if one_shot is not None:
@@ -285,11 +334,15 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
                     lambda: conversation.session_id,
                     lambda: conversation.in_turn,
                     settings.frame_interval_s,
+                    live.register(
+                        "frames", settings.frame_interval_s + settings.request_timeout_s + _SLACK_S
+                    ),
                 )
                 stack.callback(poster.close)
+            heard = live.register("listener", _LISTENER_DEADLINE_S, restart=lambda: listening.restart())
             listening = _Listening(
                 lambda out: Listener(
-                    _pcm(args, settings),
+                    _Beating(_pcm(args, settings, heard), heard),
                     _endpointer(settings),
                     gate,
                     out,
@@ -297,8 +350,10 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
                     calibrate_s=settings.mic_calibration_s,
                     wake=wake,
                 ),
-                watchdog,
+                heard,
             )
+            live.start()
+            stack.callback(live.close)  # first to close: the threads it watches stop after it
             try:
                 failed = conversation.run(settings.client, listening.utterances())
             finally:

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from device.errors import CameraError
+from device.liveness import Beat
 
 _LOGGER = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _JPEG_QUALITY = 90
+_GRAB_SLACK_S = 30.0
+"""On top of the wait between grabs: one grab and one reopening, which V4L2 may take seconds over."""
 
 
 class FrameSource(Protocol):
@@ -143,6 +146,7 @@ class CameraWatcher:
 
     A turn then sends a frame from the last half second instead of waiting for a grab, and a camera that
     is unplugged mid-run is retried every `retry_s` while the conversation goes on without pictures.
+    It beats once a grab, so a V4L2 read that never returns is seen (device.liveness).
     """
 
     def __init__(
@@ -152,11 +156,13 @@ class CameraWatcher:
         fps: float = 2.0,
         retry_s: float = 10.0,
         reopen: Callable[[], bool] | None = None,
+        beat: Beat | None = None,
     ) -> None:
         self._source = source
         self._interval = 1.0 / fps
         self._retry_s = retry_s
         self._reopen = reopen
+        self._beat = beat or Beat("camera")
         self._latest: bytes | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -175,6 +181,7 @@ class CameraWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._beat.beat("grabbing", self._retry_s + _GRAB_SLACK_S)
             try:
                 frame = self._source.latest()
             except CameraError as exc:

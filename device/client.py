@@ -146,11 +146,13 @@ class ServerClient:
         audio: bytes | None = None,
         text: str | None = None,
         frames: Sequence[bytes] = (),
+        key: str = "",
     ) -> Generator[dict[str, Any], None, None]:
         """Send one utterance (WAV `audio` or typed `text`) with frames; yield each event as it arrives.
 
         The stream must end with a `done` or `error` event: a stream cut short raises ServerError instead of
-        passing for a finished turn.
+        passing for a finished turn. `key` goes as the `Idempotency-Key` header: the same utterance sent
+        again with it is answered from the server's record, not by running the model twice.
         """
         if (audio is None) == (text is None):
             raise ValueError("a turn takes exactly one of audio or text")
@@ -160,7 +162,8 @@ class ServerClient:
         else:
             files.append(("text", (None, text)))  # no filename: a plain form field, still multipart
         files += [("frame", (f"frame{i}.jpg", frame, "image/jpeg")) for i, frame in enumerate(frames)]
-        response = self._post(f"/sessions/{session_id}/turns", files=files, stream=True)
+        headers = {"Idempotency-Key": key} if key else {}
+        response = self._post(f"/sessions/{session_id}/turns", files=files, headers=headers, stream=True)
         try:
             for line in self._lines(response):
                 try:

@@ -29,9 +29,11 @@ from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
+from device import liveness
 from device.client import ServerClient
 from device.errors import DeviceConfigError, DeviceError, ServerError
-from device.mic import _quiet_native_stderr
+from device.mic import _quiet_native_stderr, list_inputs, match_input
+from device.playback import aplay_command, aplay_error, list_outputs, resolve_output, suggested_outputs
 from device.settings import DeviceSettings, find_config_file, load_settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ MODEL_COMPONENTS = ("llm", "fer", "stt", "memory")
 _HTTP_TIMEOUT_S = 10.0
 _CLIPPED_FRACTION = 0.001
 _LISTED_INPUTS = 8
+_LISTED_OUTPUTS = 8
 _INDENT = " " * 11
 
 _START_SERVER = "start it (`sudo systemctl start tadbot-server`), or fix --server / [device] server_url"
@@ -148,13 +151,6 @@ def _faces_seen(answer: Mapping[str, Any]) -> str:
     return f"the server sees {faces} face{'' if faces == 1 else 's'}{mood}"
 
 
-def _aplay_error(stderr: str, code: int) -> str:
-    """aplay's own line ("aplay: main:831: audio open error: ..."), not the ALSA chatter above it."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    own = [line for line in lines if line.startswith("aplay:")]
-    return (own or lines or [f"aplay exited with {code}"])[-1]
-
-
 def data_dir(config: Path | None, env: Mapping[str, str]) -> Path:
     """Where the server keeps its data, as it resolves it: env, the config's [server] data_dir, systemd's
     StateDirectory, else the current directory (a device keeps no data but its logs and updates)."""
@@ -198,6 +194,7 @@ class Doctor:
         checks: list[tuple[str, bool, Callable[[], Outcome]]] = []
         if device:
             checks += [
+                ("daemon", True, self.daemon),
                 ("mic", True, self.mic),
                 ("speaker", True, self.speaker),
                 ("camera", False, self.camera),
@@ -232,6 +229,42 @@ class Doctor:
             raise self._health
         return self._health
 
+    def daemon(self) -> Outcome:
+        """Each thread of a running daemon, from the status it keeps fresh (device.liveness); a daemon that
+        is not running is no fault here, as the other checks need the microphone to themselves."""
+        path = liveness.status_path()
+        try:
+            seen = liveness.read_status(path)
+        except FileNotFoundError:
+            return Outcome(State.SKIP, f"not running (no thread status at {path})")
+        except PermissionError:
+            return Outcome(State.WARN, f"cannot read {path}", fix="run the doctor as root or as tadbot")
+        except (OSError, ValueError) as exc:
+            return Outcome(State.WARN, f"cannot read {path}: {_one_line(exc)}")
+        if seen.age_s > liveness.STALE_AFTER_S:
+            return Outcome(State.SKIP, f"not running (its thread status at {path} is {seen.age_s:.0f} s old)")
+        notes = tuple(thread.describe() for thread in seen.threads)
+        journal = "`journalctl -u tadbot-device -b` says what it was doing"
+        stuck = [t.thread for t in seen.threads if t.state in ("late", "stalled")]
+        if stuck or seen.watchdog == "stopped":
+            return Outcome(
+                State.FAIL,
+                f"pid {seen.pid}: stuck: {', '.join(stuck)}; the watchdog is not fed, so systemd restarts it",
+                fix=f"{journal}; check the speaker, microphone and camera cables",
+                notes=notes,
+            )
+        alive = sum(t.state == "alive" for t in seen.threads)
+        detail = f"pid {seen.pid}: {alive} thread(s) alive, watchdog {seen.watchdog}"
+        restarted = [f"{t.thread} {t.restarts}x" for t in seen.threads if t.restarts]
+        if restarted:
+            return Outcome(
+                State.WARN,
+                f"{detail}; restarted after hanging: {', '.join(restarted)}",
+                fix=f"{journal}; a speaker or microphone that hangs again and again needs checking",
+                notes=notes,
+            )
+        return Outcome(State.PASS, detail, notes=notes)
+
     def mic(self) -> Outcome:
         try:
             import pyaudio
@@ -249,12 +282,7 @@ class Doctor:
                 audio.terminate()
 
     def _hear(self, pyaudio: Any, audio: Any) -> Outcome:
-        inputs: dict[int, dict[str, Any]] = {}
-        for number in range(audio.get_device_count()):
-            with contextlib.suppress(OSError):
-                info = audio.get_device_info_by_index(number)
-                if int(info.get("maxInputChannels", 0)) > 0:
-                    inputs[number] = info
+        inputs = list_inputs(audio)
         if not inputs:
             return Outcome(
                 State.FAIL,
@@ -271,8 +299,19 @@ class Doctor:
         )
         if len(inputs) > _LISTED_INPUTS:
             notes += (f"... and {len(inputs) - _LISTED_INPUTS} more",)
-        choose = "set [device] mic_index to one of the inputs listed"
-        index = self.settings.mic_index if self.settings.mic_index >= 0 else default
+        name = self.settings.mic_device
+        if name:
+            index = match_input(inputs, name)
+            if index is None:
+                return Outcome(
+                    State.FAIL,
+                    f'[device] mic_device = "{name}" matches no input device',
+                    fix='set [device] mic_device to part of a name listed, or to "" to use mic_index',
+                    notes=notes,
+                )
+        else:
+            index = self.settings.mic_index if self.settings.mic_index >= 0 else default
+        choose = "set [device] mic_device to part of a name listed, or mic_index to its number"
         if index is None:
             return Outcome(State.FAIL, "there is no default microphone", fix=choose, notes=notes)
         if index not in inputs:
@@ -306,7 +345,6 @@ class Doctor:
 
     def speaker(self) -> Outcome:
         """Make the test phrase with the voice the device would use, and play it from memory."""
-        from device.speaker import aplay_command
         from device.synth import open_synth
 
         synth, fallback = open_synth(self.settings)
@@ -327,12 +365,25 @@ class Doctor:
                     "or `tadbot models pull voice`"
                 ),
             )
-        if not self.sound:
-            return Outcome(state, f"{made} (not played: --no-sound)", fix=fix)
         aplay = shutil.which("aplay")
+        notes: tuple[str, ...]
+        device, notes = "", ()
+        if aplay is not None:
+            notes = _outputs(aplay)
+            try:
+                device = resolve_output(aplay, self.settings.speaker_device)
+            except DeviceError as exc:
+                return Outcome(
+                    State.FAIL,
+                    f"{made}, but {exc.message}",
+                    fix='set [device] speaker_device to one of the outputs listed, or to "" for the default',
+                    notes=notes,
+                )
+        if not self.sound:
+            return Outcome(state, f"{made} (not played: --no-sound)", fix=fix, notes=notes)
         if aplay is None:
             return Outcome(State.FAIL, f"{made}, but aplay is missing", fix="`sudo apt install alsa-utils`")
-        command = aplay_command(aplay, speech.rate)
+        command = aplay_command(aplay, speech.rate, device)
         try:
             played = subprocess.run(
                 command, input=speech.pcm, capture_output=True, timeout=speech.seconds + 15
@@ -342,15 +393,20 @@ class Doctor:
                 State.FAIL,
                 f"{made}, but aplay did not finish playing it",
                 fix="another program may hold the sound card: `fuser -v /dev/snd/*` shows which",
+                notes=notes,
             )
         if played.returncode != 0:
+            said = played.stderr.decode(errors="replace").splitlines()
             return Outcome(
                 State.FAIL,
-                f"{made}; {_aplay_error(played.stderr.decode(errors='replace'), played.returncode)}",
-                fix="plug in the speaker and check `aplay -l` lists it; pick its card in /etc/asound.conf",
+                f"{made}; {aplay_error(said, played.returncode)}",
+                fix="plug in the speaker (`aplay -l` lists it) and name it in [device] speaker_device; busy? "
+                "the daemon keeps it open: `sudo systemctl stop tadbot-device`, then run doctor again",
+                notes=notes,
             )
-        detail = f"played {speech.seconds:.1f} s of speech ({voice}) with aplay: did you hear it?"
-        return Outcome(state, f"{detail} Not Piper: {fallback}" if fallback else detail, fix=fix)
+        where = f" on {device}" if device else ""
+        detail = f"played {speech.seconds:.1f} s of speech ({voice}) with aplay{where}: did you hear it?"
+        return Outcome(state, f"{detail} Not Piper: {fallback}" if fallback else detail, fix=fix, notes=notes)
 
     def camera(self) -> Outcome:
         index = self.settings.camera_index
@@ -507,6 +563,20 @@ class Doctor:
                 fix="close other programs or add swap; the server's LLM alone needs about 3 GB",
             )
         return Outcome(State.PASS, detail)
+
+
+def _outputs(aplay: str) -> tuple[str, ...]:
+    """The output names `[device] speaker_device` takes, as note lines; a listing that fails says why."""
+    try:
+        outputs = suggested_outputs(list_outputs(aplay))
+    except DeviceError as exc:
+        return (_one_line(exc.message),)
+    notes = tuple(
+        f"output {name}" + (f" ({about})" if about else "") for name, about in outputs[:_LISTED_OUTPUTS]
+    )
+    if len(outputs) > _LISTED_OUTPUTS:
+        notes += (f"... and {len(outputs) - _LISTED_OUTPUTS} more (`aplay -L`)",)
+    return notes
 
 
 def _level(samples: np.ndarray, where: str, notes: tuple[str, ...]) -> Outcome:

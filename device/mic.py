@@ -19,6 +19,7 @@ import numpy as np
 from device.audio import SAMPLE_RATE
 from device.backoff import DELAYS_S, Backoff
 from device.errors import AudioInputError
+from device.liveness import Beat
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,14 +91,53 @@ class StreamResampler:
         return out
 
 
+def list_inputs(audio: Any) -> dict[int, dict[str, Any]]:
+    """PortAudio's input devices by index: what `mic_index` and `mic_device` choose from."""
+    inputs: dict[int, dict[str, Any]] = {}
+    for number in range(audio.get_device_count()):
+        with contextlib.suppress(OSError):
+            info = audio.get_device_info_by_index(number)
+            if int(info.get("maxInputChannels", 0)) > 0:
+                inputs[number] = info
+    return inputs
+
+
+def match_input(inputs: dict[int, dict[str, Any]], name: str) -> int | None:
+    """The first input whose name contains `name`, in any case; None if none does."""
+    wanted = name.lower()
+    return next((i for i, info in inputs.items() if wanted in str(info.get("name", "")).lower()), None)
+
+
+def find_input(audio: Any, name: str) -> int:
+    """The index of the input `[device] mic_device` names; an error that names the key and the inputs."""
+    inputs = list_inputs(audio)
+    index = match_input(inputs, name)
+    if index is None:
+        listed = ", ".join(f'"{info.get("name", "?")}"' for info in inputs.values()) or "none"
+        raise AudioInputError(
+            "no_microphone", f'[device] mic_device = "{name}" matches no microphone; inputs: {listed}'
+        )
+    return index
+
+
 class MicPcm:
     """The microphone as a `PcmSource`: opened on the first read and reopened, with growing waits, when it
-    is missing, unplugged or busy. That is never fatal: it logs a line now and then until it works again."""
+    is missing, unplugged or busy. That is never fatal: it logs a line now and then until it works again.
+
+    A `device_name` (`[device] mic_device`) is looked up at every open, since a USB microphone plugged in
+    again may get another index; it must match an input when the microphone is made, so a typo stops
+    start-up with the inputs there are."""
 
     live = True
 
     def __init__(
-        self, device_index: int | None = None, *, frame_ms: int = 30, delays: Sequence[float] = DELAYS_S
+        self,
+        device_index: int | None = None,
+        *,
+        device_name: str = "",
+        frame_ms: int = 30,
+        delays: Sequence[float] = DELAYS_S,
+        beat: Beat | None = None,
     ) -> None:
         try:
             import pyaudio
@@ -105,7 +145,18 @@ class MicPcm:
             raise AudioInputError("no_microphone", _NO_PYAUDIO) from exc
         self._pyaudio = pyaudio
         self._device_index = device_index
-        self._where = "default" if device_index is None else f"index {device_index}"
+        self._device_name = device_name
+        if device_name:
+            self._where = f'mic_device "{device_name}"'
+            with _quiet_native_stderr():
+                audio = pyaudio.PyAudio()
+                try:
+                    find_input(audio, device_name)
+                finally:
+                    audio.terminate()
+        else:
+            self._where = "default" if device_index is None else f"index {device_index}"
+        self._beat = beat or Beat("microphone")
         self._frame_ms = frame_ms
         self._frame_samples = SAMPLE_RATE * frame_ms // 1000
         self._closed = threading.Event()
@@ -129,24 +180,15 @@ class MicPcm:
                     self._pending = np.concatenate([self._pending, self._capture()])
                 except (AudioInputError, OSError) as exc:
                     self._release()
-                    delay = self._backoff.failed()
-                    if self._backoff.worth_logging:
-                        reason = (
-                            exc.message if isinstance(exc, AudioInputError) else f"microphone failed: {exc}"
-                        )
-                        _LOGGER.warning(
-                            "%s; retrying in %g s (failure %d in a row)",
-                            reason,
-                            delay,
-                            self._backoff.failures,
-                        )
-                    self._backoff.wait(delay)
+                    self._wait_after(exc)
             frame, self._pending = self._pending[: self._frame_samples], self._pending[self._frame_samples :]
         return np.clip(np.round(frame * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
     def _wait_after(self, exc: AudioInputError | OSError) -> None:
-        """Back off before the next open; `close()` ends the wait at once."""
+        """Back off before the next open; `close()` ends the wait at once. A microphone that is away is
+        waited for, not a hung listener: the listener's beat says so, or liveness would restart it."""
         delay = self._backoff.failed()
+        self._beat.beat("waiting for the microphone", delay + 30.0)
         if self._backoff.worth_logging:
             reason = exc.message if isinstance(exc, AudioInputError) else f"microphone failed: {exc}"
             _LOGGER.warning(
@@ -173,7 +215,7 @@ class MicPcm:
         with _quiet_native_stderr():
             audio = self._pyaudio.PyAudio()
             try:
-                info = self._device_info(audio)
+                index, info = self._device_info(audio)
                 rate = int(info["defaultSampleRate"])
                 chunk = rate * self._frame_ms // 1000
                 try:
@@ -182,7 +224,7 @@ class MicPcm:
                         channels=1,
                         rate=rate,
                         input=True,
-                        input_device_index=self._device_index,
+                        input_device_index=index,
                         frames_per_buffer=chunk,
                     )
                 except (OSError, ValueError) as exc:
@@ -199,12 +241,14 @@ class MicPcm:
         self._read_since_open = 0
         _LOGGER.info("microphone open (%s, %s, %d Hz)", self._where, info.get("name", "?"), rate)
 
-    def _device_info(self, audio: Any) -> dict[str, Any]:
+    def _device_info(self, audio: Any) -> tuple[int | None, dict[str, Any]]:
+        """The index to open (None: the default) and its PortAudio description."""
+        index = find_input(audio, self._device_name) if self._device_name else self._device_index
         try:
-            if self._device_index is None:
+            if index is None:
                 info: dict[str, Any] = audio.get_default_input_device_info()
             else:
-                info = audio.get_device_info_by_index(self._device_index)
+                info = audio.get_device_info_by_index(index)
         except OSError as exc:
             raise AudioInputError(
                 "no_microphone", f"no microphone found ({self._where}): {exc}; list devices with `arecord -l`"
@@ -215,7 +259,7 @@ class MicPcm:
                 f"{info.get('name', 'the device')} ({self._where}) is not a microphone: it has no inputs; "
                 "list devices with `arecord -l`",
             )
-        return info
+        return index, info
 
     def _release(self) -> None:
         """Close the stream, if open; the next read opens it again unless closed."""

@@ -6,7 +6,14 @@ what it can: a failed turn gets a spoken line that fits its error code (or, when
 crisis, the device's own copy of the crisis reply: device.crisis), and a server that cannot be reached
 gets the device's own talk-down and exercise while it is retried; a broken camera means a turn without a
 frame, a broken speaker a logged line. It stops only when going on would be pointless or harmful: the
-server refuses this device. Every change of state is logged by device.states.
+server refuses this device. Every change of state is logged by device.states, whose state machine is also
+the only thing that opens and closes the microphone's gate.
+
+A conversation ends when the person says goodbye or has been silent for `idle_end_s`: the session is ended on
+the server, nothing is said or posted, and the next words they say open a new one. A turn whose stream
+breaks is sent once more under the same idempotency key (the server answers it from its record, so the
+model does not run twice and no sentence is said twice); if that fails too, one short line, the session is
+ended, and the device listens again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +34,7 @@ from device.backoff import Backoff
 from device.camera import FrameSource
 from device.client import ServerClient
 from device.crisis import CrisisFallback
+from device.earcons import Earcon
 from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError
 from device.exercises import OfflineExercises, Step
 from device.lines import Lines
@@ -37,6 +46,10 @@ _LOGGER = logging.getLogger(__name__)
 _REFUSED = frozenset({401, 403})
 """The server does not accept this device: retrying cannot help, and would only hammer it."""
 _SESSION_GONE = frozenset({404, 409})
+_IN_PROGRESS = "turn_in_progress"
+"""The 409 a turn sent again gets while its first try is still being answered: not a lost session."""
+_BROKEN = frozenset({"stream_broken", "stream_truncated"})
+"""A reply cut off on its way: worth one more try under the same idempotency key."""
 """The server lost the session (404) or it has ended (409): a new one fixes that."""
 
 
@@ -66,6 +79,9 @@ class Utterance:
 
     audio: bytes | None = None
     text: str | None = None
+    heard_at: float | None = None
+    """`time.monotonic()` when its speech began (the microphone's only): speech that began while a turn was
+    being sent is stale by the time that turn is over, and is dropped."""
 
 
 @dataclass
@@ -77,6 +93,8 @@ class _Heard:
     words: str = ""
     server_crisis: bool = False
     sent: list[str] = field(default_factory=list)
+    replayed: int = 0
+    """How many of `sent` the stream now arriving has matched: a retried turn's replay starts at 0."""
 
 
 def describe_faces(event: dict[str, Any]) -> str:
@@ -112,6 +130,7 @@ class Conversation:
         out: TextIO | None = None,
         states: StateMachine | None = None,
         think_ack_s: float = 0.0,
+        idle_end_s: float = 0.0,
         heartbeat: Callable[[], None] | None = None,
         ready: Callable[[], object] | None = None,
     ) -> None:
@@ -129,12 +148,19 @@ class Conversation:
         self._out = out or sys.stdout
         self.states = states or StateMachine()
         self._think_ack_s = think_ack_s
+        self._idle_end_s = idle_end_s
+        self._ended = False
+        """The person ended the conversation (goodbye, or silence): no session is opened until they speak."""
+        self._last_active = time.monotonic()
+        self._sending: tuple[float, float] = (0.0, 0.0)
+        """When the last turn was sent, and when its first sentence (or its end) came back."""
         self._heartbeat = heartbeat or (lambda: None)
         self._ready = ready
         self._client_name = ""
         self._session_id = ""  # none open
         self._next_try = 0.0
         self._waiting_said = False
+        self._outage_chimed = False
         self._last_ack = ""
         self._lock = threading.Lock()
         self.in_turn = False
@@ -172,11 +198,15 @@ class Conversation:
                 self._heartbeat()
                 if utterance is None:
                     self._retry_if_due()
+                    self._end_if_idle()
+                    continue
+                if self._stale(utterance):
                     continue
                 if not self._turn(utterance):
                     failed += 1
                 self._settle()
-                self.states.go(State.LISTENING if self._session_id else State.WAITING)
+                self._last_active = time.monotonic()
+                self.states.go(self._at_rest())
         finally:
             if isinstance(heard, Generator):
                 heard.close()
@@ -184,6 +214,31 @@ class Conversation:
             self._end()
             self._settle()
         return failed
+
+    def _at_rest(self) -> State:
+        if self._session_id:
+            return State.LISTENING
+        return State.ENDED if self._ended else State.WAITING
+
+    def _stale(self, utterance: Utterance) -> bool:
+        """Speech that began while the last turn was on its way (heard past a barge-in gate): by now the
+        reply has answered the moment it belonged to."""
+        start, end = self._sending
+        if utterance.heard_at is None or not start <= utterance.heard_at < end:
+            return False
+        _LOGGER.info("dropping speech heard while the last turn was being sent")
+        return True
+
+    def _end_if_idle(self) -> None:
+        """Silence for `idle_end_s`: the session is ended on the server, and the camera's samples with it."""
+        if self._idle_end_s <= 0 or not self.session_id or self.states.state != State.LISTENING:
+            return
+        if time.monotonic() - self._last_active < self._idle_end_s:
+            return
+        _LOGGER.info("no one has spoken for %g s; ending the session", self._idle_end_s)
+        self._end()
+        self._ended = True
+        self.states.go(State.ENDED, "silence")
 
     # --- the session ----------------------------------------------------------------------------------------
 
@@ -197,7 +252,7 @@ class Conversation:
 
     def _retry_if_due(self) -> None:
         """Daemon only: try the server again once the back-off says so; greet when it answers."""
-        if self._session_id or self._backoff is None or time.monotonic() < self._next_try:
+        if self._session_id or self._ended or self._backoff is None or time.monotonic() < self._next_try:
             return
         try:
             if self._ready is not None:
@@ -211,17 +266,23 @@ class Conversation:
             self._server_down(exc)
             return
         self._set_session(session_id)
+        self._settle()
+        self._last_active = time.monotonic()
         self.states.go(State.LISTENING)
 
     def _server_down(self, exc: ServerError) -> None:
         assert self._backoff is not None
         delay = self._backoff.failed()
         self._next_try = time.monotonic() + delay
-        self.states.go(State.WAITING, exc.code)
         if not self._waiting_said:
+            self.states.go(State.SPEAKING, "waiting for the server")
+            self._chime_offline()
             self._print(f"bot: {self._lines.waiting_for_server}")
             self._say(self._lines.waiting_for_server)
+            self._voice.end_reply("waiting")
+            self._settle()
             self._waiting_said = True
+        self.states.go(State.WAITING, exc.code)
         if self._backoff.worth_logging:
             _LOGGER.warning(
                 "waiting for the server: %s; retrying in %g s (failure %d in a row)",
@@ -246,9 +307,11 @@ class Conversation:
             if self._backoff.failures:
                 _LOGGER.warning("the server answers again, after %d failed tries", self._backoff.failures)
             self._backoff.reset()
-        self._waiting_said = False
+        self._waiting_said = self._outage_chimed = False
         _LOGGER.info("session %s opened for client %s", session_id, self._client_name)
+        self._ended = False
         if greet and greeting:
+            self.states.go(State.SPEAKING, "greeting")
             self._print(f"bot: {greeting}")
             self._say(greeting)
             self._voice.end_reply("greeting")
@@ -280,18 +343,24 @@ class Conversation:
         """Send one turn and speak its reply as it arrives; True when the stream ended with `done`.
 
         A session the server no longer knows (404) or has ended (409) is replaced by a new one, once, and
-        the utterance sent again, so the person's words are not lost.
+        the utterance sent again, so the person's words are not lost. A reply cut off on its way is asked
+        for once more under the same key; if that fails too, the session is ended and given up.
         """
         self._heard = _Heard(utterance.text or "")
+        key = uuid.uuid4().hex
+        if utterance.audio is not None:
+            # "I heard you", whether or not the server answers; the gate is shut first against the chime.
+            self.states.go(State.SENDING, "speech")
+            self._voice.earcon(Earcon.HEARD)
         if not self._session_id:
             try:
                 self._set_session(self._open_once(greet=False))
             except ServerError as exc:
                 return self._failed(exc)
         try:
-            return self._send(utterance)
+            return self._send_once_more_if_broken(utterance, key)
         except ServerError as exc:
-            if exc.status not in _SESSION_GONE:
+            if exc.status not in _SESSION_GONE or exc.code == _IN_PROGRESS:
                 return self._failed(exc)
             _LOGGER.warning("session %s is gone (%s); starting a new one", self._session_id, exc.code)
         try:
@@ -299,9 +368,9 @@ class Conversation:
         except ServerError as exc:
             return self._failed(exc)
         try:
-            return self._send(utterance)
+            return self._send(utterance, uuid.uuid4().hex)
         except ServerError as exc:
-            if exc.status in _SESSION_GONE:
+            if exc.status in _SESSION_GONE and exc.code != _IN_PROGRESS:
                 raise DeviceError(
                     exc.code,
                     f"a new session was refused at once too ({exc.message}); is [device] server_url "
@@ -309,15 +378,37 @@ class Conversation:
                 ) from exc
             return self._failed(exc)
 
-    def _send(self, utterance: Utterance) -> bool:
+    def _send_once_more_if_broken(self, utterance: Utterance, key: str) -> bool:
+        try:
+            return self._send(utterance, key)
+        except ServerError as exc:
+            if exc.code not in _BROKEN:
+                raise
+            _LOGGER.warning("the reply was cut off (%s); asking for it once more", exc.code)
+        try:
+            return self._send(utterance, key)
+        except ServerError as exc:
+            if exc.code not in _BROKEN:
+                raise
+            self._fail(exc.code, exc.message)
+            self._end()  # the device gives up on this session; the server also ends it if this is lost
+            return False
+
+    def _send(self, utterance: Utterance, key: str) -> bool:
         frame = self._frame()
         self.states.go(State.SENDING, "text" if utterance.text is not None else "speech")
+        self._sending = (time.monotonic(), float("inf"))
+        self._heard.replayed = 0
         self.in_turn = True
         waiting = _ThinkingAck(self, self._think_ack_s) if self._think_ack_s > 0 else None
         command: Command | None = None
         try:
             events = self._client.turn(
-                self._session_id, audio=utterance.audio, text=utterance.text, frames=[frame] if frame else []
+                self._session_id,
+                audio=utterance.audio,
+                text=utterance.text,
+                frames=[frame] if frame else [],
+                key=key,
             )
             with contextlib.closing(events):
                 for event in events:
@@ -333,6 +424,7 @@ class Conversation:
                         return True
         finally:
             self.in_turn = False
+            self._sending = (self._sending[0], min(self._sending[1], time.monotonic()))
             if waiting is not None:
                 waiting.cancel()
         return False
@@ -363,6 +455,8 @@ class Conversation:
         must not follow words of crisis, and the reply already ends by breathing with them."""
         assert self._backoff is not None
         self.states.go(State.OFFLINE, exc.code)
+        if exc.status is None:  # away, not busy
+            self._chime_offline()
         if self._session_id and exc.status is None:
             self._set_session("")  # a server that went away may come back without it; a new one is opened
         self._next_try = time.monotonic() + self._backoff.failed()
@@ -374,6 +468,12 @@ class Conversation:
             self._print(f"bot: {step.text}")
             self._say(step.text, step.pause_ms)
 
+    def _chime_offline(self) -> None:
+        """The "offline" earcon, once an outage: the server going away is heard, not only read in logs."""
+        if not self._outage_chimed:
+            self._voice.earcon(Earcon.OFFLINE)
+            self._outage_chimed = True
+
     def _obey(self, command: Command) -> None:
         """Act on a command turn once its reply (a goodbye, say) has been queued."""
         _LOGGER.info("voice command: %s", command)
@@ -382,6 +482,7 @@ class Conversation:
         elif command is Command.END_SESSION:
             self._settle()
             self._end()
+            self._ended = True
         elif command is Command.NEW_SESSION:
             self._settle()
             self._end()
@@ -404,9 +505,17 @@ class Conversation:
             self._print(f"safety: {event.get('level', '?')}: {event.get('message', '')}")
         elif kind == EventType.SENTENCE:
             text = str(event.get("text", ""))
+            self._sending = (self._sending[0], min(self._sending[1], time.monotonic()))
+            heard = self._heard
+            if heard.replayed < len(heard.sent):
+                # The same turn asked for again: what was already said is not said twice.
+                heard.replayed += 1
+                if heard.sent[heard.replayed - 1] == text:
+                    return False
             self.states.go(State.SPEAKING, "first sentence")
             self._print(f"bot: {text}")
-            self._heard.sent.append(text)
+            heard.sent.append(text)
+            heard.replayed = len(heard.sent)
             pause_ms = event.get("pause_ms", 0)
             self._say(text, pause_ms if isinstance(pause_ms, int) else 0)
         elif kind == EventType.COMMAND:

@@ -55,8 +55,26 @@ class DeviceSettings:
     )
     tts_rate: int = field(default=165, metadata=_doc("Speaking rate in words per minute; slower is calmer."))
     tts_volume: float = field(default=1.0, metadata=_doc("TTS volume from 0.0 to 1.0."))
+    speaker_device: str = field(
+        default="",
+        metadata=_doc(
+            "ALSA output: a name from `aplay -L` (plughw:CARD=Device,DEV=0) or part of one or of its "
+            "description; empty: ALSA's default."
+        ),
+    )
+    earcons: bool = field(
+        default=True,
+        metadata=_doc("Soft chimes: 'heard' as an utterance is sent, 'offline' when the server is away."),
+    )
     camera_index: int = field(default=0, metadata=_doc("Webcam index (/dev/videoN); -1 disables the camera."))
     mic_index: int = field(default=-1, metadata=_doc("PortAudio microphone index; -1 is the default one."))
+    mic_device: str = field(
+        default="",
+        metadata=_doc(
+            "Part of the microphone's PortAudio name (`tadbot doctor` lists them), which survives "
+            "reboots where an index may not; empty: use mic_index."
+        ),
+    )
     mic_calibration_s: float = field(
         default=1.0, metadata=_doc("Seconds of room noise heard to set the threshold.")
     )
@@ -105,6 +123,10 @@ class DeviceSettings:
     think_ack_s: float = field(
         default=3.0,
         metadata=_doc("Say a short 'one moment' after this much silence from the server; 0: never."),
+    )
+    idle_end_s: float = field(
+        default=600.0,
+        metadata=_doc("End the session after this much silence (its timeline samples stop); 0: never."),
     )
     wake_word: str = field(
         default="",
@@ -157,6 +179,11 @@ def _is_server_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _is_device_name(value: str) -> bool:
+    """A sound device's name, or part of one: printable, no edge spaces, not absurdly long."""
+    return value == value.strip() and value.isprintable() and len(value) <= 128
+
+
 # Per key: a predicate on the typed value and the words that say what is allowed.
 _LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
@@ -175,8 +202,11 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "tts_voice": (lambda v: True, "any voice id or name"),
     "tts_rate": (lambda v: 50 <= v <= 400, "an integer from 50 to 400"),
     "tts_volume": (lambda v: 0.0 <= v <= 1.0, "a number from 0.0 to 1.0"),
+    "speaker_device": (_is_device_name, '"" (the default output), or an ALSA output name or part of one'),
+    "earcons": (lambda v: True, "true or false"),
     "camera_index": (lambda v: v >= -1, "an integer >= -1 (-1 disables the camera)"),
     "mic_index": (lambda v: v >= -1, "an integer >= -1 (-1 is the default microphone)"),
+    "mic_device": (_is_device_name, '"" (use mic_index), or part of a microphone\'s name'),
     "mic_calibration_s": (lambda v: 0.0 <= v <= 10.0, "a number of seconds from 0 to 10"),
     "max_utterance_s": (
         lambda v: 1.0 <= v <= SERVER_MAX_AUDIO_S,
@@ -197,6 +227,7 @@ _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "camera_fps": (lambda v: 0.2 <= v <= 15.0, "a number of frames per second from 0.2 to 15"),
     "frame_interval_s": (lambda v: v == 0.0 or 1.0 <= v <= 600.0, "0 (never) or seconds from 1 to 600"),
     "think_ack_s": (lambda v: v == 0.0 or 1.0 <= v <= 60.0, "0 (never) or seconds from 1 to 60"),
+    "idle_end_s": (lambda v: v == 0.0 or 30.0 <= v <= 86400.0, "0 (never) or seconds from 30 to 86400"),
     "wake_word": (
         lambda v: v == "" or v.endswith(".onnx") or re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None,
         '"" (none), a model name such as hey_jarvis, or the path of an .onnx file',

@@ -1,21 +1,21 @@
-"""Where speech goes: aloud through `aplay`, or into WAV files for tests, demos and headless runs.
+"""Where speech goes: aloud through the device's one sound output, or into WAV files for tests, demos and
+headless runs.
 
 The voice itself (Piper, or espeak-ng as the fallback) is made by synth.py, one sentence at a time, in
-memory. Aloud, the samples are piped to `aplay` on its standard input, so no sound is written anywhere.
+memory. Aloud, the samples go to device.playback's long-lived `aplay`, so no sound is written anywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import wave
 from pathlib import Path
 from typing import Protocol
 
 from device.errors import SpeakerError
+from device.playback import Playback
 from device.synth import Speech, Synthesiser
 
 _LOGGER = logging.getLogger(__name__)
@@ -49,79 +49,55 @@ class Speaker(Protocol):
         ...
 
 
-def aplay_command(aplay: str, rate: int) -> list[str]:
-    """`aplay` playing mono PCM16 at `rate` from its standard input: no sound file is ever written."""
-    return [aplay, "-q", "-t", "raw", "-f", "S16_LE", "-c", "1", "-r", str(rate), "-"]
-
-
 def _budget_s(speech: Speech) -> float:
     """How long playing `speech` may take: real time, and slack for a busy sound card."""
     return speech.seconds + 15.0
 
 
 class AloudSpeaker:
-    """Speaks through the default ALSA device, one blocking `say` per sentence."""
+    """Speaks through the one long-lived output (device.playback), one blocking `say` per sentence."""
 
-    def __init__(self, synth: Synthesiser) -> None:
-        aplay = shutil.which("aplay")
-        if aplay is None:
-            raise SpeakerError(
-                "no_speaker",
-                "speech is played with `aplay`, which is missing: `sudo apt install alsa-utils`, "
-                "or write the speech to a file with --tts-out",
-            )
-        self._aplay = aplay
+    def __init__(self, synth: Synthesiser, output: Playback) -> None:
         self._synth = synth
+        self.output = output
+        """The sound output, open across sentences and replies; earcons play through it too."""
         self._stopped = threading.Event()
-        self._playing: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # a `stop` never lands between the check and the sound's queueing
 
     def say(self, text: str) -> None:
         if not text.strip():
             return
         self._stopped.clear()
         speech = self._synth.synthesize(text)
-        try:
-            with self._lock:
-                if self._stopped.is_set():
-                    return
-                playing = self._playing = subprocess.Popen(
-                    aplay_command(self._aplay, speech.rate),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-            try:
-                _, errors = playing.communicate(speech.pcm, timeout=_budget_s(speech))
-            except subprocess.TimeoutExpired:
-                playing.kill()
-                playing.communicate()
-                _LOGGER.warning(
-                    "aplay did not finish within %.0f s; skipping the sentence", _budget_s(speech)
-                )
+        with self._lock:
+            if self._stopped.is_set():
                 return
-        finally:
-            with self._lock:
-                self._playing = None
-        if playing.returncode != 0 and not self._stopped.is_set():
-            # A missing or busy sound card must not end the conversation: the transcript still has the reply.
-            lines = errors.decode(errors="replace").strip().splitlines()
-            _LOGGER.warning("could not play speech: %s", (lines or ["aplay failed"])[-1])
+            played = self.output.play(speech.pcm, speech.rate)
+        if not played.wait(_budget_s(speech)):
+            self.output.stop()
+            _LOGGER.warning(
+                "the speaker did not play a sentence within %.0f s; skipping it", _budget_s(speech)
+            )
+            return
+        if played.failed:
+            raise SpeakerError("speaker_failed", f"cannot play speech: {played.failed}")
 
     def pause(self, seconds: float) -> None:
         self._stopped.wait(seconds)
 
     def end_reply(self, name: str = "") -> None:
-        """Sentences are played as they come; there is nothing to close."""
+        """The output stays open across replies; there is nothing to close."""
 
     def stop(self) -> None:
         with self._lock:
             self._stopped.set()
-            if self._playing is not None:
-                self._playing.terminate()
+            self.output.stop()
 
     def close(self) -> None:
-        self._synth.close()
+        try:
+            self.output.close()
+        finally:
+            self._synth.close()
 
 
 def _writable_folder(folder: Path, what: str) -> None:

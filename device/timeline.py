@@ -14,6 +14,7 @@ from collections.abc import Callable
 from device.camera import FrameSource
 from device.client import ServerClient
 from device.errors import CameraError, ServerError
+from device.liveness import Beat
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,12 +29,14 @@ class FramePoster:
         session_id: Callable[[], str],
         in_turn: Callable[[], bool],
         interval_s: float,
+        beat: Beat | None = None,
     ) -> None:
         self._client = client
         self._frames = frames
         self._session_id = session_id
         self._in_turn = in_turn
         self._interval_s = interval_s
+        self._beat = beat or Beat("frames")
         self._stop = threading.Event()
         self._failing = False
         self.posted = 0
@@ -46,7 +49,9 @@ class FramePoster:
         self._client.close()
 
     def _run(self) -> None:
+        """Beats once a round (device.liveness): its deadline is the wait and one post."""
         while not self._stop.wait(self._interval_s):
+            self._beat.beat("posting")
             session_id = self._session_id()
             if not session_id or self._in_turn():
                 continue

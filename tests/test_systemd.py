@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from device import liveness
 from device.__main__ import build_parser as build_device_parser
 from device.settings import DeviceSettings
 from device.settings import load_settings as load_device_settings
@@ -146,12 +147,16 @@ def test_the_server_unit_waits_for_ready_and_is_watched() -> None:
     assert service["PrivateDevices"] == ["true"] and service["ProtectSystem"] == ["strict"]
 
 
-def test_the_device_watchdog_outlasts_its_longest_blocking_read() -> None:
-    """Pings come every WatchdogSec/2 from a loop that can block for request_timeout_s in between."""
+def test_the_device_watchdog_is_fed_by_a_supervisor_that_never_blocks() -> None:
+    """Pings come every WatchdogSec/2 from the liveness thread, which only looks at the other threads'
+    beats: the watchdog no longer has to outlast a turn's read (that is the conversation thread's own
+    deadline), and the doctor finds the thread status in the unit's runtime directory."""
     unit = _unit("tadbot-device.service")
     service = unit["Service"]
     watchdog = _seconds(service["WatchdogSec"][0])
-    assert watchdog / 2 + DeviceSettings().request_timeout_s < watchdog
+    assert liveness.TICK_S * 10 <= watchdog / 2 < DeviceSettings().request_timeout_s
+    assert service["RuntimeDirectory"] == [liveness.UNIT_RUNTIME_DIR.name]
+    assert liveness.UNIT_RUNTIME_DIR.parent == Path("/run")
     assert service["Type"] == ["notify"] and service["TimeoutStartSec"] == ["infinity"]
     assert service["PrivateDevices"] == ["false"] and service["DevicePolicy"] == ["closed"]
     assert service["DeviceAllow"] == ["char-alsa rw", "char-video4linux rw"]

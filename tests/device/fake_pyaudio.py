@@ -4,6 +4,8 @@ The device's real `MicPcm` (open, resample, reopen) runs on top of it, so it tak
 on a Pi. The microphone "hears" a real WAV file (16-bit mono), then silence. Module state sets the scene
 (the `fake_mic` fixture restores it, except `pace_wav`: change that one with monkeypatch):
 - `plugged`: False when no input device exists at all;
+- `extra_devices`: (name, input channels) of devices after the microphone at index 0, from index 1 on
+  (set it with monkeypatch); those with inputs hear what it hears;
 - `open_failures`: how many opens fail before one works (a busy or just re-plugged device);
 - `pace_wav`: True (the default) hands the WAV out at the pace of a real device, which blocks for as long
   as the audio lasts, so a listener thread hears it in real time; False hands it over at once;
@@ -33,6 +35,7 @@ plugged = True
 open_failures = 0
 after = "silence"
 pace_wav = True
+extra_devices: list[tuple[str, int]] = []
 log: list[str] = []
 
 _LOG_FILE = os.environ.get("FAKE_MIC_LOG")
@@ -61,7 +64,7 @@ def get_sample_size(fmt: int) -> int:
 
 class PyAudio:
     def get_device_count(self) -> int:
-        return 1 if plugged else 0
+        return 1 + len(extra_devices) if plugged else 0
 
     def get_default_input_device_info(self) -> dict[str, Any]:
         if not plugged:
@@ -69,9 +72,12 @@ class PyAudio:
         return {"index": 0, "name": "fake USB microphone", "maxInputChannels": 1, "defaultSampleRate": rate}
 
     def get_device_info_by_index(self, index: int) -> dict[str, Any]:
-        if index != 0:
+        if index == 0:
+            return self.get_default_input_device_info()
+        if not plugged or not 0 < index <= len(extra_devices):
             raise OSError("Invalid device index")
-        return self.get_default_input_device_info()
+        name, inputs = extra_devices[index - 1]
+        return {"index": index, "name": name, "maxInputChannels": inputs, "defaultSampleRate": rate}
 
     def open(self, **kwargs: Any) -> _Stream:
         global open_failures

@@ -51,6 +51,8 @@ class Loopback:
 
     url: str
     script: list[Any] = field(default_factory=list)
+    scripts: list[list[Any]] = field(default_factory=list)
+    """Scripts for the next turns, one each, first first; `script` once they are used up."""
     chunked: bool = False
     gate: threading.Event = field(default_factory=threading.Event)
     gate_timed_out: bool = False
@@ -161,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         try:
-            for item in state.script:
+            for item in state.scripts.pop(0) if state.scripts else state.script:
                 if item == BREAK:
                     self.close_connection = True
                     return

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from device import doctor
-from device.doctor import Doctor, Outcome, State, data_dir, main
+from device.doctor import Doctor, Outcome, Result, State, data_dir, main
+from device.liveness import Liveness
 from device.settings import DeviceSettings
-from tests.device import fake_pyaudio
+from tests.device import fake_aplay, fake_pyaudio
 from tests.device.conftest import MIC_RATE, tone, wav_bytes
 from tests.device.loopback import TOKEN, Loopback
 from tests.device.test_speaker import needs_espeak
@@ -109,7 +110,7 @@ def test_json_is_the_last_line_and_matches_the_human_lines(
     report = json.loads(lines[-1])
     assert code == 1 and report["ok"] is False and report["role"] == "both"
     names = [check["name"] for check in report["checks"]]
-    assert names == ["mic", "speaker", "camera", "server", "token", "models", "disk", "memory"]
+    assert names == ["daemon", "mic", "speaker", "camera", "server", "token", "models", "disk", "memory"]
     for check in report["checks"]:
         optional = " (optional)" if check["state"] == "fail" and not check["required"] else ""
         assert _line(lines, check["name"]) == (
@@ -119,6 +120,7 @@ def test_json_is_the_last_line_and_matches_the_human_lines(
         if check["state"] in ("fail", "warn"):
             assert _fix(lines, check["name"]) == check["fix"]
     assert {c["name"]: c["required"] for c in report["checks"]} == {
+        "daemon": True,
         "mic": True,
         "speaker": True,
         "camera": False,
@@ -177,7 +179,7 @@ def test_a_clipping_microphone_is_a_warning() -> None:
 def test_a_wrong_mic_index_and_a_busy_mic_say_what_to_do() -> None:
     outcome = Doctor(_settings(mic_index=3), "device", sound=False, data=Path.cwd()).mic()
     assert (outcome.state, outcome.detail) == (State.FAIL, "[device] mic_index = 3 is not an input device")
-    assert outcome.fix == "set [device] mic_index to one of the inputs listed"
+    assert outcome.fix == "set [device] mic_device to part of a name listed, or mic_index to its number"
     assert outcome.notes == ("input 0: fake USB microphone (default)",)
     fake_pyaudio.open_failures = 1
     outcome = Doctor(_settings(), "device", sound=False, data=Path.cwd()).mic()
@@ -439,6 +441,93 @@ def test_role_server_with_the_server_down_cannot_tell(
     assert lines[-1] == "1 required check(s) failed: models"
 
 
+# The daemon's threads, from the status its liveness supervisor keeps fresh.
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _printed(capsys: pytest.CaptureFixture[str], outcome: Outcome) -> list[str]:
+    """The lines `tadbot doctor` prints for the daemon check."""
+    capsys.readouterr()
+    doctor._Printer(sys.stdout).result(Result("daemon", True, outcome))
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_doctor_shows_each_thread_of_the_running_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    clock = Clock()
+    live = Liveness(tmp_path / "threads.json", max_restarts=1, clock=clock)
+    listener = live.register("listener", 60.0, restart=lambda: None)
+    voice = live.register("voice", 30.0)
+    listener.beat("listening")
+    voice.beat("idle")
+    clock.now += 0.5
+    live.check()
+    check = Doctor(_settings(), "device", sound=False, data=tmp_path).daemon
+    pid = os.getpid()
+    assert _printed(capsys, check()) == [
+        f"✓ daemon   pid {pid}: 2 thread(s) alive, watchdog off",
+        " " * 11 + "listener     alive, listening, beat 0.5 s ago (due within 60 s)",
+        " " * 11 + "voice        alive, idle, beat 0.5 s ago (due within 30 s)",
+    ]
+    clock.now += 60
+    voice.beat("idle")
+    live.check()  # the listener missed its deadline and was restarted
+    lines = _printed(capsys, check())
+    assert (
+        lines[0]
+        == f"! daemon   pid {pid}: 2 thread(s) alive, watchdog off; restarted after hanging: listener 1x"
+    )
+    assert (
+        lines[1]
+        == " " * 11 + "listener     alive, restarted, beat 0.0 s ago (due within 60 s), restarted 1 time(s)"
+    )
+    assert lines[-1].startswith(FIX + "`journalctl -u tadbot-device -b` says what it was doing")
+    clock.now += 61
+    voice.beat("speaking", 100.0)
+    live.check()  # again, and one restart is all it gets
+    outcome = check()
+    assert outcome.state is State.FAIL
+    assert outcome.detail == (f"pid {pid}: stuck: listener; the watchdog is not fed, so systemd restarts it")
+    assert (
+        outcome.notes[0]
+        == "listener     stalled, restarted, beat 61.0 s ago (due within 60 s), restarted 1 time(s)"
+    )
+
+
+def test_the_doctor_says_when_the_daemon_is_not_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    check = Doctor(_settings(), "device", sound=False, data=tmp_path).daemon
+    path = tmp_path / "threads.json"
+    outcome = check()
+    assert (outcome.state, outcome.detail) == (State.SKIP, f"not running (no thread status at {path})")
+    live = Liveness(path)
+    live.register("voice", 30.0)
+    live.check()
+    assert check().state is State.PASS
+    os.utime(path, (0, 0))  # the mtime is not what counts: the time written inside is
+    assert check().state is State.PASS
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**raw, "written": raw["written"] - 45}), encoding="utf-8")
+    outcome = check()
+    assert outcome.state is State.SKIP
+    assert outcome.detail.startswith(f"not running (its thread status at {path} is 4")
+    path.write_text("{}", encoding="utf-8")
+    outcome = check()
+    assert (outcome.state, outcome.detail.split(": ", 1)[0]) == (State.WARN, f"cannot read {path}")
+
+
 # Disk and memory headroom.
 
 
@@ -551,3 +640,55 @@ def test_it_runs_as_a_module(unused_port: int, tmp_path: Path) -> None:
         ("disk", True),
         ("memory", True),
     ]
+
+
+# Sound devices chosen by name: the doctor lists the names the keys take.
+
+USB_MIC = "USB PnP Sound Device: Audio (hw:2,0)"
+OUTPUT_NOTES = (
+    "output default (Default ALSA Output (currently PipeWire Media Server))",
+    "output plughw:CARD=Headphones,DEV=0 (bcm2835 Headphones, bcm2835 Headphones)",
+    "output plughw:CARD=Device,DEV=0 (USB Audio Device, USB Audio)",
+)
+
+
+@pytest.mark.usefixtures("fake_mic")
+def test_the_microphone_is_found_by_name_and_the_names_are_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fake_pyaudio, "extra_devices", [("HDMI output", 0), (USB_MIC, 1)])
+    inputs = ("input 0: fake USB microphone (default)", f"input 2: {USB_MIC}")
+    outcome = Doctor(_settings(mic_device="pnp"), "device", sound=False, data=Path.cwd()).mic()
+    assert outcome.state is State.PASS and outcome.detail.startswith(f"input 2, {MIC_RATE} Hz: level ")
+    assert outcome.notes == inputs
+    outcome = Doctor(_settings(mic_device="Yeti"), "device", sound=False, data=Path.cwd()).mic()
+    assert outcome.state is State.FAIL
+    assert outcome.detail == '[device] mic_device = "Yeti" matches no input device'
+    assert outcome.fix == 'set [device] mic_device to part of a name listed, or to "" to use mic_index'
+    assert outcome.notes == inputs
+
+
+def test_the_speaker_plays_on_the_output_named_and_lists_the_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aplay = fake_aplay.install(tmp_path / "aplay", monkeypatch)
+    outcome = Doctor(_settings(speaker_device="USB"), "device", sound=True, data=tmp_path).speaker()
+    assert outcome.state is State.PASS
+    assert outcome.detail.endswith(" with aplay on plughw:CARD=Device,DEV=0: did you hear it?")
+    assert outcome.notes == OUTPUT_NOTES
+    assert aplay.opens()[-1][-4:] == ["22050", "-D", "plughw:CARD=Device,DEV=0", "-"]
+    assert len(aplay.played()) > 22_050, "the test phrase went to it"
+
+
+def test_a_speaker_name_that_matches_nothing_fails_and_lists_the_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aplay = fake_aplay.install(tmp_path / "aplay", monkeypatch)
+    outcome = Doctor(_settings(speaker_device="HDMI"), "device", sound=False, data=tmp_path).speaker()
+    assert outcome.state is State.FAIL
+    assert outcome.detail.endswith(
+        ' but [device] speaker_device = "HDMI" matches no ALSA output; outputs: default (Default ALSA Output '
+        "(currently PipeWire Media Server)), plughw:CARD=Headphones,DEV=0 (bcm2835 Headphones, bcm2835 "
+        "Headphones), plughw:CARD=Device,DEV=0 (USB Audio Device, USB Audio) (`aplay -L` lists every name)"
+    )
+    assert outcome.fix == 'set [device] speaker_device to one of the outputs listed, or to "" for the default'
+    assert outcome.notes == OUTPUT_NOTES
+    assert aplay.opens() == [], "nothing was played"

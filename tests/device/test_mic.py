@@ -8,12 +8,14 @@ import math
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 from device.audio import SAMPLE_RATE
 from device.errors import AudioInputError
+from device.liveness import Beat
 from device.mic import MicPcm, StreamResampler
 from tests.device import fake_pyaudio
 from tests.device.conftest import MIC_RATE, tone
@@ -108,6 +110,23 @@ def test_an_unplugged_microphone_is_reopened(caplog: pytest.LogCaptureFixture) -
 
 
 @pytest.mark.usefixtures("fake_mic")
+def test_a_microphone_that_is_away_is_waited_for_not_taken_for_a_hung_listener() -> None:
+    """A read that waits for an unplugged microphone returns no frame for minutes: the listener's beat
+    says what it is doing and for how long, so liveness does not restart it again and again."""
+    fake_pyaudio.plugged = False
+    beat = Beat("listener")
+    mic = MicPcm(delays=(30.0,), beat=beat)
+    timer = threading.Timer(0.2, mic.close)
+    timer.start()
+    try:
+        assert mic.read() is None
+    finally:
+        timer.cancel()
+    seen = beat.seen()
+    assert seen.doing == "waiting for the microphone" and seen.deadline_s == 60.0
+
+
+@pytest.mark.usefixtures("fake_mic")
 def test_close_ends_a_wait_for_a_missing_microphone() -> None:
     fake_pyaudio.plugged = False
     mic = MicPcm(delays=(30.0,))
@@ -146,3 +165,56 @@ def test_microphone_without_pyaudio_says_how_to_install_it(monkeypatch: pytest.M
     with pytest.raises(AudioInputError) as caught:
         MicPcm()
     assert "portaudio19-dev" in caught.value.message and "pip install pyaudio" in caught.value.message
+
+
+USB_MIC = "USB PnP Sound Device: Audio (hw:2,0)"
+
+
+@pytest.mark.usefixtures("fake_mic")
+def test_the_microphone_is_found_by_part_of_its_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any case; the output-only HDMI device is passed over, and mic_device wins over mic_index."""
+    monkeypatch.setattr(fake_pyaudio, "extra_devices", [("HDMI pnp output", 0), (USB_MIC, 1)])
+    mic = MicPcm(0, device_name="usb pnp")
+    with caplog.at_level(logging.INFO, logger="device.mic"):
+        assert mic.read() is not None
+    mic.close()
+    opened = [r.getMessage() for r in caplog.records if r.getMessage().startswith("microphone open")]
+    assert opened == [f'microphone open (mic_device "usb pnp", {USB_MIC}, {MIC_RATE} Hz)']
+
+
+@pytest.mark.usefixtures("fake_mic")
+def test_a_microphone_name_that_matches_nothing_names_the_key_and_the_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fake_pyaudio, "extra_devices", [("HDMI output", 0), (USB_MIC, 1)])
+    with pytest.raises(AudioInputError) as caught:
+        MicPcm(device_name="Blue Yeti")
+    assert caught.value.message == (
+        f'[device] mic_device = "Blue Yeti" matches no microphone; inputs: "fake USB microphone", "{USB_MIC}"'
+    )
+    assert fake_pyaudio.log == [], "checked at start, before anything is opened"
+
+
+@pytest.mark.usefixtures("fake_mic")
+def test_a_named_microphone_is_looked_up_again_when_it_comes_back_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Plugged in again, a USB microphone can get another index; the name still finds it."""
+    opened: list[int | None] = []
+    real_open = fake_pyaudio.PyAudio.open
+
+    def recording_open(self: fake_pyaudio.PyAudio, **kwargs: Any) -> Any:
+        opened.append(kwargs["input_device_index"])
+        return real_open(self, **kwargs)
+
+    monkeypatch.setattr(fake_pyaudio.PyAudio, "open", recording_open)
+    monkeypatch.setattr(fake_pyaudio, "extra_devices", [(USB_MIC, 1)])
+    fake_pyaudio.after = "unplug"
+    mic = MicPcm(device_name="USB PnP", delays=(0.01,))
+    _read_s(mic, 0.9)
+    monkeypatch.setattr(fake_pyaudio, "extra_devices", [("HDMI output", 0), (USB_MIC, 1)])
+    _read_s(mic, 0.9)  # past the end of what it hears: unplugged, then found again at its new index
+    mic.close()
+    assert opened == [1, 2]

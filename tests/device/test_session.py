@@ -10,10 +10,13 @@ import pytest
 from device.backoff import Backoff
 from device.client import ServerClient
 from device.crisis import load_crisis_fallback
+from device.earcons import Earcon, Earcons
 from device.errors import CameraError, DeviceConfigError, DeviceError, ServerError, SpeakerError
 from device.exercises import load_exercises
 from device.lines import load_lines
+from device.playback import Played
 from device.session import Conversation, Utterance, describe_faces
+from device.states import State, StateMachine
 from device.voice import Voice
 from tests.device.conftest import spoken_wav
 from tests.device.loopback import BREAK, GREETING, TOKEN, Loopback, serve
@@ -89,10 +92,13 @@ def _run(
     backoff: Backoff | None = None,
     heartbeat: Callable[[], None] | None = None,
     think_ack_s: float = 0.0,
+    states: StateMachine | None = None,
+    idle_end_s: float = 0.0,
+    earcons: Earcons | None = None,
 ) -> tuple[int, str, RecordingSpeaker]:
     out, speaker = io.StringIO(), speaker or RecordingSpeaker()
     url = server if isinstance(server, str) else server.url
-    voice = Voice(speaker)
+    voice = Voice(speaker, earcons=earcons)
     conversation = Conversation(
         ServerClient(url, TOKEN, 10),
         voice,
@@ -104,6 +110,8 @@ def _run(
         out=out,
         heartbeat=heartbeat,
         think_ack_s=think_ack_s,
+        states=states,
+        idle_end_s=idle_end_s,
     )
     try:
         failed = conversation.run("anon", utterances)
@@ -470,3 +478,149 @@ def test_the_daemon_says_the_crisis_reply_without_the_panic_talk_down_and_recove
 )
 def test_describe_faces(event: dict[str, object], text: str) -> None:
     assert describe_faces(event) == text
+
+
+GOODBYE = [
+    {"type": "transcript", "text": "goodbye"},
+    {"type": "command", "name": "end_session"},
+    {"type": "sentence", "text": "Take care. Goodbye."},
+    {"type": "done", "turn_id": 2, "timings": {}, "source": "command"},
+]
+
+
+def test_goodbye_ends_the_conversation_until_the_person_speaks_again(loopback: Loopback) -> None:
+    """Found in the landed code: the next idle tick after "goodbye" opened a new session and greeted."""
+    loopback.scripts = [GOODBYE]
+    loopback.script = REPLY
+    states = StateMachine()
+
+    def microphone() -> Iterator[Utterance | None]:
+        yield Utterance(text="goodbye")
+        for _ in range(5):
+            time.sleep(0.02)
+            yield None  # idle ticks: past the back-off, nothing may open or greet
+        assert states.state == State.ENDED
+        yield Utterance(text="I can't sleep")
+
+    failed, _, speaker = _run(loopback, microphone(), backoff=Backoff((0.01,)), states=states)
+    assert failed == 0
+    assert speaker.sentences == [GREETING, "Take care. Goodbye.", "I'm here.", "Breathe out slowly."]
+    assert loopback.opened == ["s1", "s2"] and loopback.ended[0] == "s1"
+    assert loopback.turn_parts()[0].data == b"I can't sleep", "their words went to the new session"
+
+
+class RecordingGate:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def mute(self) -> None:
+        self.events.append("mute")
+
+    def unmute(self, tail_s: float = 0.3) -> None:
+        self.events.append(f"unmute {tail_s}")
+
+
+def test_the_microphone_stays_shut_in_the_gap_between_two_sentences(loopback: Loopback) -> None:
+    """Found in the landed code: the gate opened whenever the voice ran out of queued sentences, so a
+    person who spoke in the gap before the next streamed sentence was cut off by it."""
+    loopback.script = [REPLY[0], REPLY[1], 0.4, REPLY[2], REPLY[3]]
+    gate = RecordingGate()
+    _, _, speaker = _run(loopback, [Utterance(text="hi")], states=StateMachine(gate, tail_s=0.3))
+    assert speaker.sentences == [GREETING, "I'm here.", "Breathe out slowly."]
+    greeting, turn, stopping = gate.events[:2], gate.events[2:4], gate.events[4:]
+    assert greeting == turn == ["mute", "unmute 0.3"], "the turn: shut once, opened once after the reply"
+    assert stopping == ["mute"]
+
+
+def test_a_broken_reply_is_asked_for_once_more_under_the_same_key_and_not_said_twice(
+    any_loopback: Loopback,
+) -> None:
+    any_loopback.scripts = [[REPLY[0], REPLY[1], BREAK], REPLY]
+    failed, _, speaker = _run(any_loopback, [Utterance(text="hi")], backoff=Backoff((0.01,)))
+    assert failed == 0
+    assert speaker.sentences == [GREETING, "I'm here.", "Breathe out slowly."]
+    keys = [h["Idempotency-Key"] for _, path, h, _ in any_loopback.requests if path.endswith("/turns")]
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32
+
+
+def test_a_reply_broken_twice_gets_one_line_the_microphone_back_and_the_session_ended(
+    any_loopback: Loopback,
+) -> None:
+    """Found in the landed code: the cut-off line, then some 27 sentences of talk-down and exercise with the
+    microphone muted, and a session abandoned without /end."""
+    any_loopback.script = [REPLY[0], REPLY[1], BREAK]
+    states = StateMachine()
+    done_at: list[float] = []
+
+    def microphone() -> Iterator[Utterance | None]:
+        yield Utterance(text="hi")
+        done_at.append(time.monotonic())
+        assert states.state == State.WAITING, "listening again, with no session open"
+
+    failed, _, speaker = _run(any_loopback, microphone(), backoff=Backoff((0.01,)), states=states)
+    assert failed == 1
+    assert speaker.sentences == [GREETING, "I'm here.", CUT_OFF]
+    assert any_loopback.ended == ["s1"], "the device gave the session up on the server"
+    turns = [path for _, path, _, _ in any_loopback.requests if path.endswith("/turns")]
+    assert len(turns) == 2
+
+
+def test_speech_that_began_while_a_turn_was_sent_is_dropped(loopback: Loopback) -> None:
+    loopback.script = [REPLY[0], 0.5, *REPLY[1:]]
+
+    def microphone() -> Iterator[Utterance | None]:
+        t0 = time.monotonic()
+        yield Utterance(text="my heart is racing")
+        yield Utterance(text="stale", heard_at=t0 + 0.25)  # heard past the gate, before the reply began
+        yield Utterance(text="thank you", heard_at=time.monotonic())
+
+    failed, _, _ = _run(loopback, microphone())
+    sent = [body for _, path, _, body in loopback.requests if path.endswith("/turns")]
+    assert failed == 0 and len(sent) == 2
+    assert b"stale" not in b"".join(sent) and loopback.turn_parts()[0].data == b"thank you"
+
+
+def test_a_silent_session_is_ended_and_nothing_is_said_until_the_person_speaks(loopback: Loopback) -> None:
+    loopback.script = REPLY
+    states = StateMachine()
+
+    def microphone() -> Iterator[Utterance | None]:
+        yield Utterance(text="hi")
+        deadline = time.monotonic() + 5
+        while states.state != State.ENDED and time.monotonic() < deadline:
+            time.sleep(0.02)
+            yield None
+        assert loopback.ended == ["s1"], "ended on the server: its timeline samples stop with it"
+        for _ in range(3):
+            yield None
+        yield Utterance(text="are you there")
+
+    failed, _, speaker = _run(loopback, microphone(), backoff=Backoff((0.01,)), states=states, idle_end_s=0.2)
+    assert failed == 0
+    assert speaker.sentences == [GREETING, *["I'm here.", "Breathe out slowly."] * 2], "no greeting again"
+    assert loopback.opened == ["s1", "s2"]
+
+
+class RecordingOut:
+    """Stands in for the sound card's output (absent here): the earcons handed to it, by length and rate."""
+
+    def __init__(self) -> None:
+        self.played: list[tuple[int, int]] = []
+
+    def play(self, pcm: bytes, rate: int) -> Played:
+        self.played.append((len(pcm), rate))
+        return Played(pcm)
+
+
+def test_heard_is_chimed_once_per_spoken_utterance_and_offline_once_an_outage(unused_port: int) -> None:
+    out = RecordingOut()
+    earcons = Earcons(out)
+    heard, offline = (earcons.play(e).pcm for e in (Earcon.HEARD, Earcon.OFFLINE))
+    out.played.clear()
+    utterances = [Utterance(audio=spoken_wav()), Utterance(text="typed"), Utterance(audio=spoken_wav())]
+    failed, _, _ = _run(
+        f"http://127.0.0.1:{unused_port}", utterances, backoff=Backoff((30.0,)), earcons=earcons
+    )
+    assert failed == 3
+    sizes = [size for size, _ in out.played]
+    assert sizes == [len(offline), len(heard), len(heard)], "offline once, heard for each spoken one"

@@ -97,6 +97,10 @@ def test_local_tadbot_toml_is_the_last_fallback(tmp_path: Path) -> None:
         ('server_url = "http://127.0.0.1:99999"', {}, ["server_url", "99999", "valid port"]),
         ('server_url = "http://:8710"', {}, ["server_url", "http://:8710", "host"]),
         ('token = "pässwörd"', {}, ["token", "***", "ASCII"]),
+        ('speaker_device = " USB"', {}, ["speaker_device", "' USB'", "ALSA output name"]),
+        ('mic_device = "USB\\n"', {}, ["mic_device", "'USB\\n'", "microphone's name"]),
+        ("earcons = 1", {}, ["earcons", "1", "true or false"]),
+        ("", {"TADBOT_DEVICE__EARCONS": "maybe"}, ["earcons", "maybe", "true or false"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(

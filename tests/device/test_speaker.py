@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes.util
-import os
 import shutil
 import time
 import wave
@@ -14,10 +13,21 @@ import numpy as np
 import pytest
 
 from device.errors import SpeakerError
+from device.playback import Playback, convert
 from device.settings import DeviceSettings
 from device.speaker import AloudSpeaker, WavDirSpeaker, WavFileSpeaker
-from device.synth import EspeakSynth, PiperSynth, _pick_voice, find_piper_voice, installed_voices, open_synth
+from device.synth import (
+    EspeakSynth,
+    PiperSynth,
+    Speech,
+    Synthesiser,
+    _pick_voice,
+    find_piper_voice,
+    installed_voices,
+    open_synth,
+)
 from tests.conftest import ROOT
+from tests.device import fake_aplay
 
 needs_espeak = pytest.mark.skipif(
     ctypes.util.find_library("espeak-ng") is None and ctypes.util.find_library("espeak") is None,
@@ -169,10 +179,9 @@ def test_wav_speaker_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> Non
 
 
 def test_speaking_aloud_without_aplay_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    synth = open_synth(DeviceSettings())[0]
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SpeakerError, match="alsa-utils"):
-        AloudSpeaker(synth)
+        Playback()
 
 
 VOICES = [
@@ -204,26 +213,48 @@ def test_unknown_espeak_voice_or_language_is_an_error() -> None:
         _pick_voice(VOICES, "", "tlh")
 
 
+class _Keeping:
+    """The real voice, keeping what it made so the test can find it in what the speaker was given."""
+
+    def __init__(self, synth: Synthesiser) -> None:
+        self._synth = synth
+        self.description = synth.description
+        self.made: list[Speech] = []
+
+    def synthesize(self, text: str) -> Speech:
+        self.made.append(self._synth.synthesize(text))
+        return self.made[-1]
+
+    def close(self) -> None:
+        self._synth.close()
+
+
 @pytest.mark.parametrize("engine", ["piper", pytest.param("espeak", marks=needs_espeak)])
-def test_say_aloud_pipes_the_samples_to_aplay_and_blocks_until_it_ends(
+def test_say_aloud_plays_every_reply_through_one_output_and_blocks_until_heard(
     engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stand-in `aplay` (there is no sound card) keeps what it is given and takes 0.5 s to play it."""
-    played, args = tmp_path / "played.raw", tmp_path / "args"
-    fake = tmp_path / "bin" / "aplay"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" > {args}\ncat > {played}\nsleep 0.5\n', encoding="utf-8")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    speaker = AloudSpeaker(open_synth(DeviceSettings(tts_engine=engine, language="en-US"))[0])
-    started = time.monotonic()
-    speaker.say("Breathe in slowly.")
-    elapsed = time.monotonic() - started
+    """A stand-in `aplay` (there is no sound card) that plays in real time: it is started once for two
+    replies, gets each sentence converted to 48 kHz, and `say` returns only once a sentence was heard."""
+    aplay = fake_aplay.install(tmp_path / "aplay", monkeypatch)
+    synth = _Keeping(open_synth(DeviceSettings(tts_engine=engine, language="en-US"))[0])
+    speaker = AloudSpeaker(synth, Playback())
+    took = []
+    for text, reply_ends in (("Breathe in slowly.", False), ("And out.", True), ("I am here.", True)):
+        started = time.monotonic()
+        speaker.say(text)
+        took.append(time.monotonic() - started)
+        if reply_ends:
+            speaker.end_reply()
     speaker.close()
-    assert elapsed >= 0.5, "say returned before playback ended: the microphone would hear the device"
-    assert args.read_text().split() == ["-q", "-t", "raw", "-f", "S16_LE", "-c", "1", "-r", "22050", "-"]
-    samples = np.frombuffer(played.read_bytes(), dtype="<i2").astype(np.float64)
-    assert samples.size > 11_025 and float(np.sqrt(np.mean(samples**2))) > 500
+    assert all(t >= s.seconds for t, s in zip(took, synth.made, strict=True)), "returned before heard"
+    assert len(aplay.opens()) == 1, "one output for every sentence and reply"
+    assert aplay.opens()[0][-3:] == ["48000", "--buffer-time=200000", "-"]
+    stream = aplay.played()
+    found = [stream.find(convert(s.pcm, s.rate)) for s in synth.made]
+    assert 0 <= found[0] < found[1] < found[2], "each sentence, converted from its voice's rate, in order"
+    assert {s.rate for s in synth.made} == {22_050}
+    samples = np.frombuffer(convert(synth.made[0].pcm, 22_050), dtype="<i2").astype(np.float64)
+    assert float(np.sqrt(np.mean(samples**2))) > 500
 
 
 @needs_espeak

@@ -80,16 +80,18 @@ def test_voice_speaks_in_order_and_returns_at_once() -> None:
     voice.close()
 
 
-def test_voice_mutes_the_microphone_while_it_speaks_and_opens_it_after_a_tail() -> None:
+def test_the_state_machine_shuts_the_gate_for_a_whole_turn_and_opens_it_after_a_tail() -> None:
+    """Found in the landed code: the voice opened the gate whenever its queue ran dry, so the microphone
+    came on in the gap between two streamed sentences and cut off whoever spoke into it."""
     gate = RecordingGate()
-    voice = Voice(RecordingSpeaker(), gate, tail_s=0.4)
-    voice.say("one.")
-    voice.say("two.")
-    voice.end_reply()
-    assert voice.wait_idle(5.0)
-    voice.close()
-    assert gate.events[0] == "mute", "muted before the first word"
-    assert gate.events[-1] == "unmute 0.4", "opened, with its tail, once all was said"
+    states = StateMachine(gate, tail_s=0.4)
+    states.go(State.LISTENING)
+    states.go(State.SENDING, "speech")
+    states.go(State.SPEAKING, "first sentence")
+    assert gate.events == ["mute"], "shut once, as the turn is sent, and not opened between sentences"
+    states.go(State.LISTENING)
+    states.go(State.ENDED, "goodbye")
+    assert gate.events == ["mute", "unmute 0.4"], "opened once, with its tail, after the whole reply"
 
 
 def test_voice_honours_pauses_and_caps_them() -> None:
