@@ -161,6 +161,8 @@ class Conversation:
         self._next_try = 0.0
         self._waiting_said = False
         self._outage_chimed = False
+        self._unanswered = 0
+        """Turns in a row the server could not answer: the second is the person asking again."""
         self._last_ack = ""
         self._lock = threading.Lock()
         self.in_turn = False
@@ -202,7 +204,9 @@ class Conversation:
                     continue
                 if self._stale(utterance):
                     continue
-                if not self._turn(utterance):
+                if self._turn(utterance):
+                    self._unanswered = 0
+                else:
                     failed += 1
                 self._settle()
                 self._last_active = time.monotonic()
@@ -308,6 +312,7 @@ class Conversation:
                 _LOGGER.warning("the server answers again, after %d failed tries", self._backoff.failures)
             self._backoff.reset()
         self._waiting_said = self._outage_chimed = False
+        self._unanswered = 0
         _LOGGER.info("session %s opened for client %s", session_id, self._client_name)
         self._ended = False
         if greet and greeting:
@@ -448,19 +453,23 @@ class Conversation:
         return False
 
     def _speak_offline(self, exc: ServerError, *, exercise: bool) -> None:
-        """The server failed the turn (down, overloaded, cut off): the device's own talk-down and exercise,
-        so the person is not left in silence; the server is tried again with a back-off meanwhile.
+        """The server failed the turn (down, busy, timing out); it is tried again with a back-off meanwhile.
 
-        After the crisis reply there is no `exercise`: the talk-down tells a panic it is not dangerous, which
-        must not follow words of crisis, and the reply already ends by breathing with them."""
+        The first such turn gets only its line, which offers to breathe together: a long exercise with the
+        microphone shut is not what everyone wants. Speaking again while the server is still away is taken
+        as asking (the device cannot understand words on its own), and gets the device's own talk-down and
+        exercise. After the crisis reply there is no `exercise`: the talk-down tells a panic it is not
+        dangerous, which must not follow words of crisis, and the reply already ends by breathing with
+        them."""
         assert self._backoff is not None
+        self._unanswered += 1
         self.states.go(State.OFFLINE, exc.code)
         if exc.status is None:  # away, not busy
             self._chime_offline()
         if self._session_id and exc.status is None:
             self._set_session("")  # a server that went away may come back without it; a new one is opened
         self._next_try = time.monotonic() + self._backoff.failed()
-        if self._offline is None or not exercise:
+        if self._offline is None or not exercise or self._unanswered < 2:
             return
         name, steps = next(self._offline)
         _LOGGER.info("speaking the offline exercise %s while the server is away", name)

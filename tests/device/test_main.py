@@ -384,11 +384,11 @@ def test_a_mic_file_is_endpointed_into_turns_with_one_wav_per_reply(
 
 
 @needs_espeak
-def test_a_server_that_goes_away_gets_the_offline_exercise_and_is_used_again_when_back(
+def test_a_server_that_goes_away_gets_the_offer_of_an_exercise_and_is_used_again_when_back(
     unused_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The server is down for the first utterance and back for the second: the person hears the
-    device's own exercise, then a real reply, with no restart."""
+    device's offer to breathe together, then a real reply, with no restart."""
     mic = tmp_path / "mic.wav"
     mic.write_bytes(conversation_wav(0.3, "I can't breathe properly", 5.0, "that helped a little", 0.5))
     servers: list[Generator[Loopback, None, None]] = []
@@ -426,7 +426,7 @@ def test_a_server_that_goes_away_gets_the_offline_exercise_and_is_used_again_whe
     assert code == 0
     assert out[0] == f"bot: {lines.waiting_for_server}"
     assert f"bot: {lines.errors['server_unreachable']}" in out
-    assert "bot: I'm here with you." in out, "the offline talk-down"
+    assert "bot: I'm here with you." not in out, "one line offers the exercise; it was not asked for"
     assert out[-1] == "bot: Hello, it is good to hear you.", "answered by the server once it was back"
     (server,) = started
     assert server.paths()[-2:] == ["/api/v1/sessions/s1/turns", "/api/v1/sessions/s1/end"]

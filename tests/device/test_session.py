@@ -264,7 +264,7 @@ def test_a_server_error_mid_conversation_is_spoken_and_the_loop_goes_on(loopback
     loopback.turn_status = {"s1": 503}
     failed, out, speaker = _run(loopback, [Utterance(text="one"), Utterance(text="two")])
     assert failed == 2
-    assert speaker.sentences == [GREETING, LINES.errors["default"], LINES.errors["default"]]
+    assert speaker.sentences == [GREETING, LINES.errors["overloaded"], LINES.errors["overloaded"]]
     assert "error: overloaded: turns of s1 are refused with 503" in out.splitlines()
 
 
@@ -308,9 +308,10 @@ def test_the_daemon_waits_for_the_server_and_says_so_once(
     assert started[0].ended == ["s1"]
 
 
-def test_the_daemon_speaks_an_offline_exercise_and_recovers(loopback: Loopback) -> None:
-    """A turn the server cannot answer gets the device's own talk-down and exercise, then the next turn
-    goes through as soon as the server is back."""
+def test_the_daemon_offers_an_exercise_and_recovers(loopback: Loopback) -> None:
+    """A turn the server cannot answer gets one line that offers to breathe together, and the microphone
+    back (found in the landed code: some 27 sentences of talk-down and exercise with it shut); the next
+    turn goes through as soon as the server is back."""
     loopback.script = REPLY
     loopback.turn_status = {"s1": 503}
 
@@ -320,18 +321,22 @@ def test_the_daemon_speaks_an_offline_exercise_and_recovers(loopback: Loopback) 
         yield Utterance(text="still scared")
 
     failed, out, speaker = _run(loopback, microphone(), backoff=Backoff((0.01,)))
-    exercises = load_exercises()
-    offline = [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
     assert failed == 1
-    assert speaker.sentences == [
-        GREETING,
-        LINES.errors["default"],
-        *offline,
-        "I'm here.",
-        "Breathe out slowly.",
-    ]
+    assert speaker.sentences == [GREETING, LINES.errors["overloaded"], "I'm here.", "Breathe out slowly."]
     assert "error: overloaded: turns of s1 are refused with 503" in out.splitlines()
     assert loopback.turn_parts()[0].data == b"still scared"
+
+
+def test_speaking_again_while_the_server_is_away_starts_the_devices_exercise(loopback: Loopback) -> None:
+    """The device cannot understand words on its own: a person who speaks again after the offer has asked."""
+    loopback.turn_status = {"s1": 503}
+    failed, _, speaker = _run(
+        loopback, [Utterance(text="help"), Utterance(text="yes please")], backoff=Backoff((0.01,))
+    )
+    exercises = load_exercises()
+    offline = [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
+    assert failed == 2
+    assert speaker.sentences == [GREETING, LINES.errors["overloaded"], LINES.errors["overloaded"], *offline]
 
 
 def test_a_one_shot_turn_does_not_wait_for_the_server(unused_port: int) -> None:
@@ -376,14 +381,19 @@ def test_the_session_is_ended_on_ctrl_c(loopback: Loopback) -> None:
     assert loopback.ended == ["s1"]
 
 
-def test_speaking_to_a_daemon_whose_server_is_down_gets_the_offline_exercise(unused_port: int) -> None:
+def test_speaking_to_a_daemon_whose_server_is_down_gets_one_line_then_the_exercise_if_asked(
+    unused_port: int,
+) -> None:
     failed, out, speaker = _run(
-        f"http://127.0.0.1:{unused_port}", [Utterance(text="help")], backoff=Backoff((30.0,))
+        f"http://127.0.0.1:{unused_port}",
+        [Utterance(text="help"), Utterance(text="yes")],
+        backoff=Backoff((30.0,)),
     )
     exercises = load_exercises()
-    assert failed == 1
-    assert speaker.sentences[:2] == [LINES.waiting_for_server, LINES.errors["server_unreachable"]]
-    assert speaker.sentences[2:] == [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
+    unreachable = LINES.errors["server_unreachable"]
+    assert failed == 2
+    assert speaker.sentences[:3] == [LINES.waiting_for_server, unreachable, unreachable]
+    assert speaker.sentences[3:] == [step.text for step in (*exercises.talk_down, *exercises.exercises[0][1])]
     assert "error: server_unreachable: cannot reach the server" in out
 
 
