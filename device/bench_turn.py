@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -104,10 +103,8 @@ def server_stages(turn: ServerTurn) -> dict[str, float]:
 def stage_table(stages_ms: dict[str, float]) -> dict[str, dict[str, float]]:
     """Each stage with its share of the whole wait, in STAGES order."""
     total = sum(stages_ms[name] for name in STAGES)
-    return {
-        name: {"ms": round(stages_ms[name], 1), "share": stages_ms[name] / total if total > 0 else 0.0}
-        for name in STAGES
-    }
+    share = {name: round(stages_ms[name] / total, 4) if total > 0 else 0.0 for name in STAGES}
+    return {name: {"ms": round(stages_ms[name], 1), "share": share[name]} for name in STAGES}
 
 
 def spoken_utterance(settings: DeviceSettings) -> tuple[bytes, float]:
@@ -122,12 +119,13 @@ def spoken_utterance(settings: DeviceSettings) -> tuple[bytes, float]:
     resampler = StreamResampler(speech.rate, SAMPLE_RATE)
     voice = np.concatenate([resampler.push(samples), resampler.push(np.zeros(speech.rate // 100))])
     frame = EndpointConfig().frame_bytes // 2
-    loud = [i for i in range(0, voice.size - frame, frame) if level_dbfs(_pcm(voice[i : i + frame])) > _LOUD_DBFS]
+    loud = [
+        i for i in range(0, voice.size - frame, frame) if level_dbfs(_pcm(voice[i : i + frame])) > _LOUD_DBFS
+    ]
     speech_end_s = _LEAD_S + (loud[-1] + frame) / SAMPLE_RATE if loud else _LEAD_S + voice.size / SAMPLE_RATE
-    noise = np.random.default_rng(1).normal(0.0, 10 ** (_NOISE_DBFS / 20), round((_LEAD_S + _TAIL_S) * SAMPLE_RATE))
-    lead = round(_LEAD_S * SAMPLE_RATE)
-    audio = noise.copy()
-    audio = np.concatenate([noise[:lead], voice + noise[lead : lead + voice.size], noise[lead:]])
+    lead, tail = round(_LEAD_S * SAMPLE_RATE), round(_TAIL_S * SAMPLE_RATE)
+    audio = np.random.default_rng(1).normal(0.0, 10 ** (_NOISE_DBFS / 20), lead + voice.size + tail)
+    audio[lead : lead + voice.size] += voice
     return _pcm(audio), speech_end_s
 
 
@@ -187,8 +185,9 @@ def _turn(client: ServerClient, session_id: str, wav: bytes) -> ServerTurn:
 
 @contextmanager
 def loopback_server(engine: str, options: TurnBenchOptions, say: Say) -> Iterator[ServerClient]:
-    """`tadbot serve` with speech engine `engine` on a free loopback port: its own data dir and device token,
-    the rest as configured. Started as a command, as an operator would: the device never imports the server."""
+    """`tadbot serve` with speech engine `engine` on a free loopback port: its own data dir and device
+    token, the rest as configured. Started as a command, as an operator would: the device never imports the
+    server."""
     with tempfile.TemporaryDirectory(prefix="tadbot-bench-turn-") as root:
         env = {
             **os.environ,
@@ -246,7 +245,9 @@ def _wait_ready(client: ServerClient, process: subprocess.Popen[bytes], log: Pat
         if not missing:
             return
         detail = "; ".join(f"{n}: {components.get(n, {}).get('message', '')}" for n in missing)
-        raise DeviceError("bench_failed", f"the loopback server lacks {detail} (give --model GGUF for the llm)")
+        raise DeviceError(
+            "bench_failed", f"the loopback server lacks {detail} (give --model GGUF for the llm)"
+        )
     tail = log.read_text(errors="replace")[-1500:]
     raise DeviceError("bench_failed", f"the loopback server did not come up:\n{tail}")
 
@@ -276,7 +277,7 @@ def time_voice(voice: str, settings: DeviceSettings, sentences: Sequence[str]) -
 
 def time_audio_open(settings: DeviceSettings, speech: Speech, repeats: int) -> tuple[list[float], str]:
     """ms from handing `speech` to the output until it is on its way to the speaker, and how it was found."""
-    from device.playback import LATENCY_S, OUTPUT_RATE, Playback, convert
+    from device.playback import LATENCY_S, OUTPUT_RATE, Playback
 
     buffer_ms = 1000 * LATENCY_S
     try:
@@ -305,7 +306,6 @@ def time_audio_open(settings: DeviceSettings, speech: Speech, repeats: int) -> t
         return measured, f"measured on aplay ({where}) + its buffer"
     finally:
         playback.close()
-    del convert
 
 
 def _converted(speech: Speech, repeats: int, buffer_ms: float) -> list[float]:
@@ -339,7 +339,8 @@ def run_turn_bench(options: TurnBenchOptions, say: Say) -> dict[str, object]:
         else:
             with loopback_server(engine, options, say) as client:
                 turns[engine] = run_turns(client, wav, options.repeats)
-        say(f"{engine}: heard {turns[engine][-1].heard!r}; first sentence {turns[engine][-1].first_sentence!r}")
+        last = turns[engine][-1]
+        say(f"{engine}: heard {last.heard!r}; first sentence {last.first_sentence!r}")
     combinations = []
     audio_how: dict[str, str] = {}
     for voice in options.voices:
@@ -384,7 +385,8 @@ def print_tables(report: dict[str, object]) -> None:
     combinations = report["combinations"]
     assert isinstance(combinations, list)
     for combination in combinations:
-        print(f"\n{combination['stt']} + {combination['voice']}: {combination['total_ms'] / 1000:.2f} s to first audio")
+        pair, total_s = f"{combination['stt']} + {combination['voice']}", combination["total_ms"] / 1000
+        print(f"\n{pair}: {total_s:.2f} s to first audio")
         for name, stage in combination["stages"].items():
             print(f"  {name:<22} {stage['ms']:>9.0f} ms  {100 * stage['share']:5.1f} %")
 

@@ -319,17 +319,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-DEVICE_BENCHES = ("tts", "spoken")
-"""Benches of the device's voices, run by the device package in its own process (device/bench.py)."""
+DEVICE_BENCHES = ("tts", "spoken", "turn")
+"""Benches run by the device package in its own process: its voices (device/bench.py) and a whole turn as
+the device waits for it (device/bench_turn.py)."""
 
 
 def _device_bench(args: argparse.Namespace) -> int:
     _require("device")
-    command = [sys.executable, "-m", "device.bench", args.target]
+    if args.target == "turn":
+        command = [sys.executable, "-m", "device.bench_turn", *_turn_args(args)]
+    else:
+        command = [sys.executable, "-m", "device.bench", args.target]
+        command += ["--out", args.out] if args.out else []
     command += ["--config", args.config] if args.config else []
     command += ["--repeats", str(args.repeats)] if args.repeats is not None else []
-    command += ["--out", args.out] if args.out else []
     return subprocess.call(command)
+
+
+def _turn_args(args: argparse.Namespace) -> list[str]:
+    """`bench turn`'s own flags. Its loopback server runs the configured model, or, when that file is
+    missing, the random-weight Gemma-2-2B that `bench llm` uses: the same size, so the same speed."""
+    if len(args.model or []) > 1:
+        raise ConfigError("bad_args", "bench turn takes one --model")
+    flags = ["--server", args.server, "--token", args.token or ""] if args.server else []
+    flags += [f"--engine={engine}" for engine in args.engine or []]
+    flags += [f"--voice={voice}" for voice in args.voice or []]
+    if args.server:
+        return flags
+    if args.model:
+        return [*flags, "--model", args.model[0]]
+    from server.models import resolve_model_path
+
+    llm = _settings(args).llm
+    if llm.backend == "llama_cpp" and not resolve_model_path(llm.model_path).is_file():
+        model = _bench_model(None, lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+        flags += ["--model", str(model)]
+    return flags
 
 
 def _bench_model(chosen: str | None, say: Callable[[str], None]) -> Path:
@@ -532,15 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = add("bench", cmd_bench, "measure speed; prints one JSON object on the last line of stdout")
     bench.add_argument(
         "target",
-        choices=("llm", "safety", "fer", "stt", "tts", "spoken"),
+        choices=("llm", "safety", "fer", "stt", "tts", "spoken", "turn"),
         help="llm: reply speed; safety: how soon a crisis reply starts; fer: face reading per frame; "
         "stt: speech engines side by side (words wrong, speed, memory); tts: Piper against espeak-ng; "
-        "spoken: write a labelled set of speech in both voices, for stt and safety",
+        "spoken: write a labelled set of speech in both voices, for stt and safety; turn: the wait from "
+        "the end of speech to the first sound, stage by stage, per speech engine and voice",
     )
     bench.add_argument(
         "--model",
         action="append",
         help="llm, safety: a GGUF (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once); "
+        "turn: the loopback server's GGUF (default: llm.model_path, else that random-weight one); "
         "fer: an .onnx path or catalogue name (default: fer.model_path); stt: a Whisper model, a "
         "catalogue name or folder (default: stt.model; give it more than once to compare several)",
     )
@@ -553,9 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         action="append",
         choices=("faster_whisper", "sphinx"),
-        help="stt: an engine to compare (default: both); give it more than once",
+        help="stt, turn: an engine to compare (default: both); give it more than once",
     )
-    bench.add_argument("--repeats", type=int, help="stt: rounds over the clips (default 1); tts: (default 5)")
+    bench.add_argument(
+        "--voice",
+        action="append",
+        choices=("piper", "espeak"),
+        help="turn: a device voice to compare (default: both); give it more than once",
+    )
+    bench.add_argument("--server", help="turn: a running server's URL (default: start one on loopback)")
+    bench.add_argument("--token", help="turn: a device token for --server")
+    bench.add_argument(
+        "--repeats",
+        type=int,
+        help="stt: rounds over the clips (default 1); tts: (default 5); turn: (default 3)",
+    )
     bench.add_argument("--out", help="spoken: the folder to write the WAVs and index.csv into")
     bench.add_argument("--turns", type=int, default=20, help="turns in the measured conversation")
     bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
