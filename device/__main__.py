@@ -259,14 +259,15 @@ def _earcons(speaker: Speaker, settings: DeviceSettings) -> Earcons | None:
     return Earcons(speaker.output)
 
 
-def _barge_in(voice: Voice) -> Callable[[], None]:
-    """The person started talking: if the device is speaking, it stops and listens."""
+def _on_speech_start(conversation: Conversation, voice: Voice, barge_in: bool) -> Callable[[], None]:
+    """The person started talking: the state shows it, and with barge-in, a device speaking stops."""
 
-    def interrupt() -> None:
-        if voice.busy:
+    def started() -> None:
+        conversation.heard_start()
+        if barge_in and voice.busy:
             voice.interrupt()
 
-    return interrupt
+    return started
 
 
 def _fail(message: str, code: int) -> int:
@@ -346,7 +347,8 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
                     _endpointer(settings),
                     gate,
                     out,
-                    on_speech_start=_barge_in(voice) if settings.barge_in else None,
+                    on_speech_start=_on_speech_start(conversation, voice, settings.barge_in),
+                    on_speech_end=conversation.heard_end,
                     calibrate_s=settings.mic_calibration_s,
                     wake=wake,
                 ),

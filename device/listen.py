@@ -134,7 +134,8 @@ class Listener(threading.Thread):
     """Reads `source`, feeds `endpointer` and puts each utterance on `out`; the last item is END or Failed.
 
     A live source's first `calibrate_s` (heard while the gate is open) teach the endpointer the room.
-    `on_speech_start` is called from this thread whenever an utterance starts, muted or not.
+    `on_speech_start` is called from this thread whenever an utterance starts, muted or not, and
+    `on_speech_end` when the endpointer finds it over, whether it was kept or was too short.
     With `wake`, only the utterances it admits are put on `out`; without, every one is.
     """
 
@@ -146,6 +147,7 @@ class Listener(threading.Thread):
         out: queue.Queue[Item],
         *,
         on_speech_start: Callable[[], None] | None = None,
+        on_speech_end: Callable[[], None] | None = None,
         calibrate_s: float = 1.0,
         wake: WakeGate | None = None,
     ) -> None:
@@ -155,6 +157,7 @@ class Listener(threading.Thread):
         self._gate = gate
         self._out = out
         self._on_speech_start = on_speech_start
+        self._on_speech_end = on_speech_end
         self._wake = wake
         self._calibration_frames = endpointer.config.frames(calibrate_s) if source.live else 0
         self._stopping = threading.Event()
@@ -201,6 +204,8 @@ class Listener(threading.Thread):
             pcm = self._endpointer.feed(frame)
             if not was_in_speech and self._endpointer.in_speech and self._on_speech_start is not None:
                 self._on_speech_start()
+            if was_in_speech and not self._endpointer.in_speech and self._on_speech_end is not None:
+                self._on_speech_end()
             self._put(pcm)
         return False
 

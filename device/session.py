@@ -49,6 +49,8 @@ _SESSION_GONE = frozenset({404, 409})
 _IN_PROGRESS = "turn_in_progress"
 """The 409 a turn sent again gets while its first try is still being answered: not a lost session."""
 _BROKEN = frozenset({"stream_broken", "stream_truncated"})
+_AT_REST = frozenset({State.LISTENING, State.ENDED})
+"""States the person's speech can interrupt: hearing them is shown from these, and goes back to them."""
 """A reply cut off on its way: worth one more try under the same idempotency key."""
 """The server lost the session (404) or it has ended (409): a new one fixes that."""
 
@@ -152,6 +154,7 @@ class Conversation:
         self._ended = False
         """The person ended the conversation (goodbye, or silence): no session is opened until they speak."""
         self._last_active = time.monotonic()
+        self._before_hearing = State.LISTENING
         self._sending: tuple[float, float] = (0.0, 0.0)
         """When the last turn was sent, and when its first sentence (or its end) came back."""
         self._heartbeat = heartbeat or (lambda: None)
@@ -218,6 +221,14 @@ class Conversation:
             self._end()
             self._settle()
         return failed
+
+    def heard_start(self) -> None:
+        """The listener heard speech begin (its thread): listening, or ended, becomes hearing."""
+        self._before_hearing = self.states.go_from(_AT_REST, State.HEARING, "speech") or self._before_hearing
+
+    def heard_end(self) -> None:
+        """The listener found the speech over (kept or too short): back to what it was before."""
+        self.states.go_from(frozenset({State.HEARING}), self._before_hearing)
 
     def _at_rest(self) -> State:
         if self._session_id:

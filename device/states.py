@@ -27,6 +27,8 @@ class State(StrEnum):
     WAITING = "waiting"
     """The server cannot be reached yet; retrying."""
     LISTENING = "listening"
+    HEARING = "hearing"
+    """The person is speaking: from the endpointer's start of speech to its end."""
     SENDING = "sending"
     """A turn is on its way; nothing heard back yet."""
     SPEAKING = "speaking"
@@ -47,7 +49,12 @@ _ALLOWED: dict[State, frozenset[State]] = {
         {State.WAITING, State.LISTENING, State.SENDING, State.SPEAKING, State.STOPPING}
     ),
     State.WAITING: frozenset({State.LISTENING, State.SENDING, State.SPEAKING, State.OFFLINE, State.STOPPING}),
-    State.LISTENING: frozenset({State.SENDING, State.SPEAKING, State.WAITING, State.ENDED, State.STOPPING}),
+    State.LISTENING: frozenset(
+        {State.HEARING, State.SENDING, State.SPEAKING, State.WAITING, State.ENDED, State.STOPPING}
+    ),
+    State.HEARING: frozenset(
+        {State.LISTENING, State.ENDED, State.SENDING, State.SPEAKING, State.WAITING, State.STOPPING}
+    ),
     State.SENDING: frozenset(
         {State.SPEAKING, State.OFFLINE, State.LISTENING, State.WAITING, State.ENDED, State.STOPPING}
     ),
@@ -55,7 +62,9 @@ _ALLOWED: dict[State, frozenset[State]] = {
         {State.SENDING, State.LISTENING, State.OFFLINE, State.WAITING, State.ENDED, State.STOPPING}
     ),
     State.OFFLINE: frozenset({State.LISTENING, State.SPEAKING, State.WAITING, State.ENDED, State.STOPPING}),
-    State.ENDED: frozenset({State.SENDING, State.SPEAKING, State.WAITING, State.LISTENING, State.STOPPING}),
+    State.ENDED: frozenset(
+        {State.HEARING, State.SENDING, State.SPEAKING, State.WAITING, State.LISTENING, State.STOPPING}
+    ),
     State.STOPPING: frozenset(),
 }
 
@@ -81,20 +90,33 @@ class StateMachine:
         """(from, to, seconds spent in `from`) for the latest transitions; bounded, as the daemon runs for
         months (the journal has them all)."""
 
-    def go(self, new: State, why: str = "") -> None:
+    def go_from(self, expected: frozenset[State], new: State, why: str = "") -> State | None:
+        """Go to `new` only from one of the `expected` states, in one step: for another thread (the
+        listener's), whose view of the state may be stale. Returns the state it left, or None."""
         with self._lock:
             old = self.state
-            if new == old:
-                return
-            if new not in _ALLOWED[old]:
-                raise RuntimeError(f"state {old} cannot go to {new}")
-            now = time.monotonic()
-            spent = now - self._since
-            self.state, self._since = new, now
-            self.history.append((old, new, spent))
-            if self._gate is not None and (new in _SHUT) != (old in _SHUT):
-                if new in _SHUT:
-                    self._gate.mute()
-                else:
-                    self._gate.unmute(self._tail_s)
+            if old not in expected:
+                return None
+            self._go(old, new, why)
+        return old
+
+    def go(self, new: State, why: str = "") -> None:
+        with self._lock:
+            self._go(self.state, new, why)
+
+    def _go(self, old: State, new: State, why: str) -> None:
+        """One transition, under the lock."""
+        if new == old:
+            return
+        if new not in _ALLOWED[old]:
+            raise RuntimeError(f"state {old} cannot go to {new}")
+        now = time.monotonic()
+        spent = now - self._since
+        self.state, self._since = new, now
+        self.history.append((old, new, spent))
+        if self._gate is not None and (new in _SHUT) != (old in _SHUT):
+            if new in _SHUT:
+                self._gate.mute()
+            else:
+                self._gate.unmute(self._tail_s)
         _LOGGER.info("state %s -> %s after %.2f s%s", old, new, spent, f" ({why})" if why else "")

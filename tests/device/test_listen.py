@@ -150,6 +150,28 @@ def test_barge_in_hears_the_person_over_the_device(barge_in: bool) -> None:
     assert all(f in pcm_of(items[0]) for f in frames(stream)[onset : onset + 40])
 
 
+def test_the_start_and_the_end_of_speech_are_told_in_order() -> None:
+    """What the state machine's "hearing" follows: a start at the onset, an end when it is over, once each
+    for a kept utterance and for a cough too short to send."""
+    stream = pcm(silence(0.6), speech("Can you help me breathe?"), silence(1.0))
+    calls: list[str] = []
+    out = queue.Queue[Item]()
+    listener = Listener(
+        ClockedPcm(stream),
+        Endpointer(),
+        Gate(),
+        out,
+        on_speech_start=lambda: calls.append("start"),
+        on_speech_end=lambda: calls.append(f"end after {out.qsize()} put"),
+        calibrate_s=0.3,
+    )
+    listener.start()
+    items = drain(out)
+    listener.join(timeout=1)
+    assert len(items) == 2 and isinstance(items[0], Heard)
+    assert calls == ["start", "end after 0 put"], "the end is told before the utterance is put"
+
+
 class _MutesAt:
     """A file source that mutes the gate as frame `at` is read, and counts reads while muted."""
 

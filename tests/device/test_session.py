@@ -558,18 +558,20 @@ def test_a_reply_broken_twice_gets_one_line_the_microphone_back_and_the_session_
 ) -> None:
     """Found in the landed code: the cut-off line, then some 27 sentences of talk-down and exercise with the
     microphone muted, and a session abandoned without /end."""
-    any_loopback.script = [REPLY[0], REPLY[1], BREAK]
+    any_loopback.script = [REPLY[0], REPLY[1], REPLY[2], BREAK]  # broken after sentence 2, both times
     states = StateMachine()
-    done_at: list[float] = []
+    waited: list[float] = []
 
     def microphone() -> Iterator[Utterance | None]:
+        sent = time.monotonic()
         yield Utterance(text="hi")
-        done_at.append(time.monotonic())
+        waited.append(time.monotonic() - sent)
         assert states.state == State.WAITING, "listening again, with no session open"
 
     failed, _, speaker = _run(any_loopback, microphone(), backoff=Backoff((0.01,)), states=states)
     assert failed == 1
-    assert speaker.sentences == [GREETING, "I'm here.", CUT_OFF]
+    assert speaker.sentences == [GREETING, "I'm here.", "Breathe out slowly.", CUT_OFF]
+    assert waited[0] < 2.0, "the microphone is back within 2 s (a loopback server; the voice takes no time)"
     assert any_loopback.ended == ["s1"], "the device gave the session up on the server"
     turns = [path for _, path, _, _ in any_loopback.requests if path.endswith("/turns")]
     assert len(turns) == 2
@@ -634,3 +636,22 @@ def test_heard_is_chimed_once_per_spoken_utterance_and_offline_once_an_outage(un
     assert failed == 3
     sizes = [size for size, _ in out.played]
     assert sizes == [len(offline), len(heard), len(heard)], "offline once, heard for each spoken one"
+
+
+def test_hearing_is_shown_from_listening_or_ended_and_goes_back_to_it(loopback: Loopback) -> None:
+    """The listener's thread tells the start and end of speech; the state machine shows "hearing" only
+    when the device was waiting for the person, never over its own voice."""
+    states, voice = StateMachine(), Voice(RecordingSpeaker())
+    conversation = Conversation(ServerClient(loopback.url, TOKEN, 10), voice, lines=LINES, states=states)
+    for before in (State.LISTENING, State.ENDED):
+        states.go(before)
+        conversation.heard_start()
+        assert states.state == State.HEARING
+        conversation.heard_end()
+        assert states.state == before
+    states.go(State.SENDING)
+    states.go(State.SPEAKING)
+    conversation.heard_start()
+    conversation.heard_end()
+    assert states.state == State.SPEAKING, "a barge-in over the voice is not shown as hearing"
+    voice.close()
