@@ -103,3 +103,16 @@ def fake_mic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fake_pyaudio, "log", [])
     fake_pyaudio.load(spoken_wav())
     monkeypatch.setitem(sys.modules, "pyaudio", fake_pyaudio)
+
+
+class RecordingGate:
+    """The microphone's gate as the state machine drives it, recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def mute(self) -> None:
+        self.events.append("mute")
+
+    def unmute(self, tail_s: float = 0.3) -> None:
+        self.events.append(f"unmute {tail_s}")

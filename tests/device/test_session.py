@@ -18,7 +18,7 @@ from device.playback import Played
 from device.session import Conversation, Utterance, describe_faces
 from device.states import State, StateMachine
 from device.voice import Voice
-from tests.device.conftest import spoken_wav
+from tests.device.conftest import RecordingGate, spoken_wav
 from tests.device.loopback import BREAK, GREETING, TOKEN, Loopback, serve
 
 LINES = load_lines()
@@ -517,17 +517,6 @@ def test_goodbye_ends_the_conversation_until_the_person_speaks_again(loopback: L
     assert speaker.sentences == [GREETING, "Take care. Goodbye.", "I'm here.", "Breathe out slowly."]
     assert loopback.opened == ["s1", "s2"] and loopback.ended[0] == "s1"
     assert loopback.turn_parts()[0].data == b"I can't sleep", "their words went to the new session"
-
-
-class RecordingGate:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def mute(self) -> None:
-        self.events.append("mute")
-
-    def unmute(self, tail_s: float = 0.3) -> None:
-        self.events.append(f"unmute {tail_s}")
 
 
 def test_the_microphone_stays_shut_in_the_gap_between_two_sentences(loopback: Loopback) -> None:

@@ -19,6 +19,7 @@ from device.session import Conversation, Utterance
 from device.states import State, StateMachine
 from device.timeline import FramePoster
 from device.voice import Voice
+from tests.device.conftest import RecordingGate
 from tests.device.loopback import GREETING, TOKEN, Loopback
 from tests.device.test_session import REPLY, OneFrame, RecordingSpeaker
 
@@ -42,17 +43,6 @@ class SlowSpeaker(RecordingSpeaker):
     def stop(self) -> None:
         self.stops += 1
         self.cut.set()
-
-
-class RecordingGate:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def mute(self) -> None:
-        self.events.append("mute")
-
-    def unmute(self, tail_s: float = 0.3) -> None:
-        self.events.append(f"unmute {tail_s}")
 
 
 class HeldSpeaker(RecordingSpeaker):

@@ -16,7 +16,7 @@ from server.crisis_examples import CrisisExamples
 from server.embedding import MiniLMEmbedder
 from server.safety import Level
 from tests.conftest import ROOT
-from tests.server.test_safety import FOUND_IN_THE_LANDED_CODE
+from tests.server.test_safety import FOUND_IN_THE_LANDED_CODE, dressed
 
 SETS = ("eval", "holdout", "blind", "final")
 
@@ -137,23 +137,6 @@ def test_the_examples_are_exactly_the_labelled_development_sets() -> None:
     assert shipped == sets
 
 
-def _dressed(text: str) -> list[str]:
-    """`text` as speech recognition or a typist might give the same words: other end punctuation, case,
-    fillers and openers."""
-    core = text.strip().rstrip(".!?")
-    return [
-        core,
-        f"{core}.",
-        f"{core}!",
-        core.lower(),
-        f"{core[:1].upper()}{core[1:]}.",
-        f"Um, {core[:1].lower()}{core[1:]}.",
-        f"honestly {core}",
-        f"Like, {core}...",
-        f"so, um, {core}",
-    ]
-
-
 def test_the_examples_read_the_same_words_the_same_whatever_their_dress(care: Care) -> None:
     """Every labelled row: each dressing is embedded as the same plain text, so the second opinion
     cannot change with a full stop, a capital or an "um"."""
@@ -166,7 +149,7 @@ def test_the_examples_read_the_same_words_the_same_whatever_their_dress(care: Ca
     assert len(rows) > 900
     for _, text in rows:
         plain = care.examples.canonical(text)
-        assert plain and {care.examples.canonical(d) for d in _dressed(text)} == {plain}, text
+        assert plain and {care.examples.canonical(d) for d in dressed(text)} == {plain}, text
     assert care.examples.canonical("Honestly, I'm not WELL, so...") == "i'm not well, so", "only openers go"
 
 
@@ -180,7 +163,7 @@ def test_the_whole_check_gives_every_labelled_row_one_level_whatever_its_dress(c
     ]
     varying = {}
     for _, text in rows:
-        levels = {care.assess(dressed).level for dressed in _dressed(text)}
+        levels = {care.assess(variant).level for variant in dressed(text)}
         if len(levels) > 1:
             varying[text] = levels
     assert len(rows) > 900 and not varying, varying
@@ -208,7 +191,7 @@ def test_a_query_read_again_is_embedded_once(embedder: MiniLMEmbedder, tmp_path:
 )
 def test_a_full_stop_does_not_change_the_whole_check(care: Care, said: str) -> None:
     """Found in the landed code: without the full stop a crisis, with it none (Whisper writes one)."""
-    levels = {care.assess(dressed).level for dressed in _dressed(said)}
+    levels = {care.assess(variant).level for variant in dressed(said)}
     assert len(levels) == 1, levels
 
 
