@@ -151,8 +151,6 @@ class Conversation:
         self.states = states or StateMachine()
         self._think_ack_s = think_ack_s
         self._idle_end_s = idle_end_s
-        self._ended = False
-        """The person ended the conversation (goodbye, or silence): no session is opened until they speak."""
         self._last_active = time.monotonic()
         self._before_hearing = State.LISTENING
         self._sending: tuple[float, float] = (0.0, 0.0)
@@ -233,7 +231,13 @@ class Conversation:
     def _at_rest(self) -> State:
         if self._session_id:
             return State.LISTENING
-        return State.ENDED if self._ended else State.WAITING
+        return State.ENDED if self._ended() else State.WAITING
+
+    def _ended(self) -> bool:
+        """The person ended the conversation (goodbye, or silence): no session is opened until they speak.
+        The state machine holds it, like every other state of the device."""
+        state = self.states.state
+        return state == State.ENDED or (state == State.HEARING and self._before_hearing == State.ENDED)
 
     def _stale(self, utterance: Utterance) -> bool:
         """Speech that began while the last turn was on its way (heard past a barge-in gate): by now the
@@ -252,7 +256,6 @@ class Conversation:
             return
         _LOGGER.info("no one has spoken for %g s; ending the session", self._idle_end_s)
         self._end()
-        self._ended = True
         self.states.go(State.ENDED, "silence")
 
     # --- the session ----------------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ class Conversation:
 
     def _retry_if_due(self) -> None:
         """Daemon only: try the server again once the back-off says so; greet when it answers."""
-        if self._session_id or self._ended or self._backoff is None or time.monotonic() < self._next_try:
+        if self._session_id or self._ended() or self._backoff is None or time.monotonic() < self._next_try:
             return
         try:
             if self._ready is not None:
@@ -325,7 +328,6 @@ class Conversation:
         self._waiting_said = self._outage_chimed = False
         self._unanswered = 0
         _LOGGER.info("session %s opened for client %s", session_id, self._client_name)
-        self._ended = False
         if greet and greeting:
             self.states.go(State.SPEAKING, "greeting")
             self._print(f"bot: {greeting}")
@@ -502,7 +504,7 @@ class Conversation:
         elif command is Command.END_SESSION:
             self._settle()
             self._end()
-            self._ended = True
+            self.states.go(State.ENDED, "goodbye")
         elif command is Command.NEW_SESSION:
             self._settle()
             self._end()
