@@ -128,7 +128,8 @@ class ServerClient:
         return body
 
     def health(self) -> dict[str, Any]:
-        """`{"status": "ok"|"degraded", "components": {...}, "version"}`; needs no token."""
+        """`{"status": "ok"|"degraded", "components": {...}, "version"}` for a valid token, as this session
+        sends; only `{"status"}` without one."""
         return self._json("/health", method="GET")
 
     def start_session(self, client: str) -> tuple[str, str]:

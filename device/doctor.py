@@ -479,6 +479,12 @@ class Doctor:
                 f"{url} answered health without a known status ({status!r})",
                 fix="check that --server / [device] server_url points at a TADBot server",
             )
+        if "components" not in health:
+            return Outcome(
+                State.WARN,
+                f"{url} is up but degraded; it names the parts only to a valid token",
+                fix=_MAKE_TOKEN,
+            )
         keys = [str(c["key"]) for c in bad.values() if c.get("key")]
         parts = ", ".join(_not_ok(name, c) for name, c in bad.items())
         return Outcome(
@@ -507,13 +513,16 @@ class Doctor:
 
     def models(self) -> Outcome:
         try:
-            components = _components(self._fetch_health())
+            health = self._fetch_health()
         except ServerError as exc:
             return Outcome(
                 State.FAIL,
                 f"cannot tell while the server is not reachable ({exc.code})",
                 fix="start the server, then run doctor again: the server names the missing model files",
             )
+        if "components" not in health:
+            return Outcome(State.FAIL, "the server shows its models only to a valid token", fix=_MAKE_TOKEN)
+        components = _components(health)
         known = [name for name in MODEL_COMPONENTS if name in components]
         missing = {name: components[name] for name in known if components[name].get("status") != "ok"}
         if not known:

@@ -30,6 +30,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 LOCAL_DEVICE = "local"
+# device/settings.py's env override for [device] token (the two packages never import each other).
+DEVICE_TOKEN_ENV = "TADBOT_DEVICE__TOKEN"
 
 
 def _settings(args: argparse.Namespace, **server: object) -> Settings:
@@ -165,8 +167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     server = subprocess.Popen(server_cmd)
     try:
         _wait_healthy(url, server, timeout_s=args.wait)
-        device_cmd = [sys.executable, "-m", "device", "--server", url, "--token", token, *args.rest]
-        return subprocess.call(device_cmd)
+        # The token goes in the environment, never argv: any local user can read another's /proc/*/cmdline.
+        device_cmd = [sys.executable, "-m", "device", "--server", url, *args.rest]
+        return subprocess.call(device_cmd, env={**os.environ, DEVICE_TOKEN_ENV: token})
     finally:
         server.terminate()
         try:

@@ -54,9 +54,7 @@ class Components:
 
 
 def build_components(settings: Settings) -> Components:
-    data = settings.data_path
-    data.mkdir(parents=True, exist_ok=True)
-    components = Components(records=Records(data / "tadbot.sqlite3"))
+    components = Components(records=Records(settings.data_path / "tadbot.sqlite3"))
     components.status["db"] = ComponentStatus("ok")
     stt_key = "stt.model" if settings.stt.engine == "faster_whisper" else "stt.engine"
     components.transcriber = _try(components, "stt", stt_key, lambda: build_transcriber(settings.stt))

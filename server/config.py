@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from server.errors import ConfigError
 
 SECRET_KEYS = frozenset({"token", "api_key", "password"})
+# URLs can carry a secret in user:password@, the path (webhook tokens) or the query: shown as scheme://host.
+URL_KEYS = frozenset({"alert_url", "base_url"})
 # Sections read by other programs sharing the same file (the Pi daemon owns [device]).
 FOREIGN_SECTIONS = frozenset({"device"})
 
@@ -56,7 +59,11 @@ class LlmSection:
         "llama_cpp", "In-process llama.cpp, or any OpenAI-compatible engine.", choices=("llama_cpp", "openai")
     )
     model_path: str = _opt("models/llm.gguf", "GGUF file for backend llama_cpp.")
-    base_url: str = _opt("", "Base URL of the engine for backend openai, e.g. http://127.0.0.1:8080.")
+    base_url: str = _opt(
+        "",
+        "Base URL of the engine for backend openai, e.g. http://127.0.0.1:8080. `tadbot config show` prints "
+        "only scheme://host[:port], with /*** in place of any user, path or query.",
+    )
     model: str = _opt("", "Model name sent to an OpenAI-compatible engine.")
     n_ctx: int = _opt(2048, "Context window in tokens; the KV cache grows with it.", lo=256, hi=131072)
     n_threads: int = _opt(4, "CPU threads for decoding (a Pi 4 has 4 cores).", lo=1, hi=256)
@@ -189,7 +196,8 @@ class SafetySection:
     alert_url: str = _opt(
         "",
         "Webhook that gets a JSON POST when a crisis is detected (client pseudonym, session, level, time; "
-        "never their words). Empty: off. A failed alert is logged and never delays the reply.",
+        "never their words). Empty: off. A failed alert is logged and never delays the reply. Treated "
+        "as a secret (webhook tokens live in it): `tadbot config show` prints only scheme://host[:port]/***.",
     )
     alert_timeout_s: float = _opt(5.0, "How long an alert may take before it is given up.", lo=0.1, hi=60)
     offer_after_turns: int = _opt(
@@ -404,9 +412,24 @@ def describe(settings: Settings) -> str:
             value = getattr(section, fld.name)
             if fld.name in SECRET_KEYS and value:
                 value = "********"
+            elif fld.name in URL_KEYS and value:
+                value = mask_url(value)
             lines.append(f"{fld.name} = {_toml_value(value)}  # {fld.metadata['doc']}")
     lines.append(f"\n# data dir in effect: {settings.data_path}")
     return "\n".join(lines)
+
+
+def mask_url(url: str) -> str:
+    """Keep what tells the admin where it points (scheme, host, port); hide what may be a credential."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "********"
+    if not parts.scheme or not parts.hostname:
+        return "********"
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    hidden = parts.username or parts.password or parts.path.strip("/") or parts.query or parts.fragment
+    return shown + "/***" if hidden else shown
 
 
 def _toml_value(value: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -221,15 +222,39 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` 0700 or tighten a looser one: it holds clients' words, whoever starts us, any umask."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` 0600 (or tighten it) before SQLite opens it; SQLite gives -wal/-shm the same mode."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _tighten(path, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    was = path.stat().st_mode & 0o777
+    if was != mode:
+        path.chmod(mode)
+        _LOGGER.warning("%s was mode %o; tightened to %o", path, was, mode)
+
+
 class Records:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        private_file(path)
         schema = resources.files("server").joinpath("schema.sql").read_text(encoding="utf-8")
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(schema)
             _add_missing_columns(db)
+        for suffix in ("-wal", "-shm"):  # an older version may have left them looser
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                _tighten(side, 0o600)
 
     @contextmanager
     def _connect(self, busy_timeout_s: float = 10.0) -> Iterator[sqlite3.Connection]:

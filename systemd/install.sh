@@ -269,7 +269,7 @@ make_dirs() {
     make_dir "$CONF_DIR" 0755 root:root
     # The tadbot user's home and the server's StateDirectory, made now so the token and the models (the
     # device's wake word too) can be written before the first start.
-    make_dir "$STATE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
+    make_dir "$STATE_DIR" 0700 "$SERVICE_USER:$SERVICE_USER"
     make_dir "$STATE_DIR/models" 0750 "$SERVICE_USER:$SERVICE_USER"
     make_dir "$UNIT_DIR" 0755 root:root
 }

@@ -201,7 +201,7 @@ def test_a_root_install_writes_exactly_the_role_s_files(tmp_path: Path, role: st
     assert _files(tmp_path) == ROLE_FILES[role]
     for unit in Path(tmp_path, "etc/systemd/system").iterdir():
         assert unit.read_bytes() == (SYSTEMD / unit.name).read_bytes()
-    assert (tmp_path / "var/lib/tadbot").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "var/lib/tadbot").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "var/lib/tadbot/models").is_dir()
     for skipped in ("apt packages", "system user tadbot", "systemctl daemon-reload", "start the services"):
         assert re.search(rf"^==> {skipped}.*\(skipped: --root\)$", done.stdout, re.M), done.stdout

@@ -7,18 +7,39 @@ from flask import g, request
 from server.errors import AuthError
 
 
+def _bearer() -> str:
+    """The request's bearer token, or "" when it sends none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def require(table: str) -> None:
     """Run before each request of a blueprint; puts the caller's row on `g.caller`."""
     from server.app import companion
 
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = _bearer()
+    if not token:
         raise AuthError(
             "missing_token",
             f"send 'Authorization: Bearer <token>'; create one with `tadbot admin add-{table[:-1]} NAME`",
         )
-    row = companion().records.who(table, token.strip())
+    row = companion().records.who(table, token)
     if row is None:
         raise AuthError("bad_token", f"this token is not a valid {table[:-1]} token")
     g.caller = row
+
+
+def known_caller() -> bool:
+    """Whether the request carries a valid device or therapist token. Never refuses and never raises, so a
+    public route can show more to a known caller while a probe without (or with a wrong) token is still
+    answered."""
+    from server.app import companion
+
+    token = _bearer()
+    if not token:
+        return False
+    try:
+        records = companion().records
+        return any(records.who(table, token) is not None for table in ("devices", "therapists"))
+    except Exception:  # a broken database must not take the health answer down with it
+        return False

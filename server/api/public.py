@@ -7,6 +7,7 @@ from importlib import metadata, resources
 
 from flask import Blueprint, Response, jsonify
 
+from server.api.auth import known_caller
 from server.app import companion
 from server.components import ComponentStatus
 
@@ -22,15 +23,20 @@ def version() -> str:
 
 @bp.get("/health")
 def health() -> Response:
+    """Anyone gets ok/degraded (probes, systemd); only a valid token sees components, whose details name
+    model paths and error strings."""
     components = companion().components
     status = dict(components.status)
     try:
         components.records.check()
     except Exception as exc:  # the answer must still come back, saying what is wrong
         status["db"] = ComponentStatus("error", str(exc), "server.data_dir")
+    overall = "ok" if all(s.status == "ok" for s in status.values()) else "degraded"
+    if not known_caller():
+        return jsonify({"status": overall})
     return jsonify(
         {
-            "status": "ok" if all(s.status == "ok" for s in status.values()) else "degraded",
+            "status": overall,
             "components": {name: s.as_json() for name, s in status.items()},
             "version": version(),
         }

@@ -20,7 +20,11 @@ def _authenticate() -> None:
 @bp.get("/sessions")
 def list_sessions() -> Response:
     client = request.args.get("client")
-    return jsonify({"sessions": companion().records.list_sessions(client)})
+    engine = companion()
+    sessions = engine.records.list_sessions(client)
+    target = f"client={client}" if client else "all"
+    engine.records.audit(f"therapist:{g.caller['name']}", "list_sessions", target)
+    return jsonify({"sessions": sessions})
 
 
 @bp.get("/sessions/<session_id>")

@@ -177,7 +177,9 @@ class LiveServer:
                     yield json.loads(line)
 
     def _get(self, path: str) -> dict[str, Any]:
-        with self._opener().open(self.url + path, timeout=5) as answer:
+        """With the device token: health shows its components (the model's state) only to a known caller."""
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self._token}"})
+        with self._opener().open(request, timeout=5) as answer:
             result: dict[str, Any] = json.load(answer)
             return result
 

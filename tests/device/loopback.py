@@ -113,8 +113,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Not recorded in `requests`, which the tests read as the device's POSTs only."""
         state = self.server.state
-        if self.path == "/api/v1/health":  # anyone may ask: no token needed
-            self._send(200, json.dumps(state.health).encode())
+        if self.path == "/api/v1/health":  # anyone may ask; as on the server, only a valid token sees more
+            known = self.headers.get("Authorization") == f"Bearer {TOKEN}"
+            body = state.health if known else {"status": state.health["status"]}
+            self._send(200, json.dumps(body).encode())
         else:
             self._send(404, _error("not_found", f"no GET route {self.path}"))
 

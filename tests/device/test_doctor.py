@@ -375,7 +375,7 @@ def test_role_server_names_missing_models_and_their_keys(
         "detail": "model file models/llm.gguf does not exist",
         "key": "llm.model_path",
     }
-    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url)
+    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url, "--token", TOKEN)
     assert code == 1
     assert [line[2:].split(" ", 1)[0] for line in lines[1:] if line[:1] != " "][:4] == [
         "server",
@@ -400,9 +400,24 @@ def test_role_server_names_missing_models_and_their_keys(
 def test_role_server_passes_with_every_model_loaded(
     loopback: Loopback, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url)
+    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url, "--token", TOKEN)
     assert code == 0
     assert _line(lines, "models") == "✓ models   loaded: llm, fer, stt, memory"
+
+
+@pytest.mark.parametrize("token", [[], ["--token", "stale-token"]], ids=["none", "wrong"])
+def test_without_a_valid_token_the_server_names_no_parts(
+    loopback: Loopback, capsys: pytest.CaptureFixture[str], token: list[str]
+) -> None:
+    """Health shows its components only to a valid token, so the doctor says which token to give."""
+    loopback.health["status"] = "degraded"
+    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url, *token)
+    assert code == 1
+    assert _line(lines, "server") == (
+        f"! server   {loopback.url} is up but degraded; it names the parts only to a valid token"
+    )
+    assert _line(lines, "models") == "✗ models   the server shows its models only to a valid token"
+    assert _fix(lines, "models").startswith("make one with `tadbot admin add-device NAME`")
 
 
 def test_the_server_side_checks_come_first_each_on_its_own_line(
@@ -417,7 +432,9 @@ def test_the_server_side_checks_come_first_each_on_its_own_line(
         "detail": "no text embedder found: run `tadbot models pull`; the rules alone decide",
     }
     results = [arg for check in (llm, second) for arg in ("--result", json.dumps(check))]
-    code, lines, _ = _doctor(capsys, "--role", "server", "--server", loopback.url, "--json", *results)
+    code, lines, _ = _doctor(
+        capsys, "--role", "server", "--server", loopback.url, "--token", TOKEN, "--json", *results
+    )
     report = json.loads(lines[-1])
     assert [c["name"] for c in report["checks"]][:3] == ["llm", "second_opinion", "server"]
     assert lines[1:3] == [

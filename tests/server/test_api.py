@@ -214,7 +214,9 @@ def test_delete_client_erases_records_and_memory(live_server: LiveServer) -> Non
     assert answer.status_code == 200, answer.text
     erased = answer.json()["erased"]
     assert erased["sessions"] == 1
-    health = requests.get(f"{live_server.url}/api/v1/health", timeout=10).json()
+    health = requests.get(
+        f"{live_server.url}/api/v1/health", headers=live_server.therapist_headers(), timeout=10
+    ).json()
     if health["components"]["memory"]["status"] == "ok":
         assert erased["memories"] == 2
     _error(
@@ -256,16 +258,43 @@ def test_openapi_lists_exactly_the_served_routes(live_server: LiveServer, tmp_pa
     assert documented == served
 
 
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic x"}], ids=str
+)
+def test_health_without_a_valid_token_says_only_ok_or_degraded(
+    live_server: LiveServer, headers: dict[str, str]
+) -> None:
+    """A probe sees ok/degraded, never the components whose details name model paths and errors."""
+    answer = requests.get(f"{live_server.url}/api/v1/health", headers=headers, timeout=10)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body.keys() == {"status"} and body["status"] in ("ok", "degraded")
+    assert "components" not in answer.text and "/" not in answer.text  # no component, no file path
+
+
+@pytest.mark.parametrize("role", ["device", "therapist"])
+def test_health_with_a_valid_token_names_the_components(live_server: LiveServer, role: str) -> None:
+    headers = live_server.device_headers() if role == "device" else live_server.therapist_headers()
+    body = requests.get(f"{live_server.url}/api/v1/health", headers=headers, timeout=10).json()
+    assert {"db", "llm", "stt"} <= body["components"].keys()
+    assert body["version"]
+
+
 def test_missing_models_leave_the_server_up_and_degraded(tmp_path: Path) -> None:
     server = start_server(tmp_path, llm=tmp_path / "absent.gguf", fer=tmp_path / "absent.onnx")
     try:
-        health = requests.get(f"{server.url}/api/v1/health", timeout=10).json()
+        health = requests.get(
+            f"{server.url}/api/v1/health", headers=server.device_headers(), timeout=10
+        ).json()
         assert health["status"] == "degraded"
         assert health["components"]["llm"]["status"] == "missing"
         assert health["components"]["llm"]["key"] == "llm.model_path"
         assert "absent.gguf" in health["components"]["llm"]["detail"]
         assert health["components"]["fer"]["key"] == "fer.model_path"
         assert health["components"]["stt"]["status"] == "ok"
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            public = requests.get(f"{server.url}/api/v1/health", headers=headers, timeout=10)
+            assert public.json() == {"status": "degraded"} and "absent.gguf" not in public.text
         session_id = _session(server, "degraded")
         answer = requests.post(
             f"{server.url}/api/v1/sessions/{session_id}/turns",
@@ -510,3 +539,28 @@ def test_openapi_documents_the_idempotency_key_and_its_answers(live_server: Live
         if e["properties"]["type"]["const"] == "done"
     ]
     assert done["properties"]["replayed"]["const"] is True and "replayed" not in done["required"]
+
+
+def test_listing_sessions_is_in_the_audit_log_with_who_and_when(tmp_path: Path) -> None:
+    from server.app import create_app
+    from server.components import Components
+    from server.config import load_settings
+    from server.records import Records
+
+    records = Records(tmp_path / "db.sqlite3")
+    headers = {"Authorization": f"Bearer {records.add_credential('therapists', 'dr-lee')}"}
+    config = tmp_path / "tadbot.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}"\n', encoding="utf-8")
+    app = create_app(load_settings(config, env={}), Components(records=records))
+    before = time.time()
+    with app.test_client() as client:
+        assert client.get("/api/v1/sessions", headers=headers).status_code == 200
+        assert client.get("/api/v1/sessions?client=ola", headers=headers).status_code == 200
+    with records.transaction() as db:
+        query = "SELECT t, actor, action, target FROM audit_log WHERE action = 'list_sessions'"
+        lines = db.execute(query).fetchall()
+    assert [tuple(line)[1:] for line in lines] == [
+        ("therapist:dr-lee", "list_sessions", "all"),
+        ("therapist:dr-lee", "list_sessions", "client=ola"),
+    ]
+    assert all(before <= line["t"] <= time.time() for line in lines)

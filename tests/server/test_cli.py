@@ -7,6 +7,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -161,3 +162,45 @@ def test_doctor_says_when_the_rules_alone_decide(env: dict[str, str], tmp_path: 
         "the installed default; the rules alone decide"
     )
     assert code == 1
+
+
+class _FakeChild:
+    """Stands in for the server and device processes `tadbot run` starts, recording how each was started."""
+
+    started: ClassVar[list[tuple[list[str], dict[str, str]]]] = []
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, **_: object) -> None:
+        self.started.append((list(args), dict(os.environ if env is None else env)))
+        self.returncode = 0
+
+    def __enter__(self) -> _FakeChild:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def poll(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+    def terminate(self) -> None:
+        return None
+
+
+def test_run_hands_the_device_its_token_in_the_environment_never_argv(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server import cli
+
+    monkeypatch.setattr(cli, "_require", lambda extra: None)
+    monkeypatch.setattr(cli, "_wait_healthy", lambda url, server, timeout_s: None)
+    monkeypatch.setattr(cli.subprocess, "Popen", _FakeChild)
+    monkeypatch.setattr(_FakeChild, "started", [])
+    assert cli.main(["--config", env["TADBOT_CONFIG"], "run", "--port", "8799"]) == 0
+    (server_argv, _), (device_argv, device_env) = _FakeChild.started
+    assert device_argv[1:3] == ["-m", "device"] and server_argv[1:3] == ["-m", "server"]
+    token = device_env["TADBOT_DEVICE__TOKEN"]
+    assert re.fullmatch(r"tdb_[A-Za-z0-9_-]{43}", token)
+    assert "--token" not in device_argv and not any(token in arg for arg in device_argv + server_argv)

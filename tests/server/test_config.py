@@ -96,3 +96,25 @@ def test_the_server_ends_idle_sessions_after_half_an_hour_unless_told_otherwise(
     with pytest.raises(ConfigError) as caught:
         load_settings(_write(tmp_path, "[server]\nsession_idle_s = -1\n"), env={})
     assert "server.session_idle_s = -1.0: must be between 0 and" in caught.value.message
+
+
+def test_config_show_masks_secrets_in_urls(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[safety]\nalert_url = "https://hooks.example.org/services/T0/B1/s3cretWebhook?key=k3y"\n'
+        '[llm]\nbackend = "openai"\nbase_url = "http://alice:pa55word@10.0.0.2:8080/v1"\n',
+    )
+    shown = describe(load_settings(path, env={}))
+    for secret in ("s3cretWebhook", "k3y", "services", "alice", "pa55word"):
+        assert secret not in shown
+    assert 'alert_url = "https://hooks.example.org/***"' in shown
+    assert 'base_url = "http://10.0.0.2:8080/***"' in shown
+
+
+def test_config_show_keeps_a_url_without_secrets_and_hides_an_unparsable_one(tmp_path: Path) -> None:
+    plain = _write(
+        tmp_path, '[llm]\nbase_url = "http://127.0.0.1:8080"\n[safety]\nalert_url = "not a url s3cret"\n'
+    )
+    shown = describe(load_settings(plain, env={}))
+    assert 'base_url = "http://127.0.0.1:8080"' in shown
+    assert 'alert_url = "********"' in shown

@@ -119,7 +119,9 @@ def crashing_server(
 def test_the_server_refuses_the_model_and_stays_up_talking_people_down(
     crashing_server: LiveServer, crashing_gguf: Path
 ) -> None:
-    health = requests.get(f"{crashing_server.url}/api/v1/health", timeout=30).json()
+    health = requests.get(
+        f"{crashing_server.url}/api/v1/health", headers=crashing_server.device_headers(), timeout=30
+    ).json()
     assert health["status"] == "degraded"
     llm = health["components"]["llm"]
     assert llm["status"] == "error" and llm["key"] == "llm.model_path"

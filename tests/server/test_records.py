@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,46 @@ def test_idle_sessions_are_the_open_ones_with_no_turn_or_frame_since(tmp_path: P
     records.start_session("ray", None)  # started since: not idle either
     assert records.idle_sessions(cut) == [quiet]
     assert records.idle_sessions(cut - 60) == []
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """A shell's usual umask, under which a plain mkdir/connect would give 0755/0644."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_a_new_data_dir_and_its_database_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    records = Records(data / "tadbot.sqlite3")
+    with records.transaction() as db:  # -wal and -shm exist while a connection has written
+        db.execute("INSERT INTO audit_log (t, actor, action, target) VALUES (1, 'a', 'b', 'c')")
+        db.commit()
+        assert _mode(data) == 0o700
+        for name in ("tadbot.sqlite3", "tadbot.sqlite3-wal", "tadbot.sqlite3-shm"):
+            assert _mode(data / name) == 0o600, name
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_a_loose_existing_data_dir_is_tightened_with_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    db_path = data / "tadbot.sqlite3"
+    sqlite3.connect(db_path).close()
+    db_path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="server.records"):
+        Records(db_path)
+    assert (_mode(data), _mode(db_path)) == (0o700, 0o600)
+    assert [r.getMessage() for r in caplog.records if str(data) + " was" in r.getMessage()] == [
+        f"{data} was mode 755; tightened to 700"
+    ]
