@@ -22,9 +22,14 @@ from tests.server.chats import RecordingChat, ScriptedChat
 from tests.tiny_gguf import build_tiny_gemma2_gguf
 
 
-def _companion(tmp_path: Path, chat: Any, memory: Memory | None = None) -> Companion:
+def _companion(
+    tmp_path: Path,
+    chat: Any,
+    memory: Memory | None = None,
+    toml: str = "[llm]\nmax_tokens = 16\nn_ctx = 2048\n",
+) -> Companion:
     config = tmp_path / "tadbot.toml"
-    config.write_text("[llm]\nmax_tokens = 16\nn_ctx = 2048\n", encoding="utf-8")
+    config.write_text(toml, encoding="utf-8")
     settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
     components = Components(records=Records(tmp_path / "db.sqlite3"), chat=chat, memory=memory)
     return Companion(components, settings, Prompts.load("Tad"))
@@ -212,17 +217,17 @@ def test_memories_already_in_the_prompt_are_not_repeated(companion: Companion) -
     assert "thunderstorms make me panic" not in second
 
 
+def _folding_companion(tmp_path: Path, tiny_gguf: Path) -> Companion:
+    """A companion on the tiny model whose history is small enough to fold after a few turns."""
+    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=5))
+    toml = "[llm]\nmax_tokens = 24\nn_ctx = 2048\n[memory]\nhistory_tokens = 300\n"
+    return _companion(tmp_path, chat, toml=toml)
+
+
 def test_a_long_conversation_folds_into_a_summary_and_never_overflows(
     tmp_path: Path, tiny_gguf: Path
 ) -> None:
-    config = tmp_path / "tadbot.toml"
-    config.write_text(
-        "[llm]\nmax_tokens = 24\nn_ctx = 2048\n[memory]\nhistory_tokens = 300\n", encoding="utf-8"
-    )
-    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
-    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=5))
-    components = Components(records=Records(tmp_path / "db.sqlite3"), chat=chat)
-    companion = Companion(components, settings, Prompts.load("Tad"))
+    companion = _folding_companion(tmp_path, tiny_gguf)
     session_id = companion.start_session("max", None)["session_id"]
     lines = [f"turn {n}: my heart races when I think about the meeting on day {n}" for n in range(200)]
     done = _talk(companion, session_id, lines)
@@ -395,14 +400,8 @@ def test_crisis_and_concern_stay_out_of_later_prompts_and_whole_in_the_record(co
 
 
 def test_the_running_summary_never_reads_crisis_or_concern_turns(tmp_path: Path, tiny_gguf: Path) -> None:
-    config = tmp_path / "tadbot.toml"
-    config.write_text(
-        "[llm]\nmax_tokens = 24\nn_ctx = 2048\n[memory]\nhistory_tokens = 300\n", encoding="utf-8"
-    )
-    settings = load_settings(config, env={"TADBOT_DATA_DIR": str(tmp_path / "data")})
-    chat = RecordingChat(LlamaCppChat(tiny_gguf, n_ctx=2048, n_threads=1, seed=5))
-    components = Components(records=Records(tmp_path / "db.sqlite3"), chat=chat)
-    companion = Companion(components, settings, Prompts.load("Tad"))
+    companion = _folding_companion(tmp_path, tiny_gguf)
+    chat = companion.components.chat
     session_id = companion.start_session("wes", None)["session_id"]
     meeting = [f"turn {n}: my heart races when I think about the meeting on day {n}" for n in range(12)]
     _talk(companion, session_id, [CRISIS, meeting[0], CONCERN, *meeting[1:]])
