@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 from flask import Flask
+from flask.testing import FlaskClient
 
 from tests.conftest import LiveServer, start_server, stop_server, tadbot
 from tests.speech import pcm16_wav, speak
@@ -452,6 +453,11 @@ def _app(tmp_path: Path, idle_s: float) -> tuple[Flask, dict[str, str]]:
     return create_app(settings, Components(records=records)), {"Authorization": f"Bearer {token}"}
 
 
+def _open(client: FlaskClient, headers: dict[str, str], name: str) -> str:
+    """A session opened through the in-process app, as a device opens one."""
+    return str(client.post("/api/v1/sessions", headers=headers, json={"client": name}).json["session_id"])
+
+
 def test_a_key_whose_first_attempt_still_streams_gets_409_with_retry_after(tmp_path: Path) -> None:
     from server.engine import TurnInput
 
@@ -459,9 +465,7 @@ def test_a_key_whose_first_attempt_still_streams_gets_409_with_retry_after(tmp_p
     engine = app.extensions["tadbot"]
     client = app.test_client()
     try:
-        session_id = client.post("/api/v1/sessions", headers=headers, json={"client": "wren"}).json[
-            "session_id"
-        ]
+        session_id = _open(client, headers, "wren")
         url = f"/api/v1/sessions/{session_id}/turns"
         keyed = {**headers, "Idempotency-Key": "k-1"}
         first = engine.turn(engine.records.session(session_id), TurnInput(text="hello"), "k-1")
@@ -487,9 +491,7 @@ def test_a_turn_stream_closed_unread_does_not_stay_in_flight(tmp_path: Path) -> 
     engine = app.extensions["tadbot"]
     client = app.test_client()
     try:
-        session_id = client.post("/api/v1/sessions", headers=headers, json={"client": "yves"}).json[
-            "session_id"
-        ]
+        session_id = _open(client, headers, "yves")
         url = f"/api/v1/sessions/{session_id}/turns"
         keyed = {**headers, "Idempotency-Key": "unread"}
         unread = client.post(url, headers=keyed, data={"text": "hello"})
@@ -508,9 +510,7 @@ def test_a_session_left_idle_is_ended_by_the_server_and_a_later_turn_gets_409(tm
     engine = app.extensions["tadbot"]
     client = app.test_client()
     try:
-        session_id = client.post("/api/v1/sessions", headers=headers, json={"client": "xan"}).json[
-            "session_id"
-        ]
+        session_id = _open(client, headers, "xan")
         deadline = time.monotonic() + 10
         while engine.records.session(session_id).ended_at is None:
             assert time.monotonic() < deadline, "the server never ended the idle session"
