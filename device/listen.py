@@ -1,11 +1,11 @@
 """The daemon's ears: a thread that turns a stream of PCM frames into utterances on a queue.
 
-The speaking side holds a `Gate`: while the device talks, the microphone's frames are thrown away, so the
-device never answers its own voice. A file standing in for the microphone is paused instead, because a
-person would wait for the reply before going on. Each item on the queue is a `Heard` utterance; the last
-one is `END`, or `Failed` when something unexpected broke the thread and the daemon should start another.
-With a wake word (device.wakeword), the listener also gives every frame to a `WakeGate`, which decides
-which utterances are sent.
+The state machine (device.states) drives a `Gate`: while the device talks, the microphone's frames are
+thrown away, so the device never answers its own voice. A file standing in for the microphone is paused
+instead, because a person would wait for the reply before going on. Each item on the queue is a `Heard`
+utterance; the last one is `END`, or `Failed` when something unexpected broke the thread and the daemon
+should start another. With a wake word (device.wakeword), the listener also gives every frame to a
+`WakeGate`, which decides which utterances are sent.
 
 The two sources, `MicPcm` (device.mic) and `WavPcm` (device.wavfile), live beside the rest of their
 hardware or file handling and are offered here too, so the daemon finds the whole input side in one place.
@@ -88,7 +88,8 @@ Item: TypeAlias = Heard | Failed | Literal[_End.END]
 
 
 class Gate:
-    """Half-duplex: the speaking side mutes the listener while the device talks.
+    """Half-duplex: the state machine (device.states) mutes the listener from a turn's sending to the end
+    of its reply.
 
     `unmute(tail_s)` keeps the gate shut a little longer, for the room's echo of the last word. With
     `barge_in`, a live listener keeps listening while muted and calls its `on_speech_start`, so the speaker
