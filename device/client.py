@@ -48,7 +48,7 @@ def _one_line(exc: BaseException) -> str:
 class ServerClient:
     """A thin, blocking client: one method per endpoint the device uses; every failure is a ServerError."""
 
-    def __init__(self, base_url: str, token: str, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, token: str, timeout: float = 120.0, ca_file: str = "") -> None:
         import requests
 
         self.base_url = base_url.rstrip("/")
@@ -57,6 +57,8 @@ class ServerClient:
         # Private audio goes to `base_url` and nowhere else: no proxy from HTTP(S)_PROXY/ALL_PROXY, and no
         # credentials from ~/.netrc replacing the device token.
         self._http.trust_env = False
+        if ca_file:  # a clinic's own certificate or CA, in place of the public authorities
+            self._http.verify = ca_file
         self._http.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
@@ -133,8 +135,9 @@ class ServerClient:
         return self._json("/health", method="GET")
 
     def start_session(self, client: str) -> tuple[str, str]:
-        """Open a session for the pseudonym `client`; returns (session_id, greeting to speak)."""
-        body = self._json("/sessions", json={"client": client})
+        """Open a session for the pseudonym `client`, or with "" for the client the server has this device
+        enrolled for; returns (session_id, greeting to speak)."""
+        body = self._json("/sessions", json={"client": client} if client else {})
         try:
             return str(body["session_id"]), str(body.get("greeting", ""))
         except KeyError as exc:

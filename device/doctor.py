@@ -216,7 +216,12 @@ class Doctor:
         return results
 
     def _client(self) -> ServerClient:
-        return ServerClient(self.settings.server_url, self.settings.token, timeout=_HTTP_TIMEOUT_S)
+        return ServerClient(
+            self.settings.server_url,
+            self.settings.token,
+            timeout=_HTTP_TIMEOUT_S,
+            ca_file=self.settings.ca_file,
+        )
 
     def _fetch_health(self) -> dict[str, Any]:
         if self._health is None:

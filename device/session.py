@@ -327,7 +327,7 @@ class Conversation:
             self._backoff.reset()
         self._waiting_said = self._outage_chimed = False
         self._unanswered = 0
-        _LOGGER.info("session %s opened for client %s", session_id, self._client_name)
+        _LOGGER.info("session %s opened for client %s", session_id, self._client_name or "(enrolled)")
         if greet and greeting:
             self.states.go(State.SPEAKING, "greeting")
             self._print(f"bot: {greeting}")

@@ -39,7 +39,20 @@ class DeviceSettings:
 
     server_url: str = field(default="http://127.0.0.1:8710", metadata=_doc("Base URL of the TADBot server."))
     token: str = field(default="", metadata=_doc("Device bearer token from `tadbot admin add-device`."))
-    client: str = field(default="client", metadata=_doc("Pseudonym of the person; no real names."))
+    ca_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM certificate (or CA) to trust for an https server_url, as for a self-signed or local-CA "
+            "server; empty: the public authorities only."
+        ),
+    )
+    client: str = field(
+        default="",
+        metadata=_doc(
+            "Pseudonym of the person; no real names. Empty: the client the server has this device enrolled "
+            "for (`tadbot admin enroll`); name one only when it is enrolled for several."
+        ),
+    )
     tts_engine: str = field(
         default="piper", metadata=_doc("piper (a neural voice) or espeak; piper falls back to espeak.")
     )
@@ -188,11 +201,18 @@ def _is_device_name(value: str) -> bool:
 _LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _CHECKS: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "server_url": (_is_server_url, "an http:// or https:// URL with a host and a valid port"),
+    "ca_file": (
+        lambda v: v == "" or (os.access(v, os.R_OK) and os.path.isfile(v)),
+        "empty, or a readable PEM file",
+    ),
     "token": (
         lambda v: v.isascii() and not any(c.isspace() for c in v),
         "a token of ASCII characters without spaces",
     ),
-    "client": (lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) is not None, "1-64 of A-Z a-z 0-9 _ . -"),
+    "client": (
+        lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", v) is not None,
+        "empty, or 1-64 of A-Z a-z 0-9 _ . -",
+    ),
     "tts_engine": (lambda v: v in TTS_ENGINES, " or ".join(TTS_ENGINES)),
     "piper_voice": (
         lambda v: v.endswith(".onnx") or PIPER_VOICE_RE.fullmatch(v) is not None,

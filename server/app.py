@@ -7,8 +7,10 @@ import io
 import logging
 from typing import IO
 
-from flask import Flask, Request
+from flask import Flask, Request, redirect, url_for
 
+from server.access import Access
+from server.accounts import Accounts, LoginPolicy
 from server.care import Care
 from server.components import Components, ComponentStatus, build_components
 from server.config import Settings, load_settings
@@ -33,6 +35,7 @@ class InMemoryRequest(Request):
 
 def create_app(settings: Settings | None = None, components: Components | None = None) -> Flask:
     from server.api import device, errors, public, therapist
+    from server.dashboard import pages
 
     settings = settings or load_settings()
     prompts = Prompts.load(settings.persona.name, settings.persona.prompt_file)
@@ -51,12 +54,25 @@ def create_app(settings: Settings | None = None, components: Components | None =
     )
     engine = Companion(components, settings, prompts, care)
     app.extensions["tadbot"] = engine
+    app.extensions["tadbot.access"] = Access(engine.records)
+    app.extensions["tadbot.accounts"] = Accounts(engine.records, _login_policy(settings))
     # Stops the background summaries before the interpreter tears down the model they may be using.
     atexit.register(engine.close)
     errors.register(app)
-    for bp in (public.bp, device.bp, therapist.bp):
+    for bp in (public.bp, device.bp, therapist.bp, pages.bp):
         app.register_blueprint(bp)
+    app.add_url_rule("/", "home", lambda: redirect(url_for("dashboard.clients")))
     return app
+
+
+def _login_policy(settings: Settings) -> LoginPolicy:
+    board = settings.dashboard
+    return LoginPolicy(
+        idle_s=board.idle_minutes * 60,
+        max_s=board.max_hours * 3600,
+        lockout_failures=board.lockout_failures,
+        lockout_s=board.lockout_minutes * 60,
+    )
 
 
 def companion() -> Companion:
@@ -64,3 +80,10 @@ def companion() -> Companion:
 
     engine: Companion = current_app.extensions["tadbot"]
     return engine
+
+
+def access() -> Access:
+    from flask import current_app
+
+    found: Access = current_app.extensions["tadbot.access"]
+    return found

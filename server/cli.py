@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 LOCAL_DEVICE = "local"
+LOCAL_CLIENT = "client"
+"""Whom `tadbot run` talks to when no --client is given: one person at one box."""
 # device/settings.py's env override for [device] token (the two packages never import each other).
 DEVICE_TOKEN_ENV = "TADBOT_DEVICE__TOKEN"
 
@@ -151,11 +154,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     _require("server")
     _require("device")
+    from server.access import Access
     from server.records import Records
 
-    token = Records(settings.data_path / "tadbot.sqlite3").add_credential(
-        "devices", LOCAL_DEVICE, replace=True
-    )
+    # This box's own device, enrolled for the client it names (--client) or the default one.
+    access = Access(Records(settings.data_path / "tadbot.sqlite3"))
+    token = access.add("device", LOCAL_DEVICE, actor="tadbot run", replace=True)
+    access.enroll(LOCAL_DEVICE, [_local_client(args, settings)], actor="tadbot run")
     server_cmd = [sys.executable, "-m", "server", "serve"]
     if args.config:
         server_cmd[3:3] = ["--config", args.config]
@@ -163,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         server_cmd += ["--host", args.host]
     if args.port:
         server_cmd += ["--port", str(args.port)]
-    url = f"http://{settings.server.host}:{settings.server.port}"
+    url = f"{settings.server.scheme}://{settings.server.host}:{settings.server.port}"
     server = subprocess.Popen(server_cmd)
     try:
         _wait_healthy(url, server, timeout_s=args.wait)
@@ -178,13 +183,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.kill()
 
 
+def _local_client(args: argparse.Namespace, settings: Settings) -> str:
+    """The client `tadbot run`'s device will ask for: its --client, else [device] client from the
+    environment or the shared config file, else LOCAL_CLIENT."""
+    flag = argparse.ArgumentParser(add_help=False)
+    flag.add_argument("--client")
+    asked = flag.parse_known_args(args.rest)[0].client or os.environ.get("TADBOT_DEVICE__CLIENT")
+    if not asked and settings.source != "defaults":
+        device = tomllib.loads(Path(settings.source).read_text(encoding="utf-8")).get("device", {})
+        asked = device.get("client") if isinstance(device, dict) else None
+    return str(asked or LOCAL_CLIENT)
+
+
 def _wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait for `server`, the child just started, to answer. Over https its certificate is not checked,
+    for the reason in own_server_context: this only asks our own child whether it is up yet."""
+    from server.notify import own_server_context
+
+    context = own_server_context() if url.startswith("https:") else None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise TadbotError("server_failed", f"the server exited with code {server.returncode}; see above")
         try:
-            with urllib.request.urlopen(f"{url}/api/v1/health", timeout=2):
+            with urllib.request.urlopen(f"{url}/api/v1/health", timeout=2, context=context):
                 return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
@@ -192,17 +214,9 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float) -
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    from server.records import Records
+    from server import admin
 
-    table = {"add-device": "devices", "add-therapist": "therapists"}[args.action]
-    records = Records(settings.data_path / "tadbot.sqlite3")
-    token = records.add_credential(table, args.name)
-    print(
-        f"created {table[:-1]} {args.name!r}; its bearer token follows (shown once, stored only as a hash):"
-    )
-    print(token)
-    return 0
+    return admin.run(args)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -525,11 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int)
     run.add_argument("--wait", type=float, default=300, help="seconds to wait for the server to load")
 
-    admin = add("admin", cmd_admin, "create device and therapist credentials; purge old sessions")
+    admin = add(
+        "admin", cmd_admin, "devices, accounts and who may reach which client; logins; audit log; purge"
+    )
     actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, who in (("add-device", "a device"), ("add-therapist", "a therapist")):
-        credential = actions.add_parser(action, help=f"create {who}; its token is printed on the last line")
-        credential.add_argument("name")
+    from server.admin import add_actions
+
+    add_actions(actions)
     purge = actions.add_parser(
         "purge",
         help="delete sessions last active before a cutoff, with their turns, emotions, safety events "

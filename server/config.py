@@ -7,6 +7,7 @@ the value and what is allowed, so it never runs half-configured.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from server.errors import ConfigError
 
@@ -51,6 +53,21 @@ class ServerSection:
         hi=7 * 86400,
     )
     log_level: str = _opt("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    certfile: str = _opt(
+        "",
+        "PEM certificate (its chain after it) for HTTPS; set it with keyfile to serve https:// only, on the "
+        "same port. Empty: plain HTTP, fine on 127.0.0.1. An absolute path, readable by the server's user.",
+    )
+    keyfile: str = _opt(
+        "",
+        "Unencrypted PEM private key of certfile; mode 0600, owned by the server's user (tadbot). Empty: "
+        "plain HTTP.",
+    )
+
+    @property
+    def scheme(self) -> str:
+        """https when certfile is set (load_settings holds it and keyfile to both or neither), else http."""
+        return "https" if self.certfile else "http"
 
 
 @dataclass(frozen=True)
@@ -230,6 +247,43 @@ class RetentionSection:
 
 
 @dataclass(frozen=True)
+class DashboardSection:
+    timezone: str = _opt(
+        "",
+        "The clinic's IANA time zone (e.g. Europe/London) for every time a therapist reads: pages, PDF, "
+        "CSV. Empty: the server's local zone.",
+    )
+    idle_minutes: int = _opt(
+        30, "A therapist's login ends after this many minutes without a page load.", lo=5, hi=720
+    )
+    max_hours: int = _opt(
+        12, "A therapist's login ends this many hours after it began, whatever the activity.", lo=1, hi=168
+    )
+    lockout_failures: int = _opt(
+        5, "Failed logins in a row for one name before that name is locked.", lo=3, hi=50
+    )
+    lockout_minutes: int = _opt(15, "How long a locked name stays locked, in minutes.", lo=1, hi=1440)
+
+    def tzinfo(self) -> datetime.tzinfo:
+        """The zone times are shown in: `timezone` (checked at start-up), else the server's local zone."""
+        return ZoneInfo(self.timezone) if self.timezone else local_zone()
+
+
+def local_zone() -> datetime.tzinfo:
+    """The server's own zone with its daylight-saving rules ($TZ, else /etc/localtime), so a time from last
+    summer reads as it did then. Only where neither can be read, the fixed offset in effect now."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as local:
+            return ZoneInfo.from_file(local, key="localtime")
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        now = datetime.datetime.now().astimezone().tzinfo
+        return now if now is not None else datetime.UTC
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSection = field(default_factory=ServerSection)
     llm: LlmSection = field(default_factory=LlmSection)
@@ -239,6 +293,7 @@ class Settings:
     persona: PersonaSection = field(default_factory=PersonaSection)
     safety: SafetySection = field(default_factory=SafetySection)
     retention: RetentionSection = field(default_factory=RetentionSection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     source: str = "defaults"
 
     @property
@@ -299,8 +354,10 @@ def load_settings(
         if not isinstance(table, dict):
             raise ConfigError("config_invalid", f"[{name}] must be a table, got {table!r}")
         built[name] = _build_section(name, SECTION_TYPES[name], table, env, (overrides or {}).get(name, {}))
-    settings = Settings(**built, source=str(path) if path else "defaults")
-    return _check_together(settings)
+    settings = _check_together(Settings(**built, source=str(path) if path else "defaults"))
+    _check_tls(settings.server)
+    _check_timezone(settings.dashboard)
+    return settings
 
 
 PROMPT_RESERVE_TOKENS = 512
@@ -335,6 +392,55 @@ def _check_together(settings: Settings) -> Settings:
     return settings
 
 
+def _check_tls(server: ServerSection) -> None:
+    """certfile and keyfile: both or neither, each a readable file, and a pair that loads, here rather than
+    in gunicorn's worker, where a bad one would fail each connection instead of the start."""
+    import ssl
+
+    if not server.certfile and not server.keyfile:
+        return
+    for key, other in (("certfile", "keyfile"), ("keyfile", "certfile")):
+        value = getattr(server, key)
+        if not value:
+            raise ConfigError(
+                "config_invalid",
+                f"server.{key} is empty but server.{other} is set: HTTPS needs both, plain HTTP neither",
+            )
+        if not os.path.isfile(value):
+            raise ConfigError("config_invalid", f"server.{key} = {value!r}: no such file")
+        if not os.access(value, os.R_OK):
+            raise ConfigError("config_invalid", f"server.{key} = {value!r}: this user cannot read it")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=server.certfile)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            "config_invalid", f"server.certfile = {server.certfile!r}: not a PEM certificate ({exc})"
+        ) from None
+    try:
+        # An encrypted key would make OpenSSL ask for its passphrase on the terminal: refuse it instead.
+        context.load_cert_chain(server.certfile, server.keyfile, password=lambda: b"")
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            "config_invalid",
+            f"server.keyfile = {server.keyfile!r}: not an unencrypted PEM private key matching "
+            f"server.certfile ({exc})",
+        ) from None
+
+
+def _check_timezone(dashboard: DashboardSection) -> None:
+    if not dashboard.timezone:
+        return
+    try:
+        dashboard.tzinfo()
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            "config_invalid",
+            f"dashboard.timezone = {dashboard.timezone!r}: not an IANA time zone; use a name such as "
+            '"Europe/London" or "America/New_York", or "" for the server\'s local zone',
+        ) from None
+
+
 SECTION_TYPES: dict[str, type] = {
     "server": ServerSection,
     "llm": LlmSection,
@@ -344,6 +450,7 @@ SECTION_TYPES: dict[str, type] = {
     "safety": SafetySection,
     "persona": PersonaSection,
     "retention": RetentionSection,
+    "dashboard": DashboardSection,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -53,7 +54,7 @@ def watchdog_interval() -> float | None:
     return usec / 2_000_000 if usec > 0 else None
 
 
-def _local_url(host: str, port: int) -> str:
+def _local_url(host: str, port: int, scheme: str = "http") -> str:
     """The health URL as seen from this machine: a wildcard bind is asked on loopback."""
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
@@ -61,16 +62,28 @@ def _local_url(host: str, port: int) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/api/v1/health"
+    return f"{scheme}://{host}:{port}/api/v1/health"
+
+
+def own_server_context() -> ssl.SSLContext:
+    """TLS for asking this machine's own server, the one it just started, how it is: no certificate check.
+    The certificate names the server as the LAN sees it and may be self-signed, so checking it on a
+    loopback address would only fail a healthy server; nothing leaves the machine and no secret is sent."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class HealthWatchdog:
     """The master's thread: READY after the first health answer, then WATCHDOG while answers come."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, scheme: str = "http") -> None:
         """Takes $NOTIFY_SOCKET out of the environment: gunicorn would otherwise say READY itself as soon
-        as its master boots, before the app has loaded, and its workers must not speak for the unit."""
-        self.url = _local_url(host, port)
+        as its master boots, before the app has loaded, and its workers must not speak for the unit.
+        `scheme` is https when the server has a certificate (ServerSection.scheme)."""
+        self.url = _local_url(host, port, scheme)
+        self._context = own_server_context() if scheme == "https" else None
         self._interval = watchdog_interval()
         self._address = os.environ.pop("NOTIFY_SOCKET", "")
         self._stop = threading.Event()
@@ -92,7 +105,7 @@ class HealthWatchdog:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url, timeout=_HEALTH_TIMEOUT_S) as answer:
+            with urllib.request.urlopen(self.url, timeout=_HEALTH_TIMEOUT_S, context=self._context) as answer:
                 return bool(answer.status == 200)
         except (urllib.error.URLError, OSError) as exc:
             _LOGGER.debug("health check failed: %s", exc)

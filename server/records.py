@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.errors import BadRequest, NotFound
+from server.errors import NotFound
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -134,6 +134,16 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             "hypothesis": "INTEGER NOT NULL DEFAULT 1",
             "heard_as": "TEXT NOT NULL DEFAULT ''",
         },
+        "devices": {"expires_at": "REAL", "revoked_at": "REAL", "last_seen": "REAL"},
+        "therapists": {
+            "expires_at": "REAL",
+            "revoked_at": "REAL",
+            "last_seen": "REAL",
+            "role": "TEXT NOT NULL DEFAULT 'therapist'",
+            "password_hash": "TEXT",
+            "totp_secret": "TEXT",
+            "totp_last": "INTEGER",
+        },
     }
     for table, columns in wanted.items():
         have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
@@ -142,6 +152,25 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
     # Indexes on added columns: schema.sql cannot make them before an old data dir has the column.
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS turns_by_key ON turns (session_id, idempotency_key)")
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return found is not None
+
+
+def _enroll_from_history(db: sqlite3.Connection) -> None:
+    """A data dir from before enrolment: each device is enrolled for the clients it has already served, so
+    no one's Pi goes quiet on upgrade. Therapists get no assignments: an admin gives each their clients."""
+    db.execute(
+        "INSERT OR IGNORE INTO enrollments (device_id, client_id) "
+        "SELECT DISTINCT device_id, client_id FROM sessions WHERE device_id IS NOT NULL"
+    )
+    if db.execute("SELECT 1 FROM therapists LIMIT 1").fetchone() is not None:
+        _LOGGER.warning(
+            "therapists now see only the clients assigned to them: assign each with "
+            "`tadbot admin assign THERAPIST CLIENT`"
+        )
 
 
 _RAISED_ON_TURN = (
@@ -249,8 +278,11 @@ class Records:
         schema = resources.files("server").joinpath("schema.sql").read_text(encoding="utf-8")
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            scoped = _has_table(db, "enrollments")
             db.executescript(schema)
             _add_missing_columns(db)
+            if not scoped:
+                _enroll_from_history(db)
         for suffix in ("-wal", "-shm"):  # an older version may have left them looser
             side = path.with_name(path.name + suffix)
             if side.exists():
@@ -275,44 +307,6 @@ class Records:
     def check(self) -> None:
         with self._connect() as db:
             db.execute("SELECT 1").fetchone()
-
-    # Credentials -------------------------------------------------------------------------------
-
-    def add_credential(self, table: str, name: str, *, replace: bool = False) -> str:
-        """Create a device or therapist and return its bearer token (shown once, stored hashed)."""
-        if table not in ("devices", "therapists"):
-            raise ValueError(table)
-        if not name.strip():
-            raise BadRequest("bad_name", "give a non-empty name")
-        token = new_token()
-        with self._connect() as db:
-            if replace:
-                db.execute(
-                    f"INSERT INTO {table} (name, token_hash, created_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash",
-                    (name, hash_token(token), time.time()),
-                )
-            else:
-                try:
-                    db.execute(
-                        f"INSERT INTO {table} (name, token_hash, created_at) VALUES (?, ?, ?)",
-                        (name, hash_token(token), time.time()),
-                    )
-                except sqlite3.IntegrityError:
-                    raise BadRequest(
-                        "name_taken", f"{table[:-1]} {name!r} already exists; pick another name"
-                    ) from None
-            self._audit(db, "admin", f"add_{table[:-1]}", name)
-        return token
-
-    def who(self, table: str, token: str) -> sqlite3.Row | None:
-        if table not in ("devices", "therapists"):
-            raise ValueError(table)
-        with self._connect() as db:
-            row: sqlite3.Row | None = db.execute(
-                f"SELECT id, name FROM {table} WHERE token_hash = ?", (hash_token(token),)
-            ).fetchone()
-            return row
 
     # Sessions and turns ------------------------------------------------------------------------
 
@@ -567,7 +561,8 @@ class Records:
 
     # The therapist's view ---------------------------------------------------------------------
 
-    def list_sessions(self, client: str | None = None) -> list[dict[str, Any]]:
+    def list_sessions(self, clients: Sequence[str]) -> list[dict[str, Any]]:
+        """The sessions of these clients (a caller's own), newest first."""
         query = (
             "SELECT s.id, c.pseudonym AS client, s.started_at, s.ended_at, "
             "(SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id AND t.role = 'user') AS turns, "
@@ -576,12 +571,11 @@ class Records:
             "AS crisis "
             "FROM sessions s JOIN clients c ON c.id = s.client_id"
         )
-        params: tuple[Any, ...] = ()
-        if client is not None:
-            query += " WHERE c.pseudonym = ?"
-            params = (client,)
+        marks = ", ".join("?" * len(clients))
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY s.started_at DESC", params).fetchall()
+            rows = db.execute(
+                query + f" WHERE c.pseudonym IN ({marks}) ORDER BY s.started_at DESC", tuple(clients)
+            ).fetchall()
         return [{**dict(r), "crisis": bool(r["crisis"])} for r in rows]
 
     def session_log(self, session_id: str) -> dict[str, Any]:
@@ -595,7 +589,7 @@ class Records:
                     "confidence": json.loads(r["confidence"]) if r["confidence"] else None,
                 }
                 for r in db.execute(
-                    "SELECT id, role, text, created_at, timings, confidence FROM turns "
+                    "SELECT id, role, text, created_at, timings, confidence, source FROM turns "
                     "WHERE session_id = ? ORDER BY id",
                     (session_id,),
                 )
@@ -628,14 +622,23 @@ class Records:
 
     def audit(self, actor: str, action: str, target: str = "") -> None:
         with self._connect() as db:
-            self._audit(db, actor, action, target)
+            self.audit_in(db, actor, action, target)
 
     @staticmethod
-    def _audit(db: sqlite3.Connection, actor: str, action: str, target: str) -> None:
+    def audit_in(db: sqlite3.Connection, actor: str, action: str, target: str) -> None:
+        """The audit line inside the caller's transaction: the action and its line commit together."""
         db.execute(
             "INSERT INTO audit_log (t, actor, action, target) VALUES (?, ?, ?, ?)",
             (time.time(), actor, action, target),
         )
+
+    def audit_lines(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest lines of the audit log, newest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT t, actor, action, target FROM audit_log ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [dict(r) for r in rows]
 
     def require_client(self, client: str) -> None:
         with self._connect() as db:
@@ -653,6 +656,6 @@ class Records:
             ).fetchone()
             db.execute("DELETE FROM clients WHERE id = ?", (row["id"],))
             # The audit line records that an erasure happened, not who was erased.
-            self._audit(db, actor, "delete_client", f"{sessions} sessions")
+            self.audit_in(db, actor, "delete_client", f"{sessions} sessions")
         _LOGGER.info("erased a client: %d sessions", sessions)
         return {"sessions": int(sessions)}

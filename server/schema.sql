@@ -5,18 +5,32 @@ CREATE TABLE IF NOT EXISTS clients (
     created_at REAL NOT NULL
 );
 
+-- Devices and therapists hold one bearer token each (its SHA-256; rotating replaces it). A revoked or
+-- expired one is refused; columns after created_at are added by records.py to older data dirs too.
 CREATE TABLE IF NOT EXISTS devices (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     token_hash TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    last_seen REAL
 );
 
 CREATE TABLE IF NOT EXISTS therapists (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     token_hash TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    last_seen REAL,
+    role TEXT NOT NULL DEFAULT 'therapist',
+    -- argon2id, for the dashboard's login; null: this account has no password and logs in by token only.
+    password_hash TEXT,
+    -- A base32 TOTP secret when the second factor is on, and the last time step used (no replays).
+    totp_secret TEXT,
+    totp_last INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS sessions (
@@ -83,4 +97,46 @@ CREATE TABLE IF NOT EXISTS audit_log (
     actor TEXT NOT NULL,
     action TEXT NOT NULL,
     target TEXT NOT NULL DEFAULT ''
+);
+
+-- Who may do what. A device opens sessions only for the clients it is enrolled for; a therapist (or an
+-- admin, a therapists row with role 'admin') reads only the clients assigned to them.
+CREATE TABLE IF NOT EXISTS enrollments (
+    device_id INTEGER NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    client_id INTEGER NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    PRIMARY KEY (device_id, client_id)
+);
+
+CREATE TABLE IF NOT EXISTS assignments (
+    therapist_id INTEGER NOT NULL REFERENCES therapists (id) ON DELETE CASCADE,
+    client_id INTEGER NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    PRIMARY KEY (therapist_id, client_id)
+);
+
+-- A dashboard login: the cookie holds a random id, stored here only as its hash, with the form token.
+CREATE TABLE IF NOT EXISTS web_sessions (
+    id_hash TEXT PRIMARY KEY,
+    therapist_id INTEGER NOT NULL REFERENCES therapists (id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seen_at REAL NOT NULL
+);
+
+-- Every login attempt, for lockout and rate limits: the name tried (known or not) and the address.
+CREATE TABLE IF NOT EXISTS login_attempts (
+    id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    ok INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_attempts_by_name ON login_attempts (name, t);
+CREATE INDEX IF NOT EXISTS login_attempts_by_address ON login_attempts (address, t);
+
+-- Which sessions a therapist has opened, so the dashboard can mark the unread ones.
+CREATE TABLE IF NOT EXISTS session_reads (
+    therapist_id INTEGER NOT NULL REFERENCES therapists (id) ON DELETE CASCADE,
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    t REAL NOT NULL,
+    PRIMARY KEY (therapist_id, session_id)
 );

@@ -21,7 +21,8 @@ WORKER_BOOT_ERROR = 3
 class TadbotGunicorn(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.watchdog = HealthWatchdog(settings.server.host, settings.server.port)
+        server = settings.server
+        self.watchdog = HealthWatchdog(server.host, server.port, scheme=server.scheme)
         super().__init__()
 
     def load_config(self) -> None:
@@ -46,6 +47,9 @@ class TadbotGunicorn(BaseApplication):
             # gunicorn >= 24 opens a control socket under $HOME; nothing here uses it, and systemd's
             # ProtectHome would refuse it.
             options["control_socket_disable"] = True
+        if server.certfile:  # checked at start-up: keyfile is set too, and the pair loads
+            options["certfile"] = server.certfile
+            options["keyfile"] = server.keyfile
         for key, value in options.items():
             self.cfg.set(key, value)
 

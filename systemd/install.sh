@@ -308,12 +308,13 @@ make_token() {
     local name out
     name=$(hostname)
     if ((DRY_RUN)); then
-        say "would run: tadbot admin add-device $name, and add its TADBOT_DEVICE__TOKEN to $ENV_FILE"
+        say "would run: tadbot admin add-device $name --client client, and add its TADBOT_DEVICE__TOKEN to $ENV_FILE"
         return 0
     fi
     # The name is taken when the env file was reset but the database kept the device: use a fresh one.
-    out=$(as_service admin add-device "$name") ||
-        out=$(as_service admin add-device "$name-$(date +%Y%m%d-%H%M%S)") ||
+    # One box, one person: the device is enrolled for the pseudonym "client" (`tadbot admin enroll` changes it).
+    out=$(as_service admin add-device "$name" --client client) ||
+        out=$(as_service admin add-device "$name-$(date +%Y%m%d-%H%M%S)" --client client) ||
         die "tadbot admin add-device failed (see above)"
     printf 'TADBOT_DEVICE__TOKEN=%s\n' "$(tail -n 1 <<<"$out")" >>"$ENV_FILE"
     say "$(head -n 1 <<<"$out" | cut -d';' -f1); its token is in $ENV_FILE"
@@ -404,7 +405,7 @@ install_all() {
     fi
     step "done"
     if [[ $skip == "no device token yet" ]]; then
-        say "next: on the server run tadbot admin add-device NAME, put its token in $ENV_FILE as"
+        say "next: on the server run tadbot admin add-device NAME --client CLIENT, put its token in $ENV_FILE as"
         say "TADBOT_DEVICE__TOKEN=..., set [device] server_url in $CONFIG, and run this again"
     elif [[ -z $skip ]]; then
         say "see: systemctl status ${ENABLE[*]}"

@@ -103,7 +103,17 @@ class LiveServer:
     def therapist_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.therapist_token}"}
 
+    def enroll(self, *clients: str) -> None:
+        """Enrol the test device for these clients and assign them to the test therapist, as admins do."""
+        from server.access import Access
+        from server.records import Records
+
+        access = Access(Records(self.data_dir / "tadbot.sqlite3"))
+        access.enroll("test-pi", list(clients), actor="test")
+        access.assign("dr-test", list(clients), actor="test")
+
     def start_session(self, client: str) -> dict[str, str]:
+        self.enroll(client)
         answer = requests.post(
             f"{self.url}/api/v1/sessions", headers=self.device_headers(), json={"client": client}, timeout=30
         )

@@ -81,6 +81,7 @@ def test_spoken_turn_streams_events_in_order(live_server: LiveServer, face_jpeg:
 def test_device_cli_speaks_the_reply_and_the_therapist_can_export_it(
     live_server: LiveServer, face_jpeg: Path, tmp_path: Path
 ) -> None:
+    live_server.enroll("e2e-cli")
     utterance = tmp_path / "utterance.wav"
     utterance.write_bytes(speak(SENTENCE))
     reply = tmp_path / "reply.wav"
@@ -149,6 +150,7 @@ def test_a_real_voice_through_the_device_cli_is_heard_by_whisper_nearly_word_for
     live_server: LiveServer, tmp_path: Path
 ) -> None:
     """With no stt.* keys set, `tadbot device --audio-file jfk.wav`: President Kennedy's 11 s, WER <= 0.10."""
+    live_server.enroll("e2e-jfk")
     (clip,) = read_clips(SPEECH)
     done = tadbot(
         *("device", "--server", live_server.url, "--token", live_server.device_token, "--client", "e2e-jfk"),
@@ -219,6 +221,7 @@ def test_a_typed_turn_is_answered_from_persona_face_and_memories(
     live_server: LiveServer, face_jpeg: Path, tiny_gguf: Path
 ) -> None:
     """`tadbot device --text ...`: the reply was generated from the persona, the face note and a memory."""
+    live_server.enroll("e2e-mem")
     device = (
         "device",
         "--server",
@@ -265,6 +268,7 @@ def test_a_crisis_typed_on_the_device_gets_the_helpline_and_is_flagged_for_the_t
     live_server: LiveServer,
 ) -> None:
     """`tadbot device --text "I want to end my life"`: the crisis script, spoken, and a flag in the export."""
+    live_server.enroll("e2e-crisis")
     device = ("device", "--server", live_server.url, "--token", live_server.device_token)
     done = tadbot(*device, "--client", "e2e-crisis", "--text", "I want to end my life", env=live_server.env)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -13,33 +13,29 @@ def _bearer() -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def require(table: str) -> None:
-    """Run before each request of a blueprint; puts the caller's row on `g.caller`."""
-    from server.app import companion
+def require(kind: str) -> None:
+    """Run before each request of a blueprint; puts the caller (a server.access.Caller) on `g.caller`."""
+    from server.app import access
 
     token = _bearer()
     if not token:
         raise AuthError(
             "missing_token",
-            f"send 'Authorization: Bearer <token>'; create one with `tadbot admin add-{table[:-1]} NAME`",
+            f"send 'Authorization: Bearer <token>'; create one with `tadbot admin add-{kind} NAME`",
         )
-    row = companion().records.who(table, token)
-    if row is None:
-        raise AuthError("bad_token", f"this token is not a valid {table[:-1]} token")
-    g.caller = row
+    g.caller = access().caller(kind, token)
 
 
 def known_caller() -> bool:
     """Whether the request carries a valid device or therapist token. Never refuses and never raises, so a
     public route can show more to a known caller while a probe without (or with a wrong) token is still
     answered."""
-    from server.app import companion
+    from server.app import access
 
     token = _bearer()
     if not token:
         return False
     try:
-        records = companion().records
-        return any(records.who(table, token) is not None for table in ("devices", "therapists"))
+        return access().known(token)
     except Exception:  # a broken database must not take the health answer down with it
         return False

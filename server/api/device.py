@@ -9,15 +9,15 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from server.access import NAME_PATTERN, NAME_RULE, Forbidden
 from server.api.auth import require
-from server.app import companion
+from server.app import access, companion
 from server.engine import TurnInput
 from server.errors import BadRequest, TadbotError
 from server.records import SessionRow
 
 bp = Blueprint("device", __name__, url_prefix="/api/v1/sessions")
 
-CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MAX_FRAMES_PER_TURN = 8
 # About three minutes of speech: longer typed text would crowd the history out of the model's context.
 MAX_TEXT_CHARS = 2000
@@ -27,20 +27,22 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,100}")
 
 @bp.before_request
 def _authenticate() -> None:
-    require("devices")
+    require("device")
 
 
 @bp.post("")
 def start_session() -> tuple[Response, int]:
-    body = request.get_json(silent=True)
-    client = body.get("client") if isinstance(body, dict) else None
-    if not isinstance(client, str) or not CLIENT_PATTERN.match(client):
+    """The server picks whose session it is: the client asked for, if this device is enrolled for them, or
+    the one client it is enrolled for when it names none."""
+    body = request.get_json(silent=True) if request.content_length else {}
+    asked = body.get("client") if isinstance(body, dict) else ""
+    if asked is not None and (not isinstance(asked, str) or not NAME_PATTERN.match(asked)):
         raise BadRequest(
             "bad_client",
-            'send JSON {"client": "<pseudonym>"}: 1-64 letters, digits, or _ . @ -, '
-            "starting with a letter or digit",
+            f'send JSON {{"client": "<pseudonym>"}} ({NAME_RULE}), or {{}} for this device\'s client',
         )
-    return jsonify(companion().start_session(client, g.caller["id"])), 201
+    client = access().session_client(g.caller, asked)
+    return jsonify({**companion().start_session(client, g.caller.id), "client": client}), 201
 
 
 @bp.post("/<session_id>/turns")
@@ -104,8 +106,10 @@ def end(session_id: str) -> Response:
 
 def _own_session(session_id: str) -> SessionRow:
     session = companion().records.session(session_id)
-    if session.device_id != g.caller["id"]:
+    if session.device_id != g.caller.id:
         raise TadbotError("unknown_session", f"no session {session_id!r} for this device", 404)
+    if not access().is_enrolled(g.caller.id, session.client):
+        raise Forbidden("client_not_enrolled", "this device is no longer enrolled for this session's client")
     return session
 
 

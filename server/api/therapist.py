@@ -1,12 +1,13 @@
-"""The therapist's API: read sessions, export a session log, erase a client."""
+"""The therapist's API: read sessions, export a session log, erase a client; each only for the clients
+assigned to the caller (an admin may erase any), and each in the audit log."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from server.api.auth import require
-from server.app import companion
-from server.errors import BadRequest
+from server.app import access, companion
+from server.errors import BadRequest, NotFound
 from server.export import EXPORTERS
 
 bp = Blueprint("therapist", __name__, url_prefix="/api/v1")
@@ -14,24 +15,26 @@ bp = Blueprint("therapist", __name__, url_prefix="/api/v1")
 
 @bp.before_request
 def _authenticate() -> None:
-    require("therapists")
+    require("therapist")
 
 
 @bp.get("/sessions")
 def list_sessions() -> Response:
     client = request.args.get("client")
+    mine = access().assigned(g.caller)
+    if client is not None and client not in mine:
+        raise NotFound("unknown_client", f"no client {client!r} among those assigned to you")
     engine = companion()
-    sessions = engine.records.list_sessions(client)
-    target = f"client={client}" if client else "all"
-    engine.records.audit(f"therapist:{g.caller['name']}", "list_sessions", target)
+    sessions = engine.records.list_sessions([client] if client else mine)
+    engine.records.audit(g.caller.actor, "list_sessions", f"client={client}" if client else "all")
     return jsonify({"sessions": sessions})
 
 
 @bp.get("/sessions/<session_id>")
 def read_session(session_id: str) -> Response:
     engine = companion()
-    log = engine.records.session_log(session_id)
-    engine.records.audit(f"therapist:{g.caller['name']}", "read_session", session_id)
+    log = _readable_log(session_id)
+    engine.records.audit(g.caller.actor, "read_session", session_id)
     return jsonify(log)
 
 
@@ -40,9 +43,8 @@ def export_session(session_id: str) -> Response:
     fmt = request.args.get("format", "json")
     if fmt not in EXPORTERS:
         raise BadRequest("bad_format", f"format must be one of: {', '.join(EXPORTERS)}")
-    engine = companion()
-    log = engine.records.session_log(session_id)
-    engine.records.audit(f"therapist:{g.caller['name']}", f"export_{fmt}", session_id)
+    log = _readable_log(session_id)
+    companion().records.audit(g.caller.actor, f"export_{fmt}", session_id)
     body, mimetype = EXPORTERS[fmt](log)
     return Response(
         body,
@@ -56,5 +58,19 @@ def export_session(session_id: str) -> Response:
 
 @bp.delete("/clients/<client>")
 def delete_client(client: str) -> Response:
-    erased = companion().forget_client(client, f"therapist:{g.caller['name']}")
+    if not access().may_erase(g.caller, client):
+        raise NotFound("unknown_client", f"no client {client!r} among those you may erase")
+    erased = companion().forget_client(client, g.caller.actor)
     return jsonify({"client": client, "erased": erased})
+
+
+def _readable_log(session_id: str) -> dict[str, object]:
+    """The session's log when its client is the caller's; any other session reads as absent."""
+    records = companion().records
+    try:
+        client = records.session(session_id).client
+    except NotFound:
+        client = None
+    if client is None or not access().may_read(g.caller, client):
+        raise NotFound("unknown_session", f"no session {session_id!r} among your clients'")
+    return records.session_log(session_id)

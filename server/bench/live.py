@@ -49,6 +49,7 @@ class LiveServer:
         max_tokens: int,
         speaking_wpm: int = 0,
     ) -> None:
+        from server.access import Access
         from server.records import Records
 
         self._speaking_wpm = speaking_wpm
@@ -63,7 +64,9 @@ class LiveServer:
             f'[fer]\nmodel_path = "{root / "no-fer.onnx"}"\n',
             encoding="utf-8",
         )
-        self._token = Records(data / "tadbot.sqlite3").add_credential("devices", "bench")
+        access = Access(Records(data / "tadbot.sqlite3"))
+        self._token = access.add("device", "bench", actor="bench")
+        access.enroll("bench", [BENCH_CLIENT], actor="bench")
         self._log = (root / "server.log").open("wb")
         env = {**os.environ, "TADBOT_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
         self._process = subprocess.Popen(

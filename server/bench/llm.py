@@ -155,7 +155,7 @@ def _conversation(database: Path) -> tuple[str, Conversation]:
     from server.records import Records
 
     records = Records(database)
-    (last,) = [s["id"] for s in records.list_sessions(BENCH_CLIENT)][:1]
+    (last,) = [s["id"] for s in records.list_sessions([BENCH_CLIENT])][:1]
     return last, records.conversation(last)
 
 

@@ -12,6 +12,7 @@ import copy
 import email.parser
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Generator
@@ -190,10 +191,16 @@ class _Server(ThreadingHTTPServer):
     state: Loopback
 
 
-def serve(chunked: bool = False, port: int = 0) -> Generator[Loopback, None, None]:
-    """Run the server in a thread for one test; turn bodies are chunked, or end when the connection closes."""
+def serve(
+    chunked: bool = False, port: int = 0, tls: ssl.SSLContext | None = None
+) -> Generator[Loopback, None, None]:
+    """Run the server in a thread for one test; turn bodies are chunked, or end when the connection closes.
+    With `tls`, it speaks https with that context's certificate."""
     server = _Server(("127.0.0.1", port), _Handler)
-    server.state = Loopback(url=f"http://127.0.0.1:{server.server_address[1]}", chunked=chunked)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    server.state = Loopback(url=f"{scheme}://127.0.0.1:{server.server_address[1]}", chunked=chunked)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

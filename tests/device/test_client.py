@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,29 @@ def test_any_other_requests_failure_is_one_line(loopback: Loopback) -> None:
         f"POST /api/v1/sessions/loop/end to {loopback.url} failed: Exceeded 30 redirects."
     )
     assert not caught.value.transient
+
+
+def test_an_https_server_with_its_own_certificate_is_trusted_only_through_ca_file(tmp_path: Path) -> None:
+    """A clinic's self-signed server: refused with the public authorities, trusted once named in ca_file."""
+    import contextlib
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "tadbot.crt", tmp_path / "tadbot.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with contextlib.contextmanager(serve)(tls=context) as server:
+        with pytest.raises(ServerError):
+            ServerClient(server.url, TOKEN, 10).start_session("anon-7")
+        assert ServerClient(server.url, TOKEN, 10, ca_file=str(cert)).start_session("anon-7") == (
+            "s1",
+            GREETING,
+        )

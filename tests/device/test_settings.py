@@ -22,7 +22,7 @@ def test_defaults_without_any_file() -> None:
     assert settings == DeviceSettings()
     assert settings.server_url == "http://127.0.0.1:8710"
     assert (settings.client, settings.tts_rate, settings.tts_volume, settings.camera_index) == (
-        "client",
+        "",
         165,
         1.0,
         0,

@@ -71,7 +71,7 @@ def test_a_crisis_is_answered_from_the_script_without_asking_the_model(
     assert flag["turn_id"] == log["turns"][0]["id"]
     assert "!! SAFETY CRISIS" in to_text(log)[0]
     assert "suicidal_ideation: end my life" in to_csv(log)[0]
-    assert companion.records.list_sessions("ann")[0]["crisis"] is True
+    assert companion.records.list_sessions(["ann"])[0]["crisis"] is True
 
 
 def test_the_locale_picks_the_helpline(tmp_path: Path, chat: RecordingChat) -> None:
@@ -301,7 +301,7 @@ def test_a_locked_database_never_holds_up_the_helpline_and_the_record_lands_afte
     # Kept at the time they happened, not when the write finally landed.
     assert log["emotion_samples"][0]["t"] <= log["turns"][0]["created_at"] == flag["t"]
     assert log["turns"][1]["created_at"] < time.time() - 1.0, "stamped when said, not when written"
-    assert companion.records.list_sessions("pam")[0]["crisis"] is True
+    assert companion.records.list_sessions(["pam"])[0]["crisis"] is True
     companion.close()
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from server.config import describe, load_settings, resolve_data_dir
+from server.config import DashboardSection, describe, load_settings, resolve_data_dir
 from server.errors import ConfigError
 
 
@@ -118,3 +123,47 @@ def test_config_show_keeps_a_url_without_secrets_and_hides_an_unparsable_one(tmp
     shown = describe(load_settings(plain, env={}))
     assert 'base_url = "http://127.0.0.1:8080"' in shown
     assert 'alert_url = "********"' in shown
+
+
+def test_the_dashboard_keys_default_and_follow_the_environment(tmp_path: Path) -> None:
+    dashboard = load_settings(_write(tmp_path, ""), env={}).dashboard
+    assert dashboard == DashboardSection("", 30, 12, 5, 15)
+    env = {"TADBOT_DASHBOARD__TIMEZONE": "Europe/London", "TADBOT_DASHBOARD__IDLE_MINUTES": "10"}
+    set_in_file = _write(tmp_path, "[dashboard]\nmax_hours = 8\nlockout_failures = 3\nlockout_minutes = 60\n")
+    dashboard = load_settings(set_in_file, env=env).dashboard
+    assert dashboard == DashboardSection("Europe/London", 10, 8, 3, 60)
+    assert "[dashboard]" in describe(load_settings(set_in_file, env=env))
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "europe/london", "Europe", "/etc/localtime", "../UTC"])
+def test_an_unknown_time_zone_stops_start_up_naming_the_key(tmp_path: Path, zone: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, f'[dashboard]\ntimezone = "{zone}"\n'), env={})
+    assert f"dashboard.timezone = {zone!r}: not an IANA time zone" in caught.value.message
+    assert '"Europe/London"' in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_dashboard_ranges_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, ""), env={"TADBOT_DASHBOARD__IDLE_MINUTES": "4"})
+    assert caught.value.message == "dashboard.idle_minutes = 4: must be between 5 and 720"
+
+
+def test_times_are_shown_in_the_clinic_zone_else_the_servers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    london = DashboardSection(timezone="Europe/London").tzinfo()
+    assert london == ZoneInfo("Europe/London")
+    assert datetime(2024, 7, 1, tzinfo=london).utcoffset() == timedelta(hours=1)
+    assert datetime(2024, 1, 1, tzinfo=london).utcoffset() == timedelta(0)
+    local = DashboardSection().tzinfo()
+    assert datetime.now(local).utcoffset() == datetime.now().astimezone().utcoffset()
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    assert DashboardSection().tzinfo() == ZoneInfo("Asia/Tokyo")
+
+
+def test_the_readme_lists_the_dashboard_keys_and_the_tls_pair_at_their_defaults() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "[dashboard]" in b)
+    documented = tomllib.loads(block)
+    assert documented["dashboard"] == dataclasses.asdict(DashboardSection())
+    assert (documented["server"]["certfile"], documented["server"]["keyfile"]) == ("", "")

@@ -99,7 +99,7 @@ def test_forgetting_a_client_erases_records_and_memory(companion: Companion) -> 
     assert erased == {"sessions": 1, "memories": 2}
     assert companion.components.memory.count("dan") == 0
     assert companion.components.memory.count("eve") == 2
-    assert [s["client"] for s in companion.records.list_sessions()] == ["eve"]
+    assert [s["client"] for s in companion.records.list_sessions(["dan", "eve"])] == ["eve"]
 
 
 def test_an_empty_reply_is_replaced_by_the_talk_down_not_silence(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from server.access import Access
 from server.config import RetentionSection, describe, load_settings
 from server.embedding import MiniLMEmbedder
 from server.memory import Memory
@@ -60,13 +61,13 @@ def _seed(data_dir: Path, embedder: MiniLMEmbedder) -> Seeded:
     """Sessions written through the real Records and Memory, then moved back in time with plain SQL."""
     records = Records(data_dir / "tadbot.sqlite3")
     memory = Memory(data_dir / "memory", embedder)
-    device = records.who("devices", records.add_credential("devices", "pi"))
-    records.add_credential("therapists", "dr-who")
-    assert device is not None
+    access = Access(records)
+    device = access.caller("device", access.add("device", "pi", actor="test"))
+    access.add("therapist", "dr-who", actor="test")
     now = time.time()
     ids: dict[str, str] = {}
     for name, (client, started, turns, frames, ended, safety) in SESSIONS.items():
-        sid = records.start_session(client, device["id"])
+        sid = records.start_session(client, device.id)
         ids[name] = sid
         with records.transaction() as db:
             db.execute("UPDATE sessions SET started_at = ? WHERE id = ?", (now - started * DAY, sid))
