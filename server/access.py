@@ -283,6 +283,16 @@ class Access:
     def may_read(self, caller: Caller, client: str) -> bool:
         return caller.kind == "therapist" and client in self.assigned(caller)
 
+    def require_session(self, caller: Caller, session_id: str) -> None:
+        """Refuse a session whose client is not the reader's as if it did not exist (404): the API and the
+        dashboard both read sessions through this."""
+        try:
+            client: str | None = self._records.session(session_id).client
+        except NotFound:
+            client = None
+        if client is None or not self.may_read(caller, client):
+            raise NotFound("unknown_session", f"no session {session_id!r} among your clients'")
+
     def may_erase(self, caller: Caller, client: str) -> bool:
         return caller.role == "admin" or self.may_read(caller, client)
 

@@ -107,26 +107,20 @@ def _expire(args: argparse.Namespace, settings: Settings) -> int:
 def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     _, access = _stores(settings)
     access.enroll(args.device, args.clients, actor=_actor(), remove=args.remove)
-    print(
-        f"device {args.device!r} is enrolled for: {' '.join(_enrolled(access, args.device)) or 'no client'}"
-    )
+    enrolled = _clients(access, "device", args.device)
+    print(f"device {args.device!r} is enrolled for: {' '.join(enrolled) or 'no client'}")
     return 0
 
 
-def _enrolled(access: Access, device: str) -> list[str]:
-    return next(
-        row["clients"] for row in access.listing() if row["kind"] == "device" and row["name"] == device
-    )
+def _clients(access: Access, kind: str, name: str) -> list[str]:
+    """The clients a device is enrolled for or a therapist is assigned, as `tadbot admin list` shows them."""
+    return next(row["clients"] for row in access.listing() if row["kind"] == kind and row["name"] == name)
 
 
 def _assign(args: argparse.Namespace, settings: Settings) -> int:
     _, access = _stores(settings)
     access.assign(args.therapist, args.clients, actor=_actor(), remove=args.remove)
-    mine = next(
-        row["clients"]
-        for row in access.listing()
-        if row["kind"] == "therapist" and row["name"] == args.therapist
-    )
+    mine = _clients(access, "therapist", args.therapist)
     print(f"therapist {args.therapist!r} reads: {' '.join(mine) or 'no client'}")
     return 0
 

@@ -65,12 +65,5 @@ def delete_client(client: str) -> Response:
 
 
 def _readable_log(session_id: str) -> dict[str, object]:
-    """The session's log when its client is the caller's; any other session reads as absent."""
-    records = companion().records
-    try:
-        client = records.session(session_id).client
-    except NotFound:
-        client = None
-    if client is None or not access().may_read(g.caller, client):
-        raise NotFound("unknown_session", f"no session {session_id!r} among your clients'")
-    return records.session_log(session_id)
+    access().require_session(g.caller, session_id)
+    return companion().records.session_log(session_id)

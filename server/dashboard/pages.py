@@ -46,14 +46,8 @@ def _readable(client: str) -> None:
 
 
 def _session_log(session_id: str) -> dict[str, Any]:
-    records = companion().records
-    try:
-        client = records.session(session_id).client
-    except NotFound:
-        client = None
-    if client is None or not access().may_read(current().caller, client):
-        raise NotFound("unknown_session", "no such session among your clients'")
-    return records.session_log(session_id)
+    access().require_session(current().caller, session_id)
+    return companion().records.session_log(session_id)
 
 
 @bp.get("/")
