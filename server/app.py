@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     settings = settings or load_settings()
     prompts = Prompts.load(settings.persona.name, settings.persona.prompt_file)
     components = components or build_components(settings)
+    components.records.hold()
     app = Flask("server", static_folder=None)
     app.request_class = InMemoryRequest
     max_bytes = int(settings.server.max_upload_mb * 1024 * 1024)

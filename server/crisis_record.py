@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
 from server.records import CrisisTurn, Records
+from server.storage import StorageError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -104,13 +104,13 @@ class CrisisRecorder:
 
     def _try(self, turn: CrisisTurn, attempt: int, busy_timeout_s: float = 10.0) -> tuple[int | None, bool]:
         """One write: (the reply's turn id, whether trying is over). A locked, busy or full database
-        (sqlite3.OperationalError) is worth another try; anything else, such as the client erased
+        (StorageError) is worth another try; anything else, such as the client erased
         meanwhile, is not."""
         try:
             written = self._records().add_crisis_turn(turn, busy_timeout_s=busy_timeout_s)
-        except sqlite3.OperationalError as exc:
+        except StorageError as exc:
             _LOGGER.warning(
-                "session %s: crisis record not written on try %d: %s", turn.session_id, attempt, exc
+                "session %s: crisis record not written on try %d: %s", turn.session_id, attempt, exc.cause
             )
             return None, False
         except Exception:

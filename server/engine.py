@@ -7,7 +7,9 @@ busy or failing, a steady talk-down and an exercise. The engine receives ready c
 its own. Every turn stream ends with `done` or `error`; the turn is committed to the record before `done`
 is sent. A crisis turn is the exception: nothing is written before its helpline is spoken, and a database
 too locked to take its record within a second gets it from a background retry (server/crisis_record.py),
-with `done` carrying no turn id.
+with `done` carrying no turn id. A data dir that will not take a write at all (a full disk, a card remounted
+read-only) costs the person nothing either: each such write is logged and skipped, the reply still comes,
+and `done` carries no turn id, so the device knows the turn is not in the record.
 
 Crisis and concern turns go to the therapist's record whole, but never to the vector memory or a session
 summary: a later session's prompt must not quote them back under a note to use past details.
@@ -24,9 +26,9 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from server.care import Care, Line
 from server.commands import Command, Commands
@@ -43,10 +45,12 @@ from server.model_queue import ModelQueue
 from server.prompt import Prompts, build_messages, stage_for, turn_content
 from server.records import Conversation, CrisisTurn, EmotionSample, KeptTurn, SessionRow
 from server.safety import Assessment, Level
+from server.storage import StorageError
 from server.stt import Transcript
 from server.summary import Summariser
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EventType(enum.StrEnum):
@@ -136,7 +140,11 @@ class Companion:
         if reading.faces:
             self.faces.update(session.id, reading.probs)
         top3 = _top3_json(reading.top3)
-        self.records.add_emotion_sample(session.id, "frame", reading.faces, top3)
+        self._kept(
+            session,
+            "a frame's reading",
+            lambda: self.records.add_emotion_sample(session.id, "frame", reading.faces, top3),
+        )
         return {"faces": reading.faces, "top3": top3}
 
     def turn(self, session: SessionRow, given: TurnInput, key: str | None = None) -> TurnStream:
@@ -178,7 +186,7 @@ class Companion:
                     yield event(EventType.EMOTIONS, faces=faces, top3=top3)
 
             if not text.strip():
-                self.records.add_emotion_samples(session.id, samples)
+                self._kept_samples(session, samples)
                 yield event(
                     EventType.ERROR,
                     code="no_speech",
@@ -198,7 +206,7 @@ class Companion:
                 crisis = _Crisis(said, source, read_as, assessment, tuple(samples))
                 yield from self._crisis(session, crisis, started, timings)
                 return
-            self.records.add_emotion_samples(session.id, samples)
+            self._kept_samples(session, samples)
             yield from self._reply_to(session, said, command, assessment, top3, started, timings)
         except TadbotError as exc:
             _LOGGER.warning("turn failed in session %s: %s (%s)", session.id, exc.code, exc.message)
@@ -345,7 +353,13 @@ class Companion:
             yield from self._scripted(session, lines, Source.COMMAND, started, timings, remember=False)
             return
         timings["total_ms"] = _ms(started)
-        self.records.set_timings(turn_id, timings, source=str(Source.COMMAND))
+        if turn_id is not None:
+            recorded = turn_id
+            self._kept(
+                session,
+                "a command's timings",
+                lambda: self.records.set_timings(recorded, timings, source=str(Source.COMMAND)),
+            )
         yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(Source.COMMAND))
 
     def _answer(
@@ -417,14 +431,32 @@ class Companion:
         _LOGGER.warning("session %s: %s; talking down without the model", session.id, why)
         yield from self._scripted(session, self.care.without_model(), Source.OFFLINE, started, timings)
 
-    def _person(self, session: SessionRow, said: _Said, prompt: str | None = None) -> int:
+    def _person(self, session: SessionRow, said: _Said, prompt: str | None = None) -> int | None:
         """The person's turn in the record, written once under its key however often it is answered."""
-        return self.records.add_turn(
-            session.id, "user", said.text, {}, prompt=prompt, confidence=said.confidence, key=said.key
+        return self._kept(
+            session,
+            "the person's turn",
+            lambda: self.records.add_turn(
+                session.id, "user", said.text, {}, prompt=prompt, confidence=said.confidence, key=said.key
+            ),
+        )
+
+    def _kept(self, session: SessionRow, what: str, write: Callable[[], T]) -> T | None:
+        """A write the reply must not fail for: on a full or read-only disk the person still hears their
+        reply, and this part of the turn goes unrecorded (logged by what it was, never by its words)."""
+        try:
+            return write()
+        except StorageError as exc:
+            _LOGGER.error("session %s: %s not recorded: %s", session.id, what, exc.cause)
+            return None
+
+    def _kept_samples(self, session: SessionRow, samples: list[EmotionSample]) -> None:
+        self._kept(
+            session, "the turn's face readings", lambda: self.records.add_emotion_samples(session.id, samples)
         )
 
     def _first_time(
-        self, session: SessionRow, said: _Said, turn_id: int, assessment: Assessment, answered: str
+        self, session: SessionRow, said: _Said, turn_id: int | None, assessment: Assessment, answered: str
     ) -> None:
         """What a turn records and remembers of the person's words, once: not again when it is answered
         again after its first answer broke."""
@@ -433,12 +465,16 @@ class Companion:
             self._remember_said(session, said.text, assessment)
 
     def _record_concern(
-        self, session: SessionRow, turn_id: int, assessment: Assessment, answered: str
+        self, session: SessionRow, turn_id: int | None, assessment: Assessment, answered: str
     ) -> None:
         """A concern goes into the therapist's record whatever answered it (the model, or an exercise)."""
         if assessment.level == Level.CONCERN:
             trigger = f"{assessment.rule}: {assessment.trigger}"
-            self.records.add_safety_event(session.id, turn_id, Level.CONCERN, trigger, answered)
+            self._kept(
+                session,
+                "a concern",
+                lambda: self.records.add_safety_event(session.id, turn_id, Level.CONCERN, trigger, answered),
+            )
 
     def _scripted(
         self,
@@ -457,19 +493,23 @@ class Companion:
             yield from self._lines(lines, sent, started, timings)
             reply = " ".join(sent)
             timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(
-                session.id,
-                "assistant",
-                reply,
-                timings,
-                source=str(source),
-                sentences=[_sentence(line) for line in lines],
+            turn_id = self._kept(
+                session,
+                "the reply",
+                lambda: self.records.add_turn(
+                    session.id,
+                    "assistant",
+                    reply,
+                    timings,
+                    source=str(source),
+                    sentences=[_sentence(line) for line in lines],
+                ),
             )
             committed = True
             if remember:
                 self._remember(session, "assistant", reply)
             _LOGGER.info(
-                "reply %d in session %s from %s: %d sentences", turn_id, session.id, source, len(sent)
+                "reply %s in session %s from %s: %d sentences", turn_id, session.id, source, len(sent)
             )
             yield event(EventType.DONE, turn_id=turn_id, timings=timings, source=str(source))
         finally:
@@ -540,19 +580,23 @@ class Companion:
             spoken = reply if blocked else "".join(raw) + (f" {offer}" if offer else "")
             timings.update(stats.timings())
             timings["total_ms"] = _ms(started)
-            turn_id = self.records.add_turn(
-                session.id,
-                "assistant",
-                reply,
-                timings,
-                prompt=spoken,
-                source=str(Source.LLM),
-                sentences=[{"text": sentence} for sentence in sentences],
+            turn_id = self._kept(
+                session,
+                "the reply",
+                lambda: self.records.add_turn(
+                    session.id,
+                    "assistant",
+                    reply,
+                    timings,
+                    prompt=spoken,
+                    source=str(Source.LLM),
+                    sentences=[{"text": sentence} for sentence in sentences],
+                ),
             )
             committed = True
             self._remember(session, "assistant", reply)
             _LOGGER.info(
-                "reply %d in session %s: %s",
+                "reply %s in session %s: %s",
                 turn_id,
                 session.id,
                 " ".join(f"{k}={v:.0f}" for k, v in timings.items()),
@@ -564,14 +608,24 @@ class Companion:
 
     def _blocked(self, session: SessionRow, sentence: str, category: str, replacement: str) -> None:
         _LOGGER.warning("session %s: the output guard blocked a sentence (%s)", session.id, category)
-        self.records.add_safety_event(
-            session.id, None, "blocked", f"{category}: {sentence}", f"said instead: {replacement}"
+        self._kept(
+            session,
+            "a blocked sentence",
+            lambda: self.records.add_safety_event(
+                session.id, None, "blocked", f"{category}: {sentence}", f"said instead: {replacement}"
+            ),
         )
 
     def _record_interrupted(self, session: SessionRow, sentences: list[str]) -> None:
         _LOGGER.warning("reply in session %s cut off after %d sentences", session.id, len(sentences))
         try:
-            self.records.add_turn(session.id, "assistant", " ".join(sentences), {"interrupted": True})
+            self._kept(
+                session,
+                "the cut-off reply",
+                lambda: self.records.add_turn(
+                    session.id, "assistant", " ".join(sentences), {"interrupted": True}
+                ),
+            )
         except Exception:
             # Runs while the turn is already unwinding (a hang-up, or the client being erased).
             _LOGGER.exception("could not record the cut-off reply in session %s", session.id)
@@ -668,8 +722,13 @@ class Companion:
             self._remember(session, "user", text)
 
     def _remember(self, session: SessionRow, role: str, text: str, kind: str = "turn") -> None:
+        """Not while the data dir refuses writes or runs low: chromadb has been seen, after a write failed
+        on a full disk, to hang every later add with the interpreter's lock held, the whole server with it."""
         memory = self.components.memory
         if memory is None:
+            return
+        if (problem := self.records.writes.problem()) is not None:
+            _LOGGER.warning("session %s: not remembered: %s", session.id, problem)
             return
         try:
             memory.add(
@@ -720,6 +779,9 @@ class Companion:
                     self.settings.server.session_idle_s,
                 )
                 self.end_session(session)
+            except StorageError as exc:
+                _LOGGER.warning("session %s: not ended after going idle: %s", session_id, exc.cause)
+                continue
             except Exception:
                 _LOGGER.exception("session %s: could not end it after it went idle", session_id)
                 continue

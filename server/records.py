@@ -1,6 +1,9 @@
 """The therapist's record: SQLite in WAL mode, readable SQL, committed before anything is acknowledged.
 
-One short-lived connection per call keeps this safe under gunicorn's threads without a pool.
+One short-lived connection per call keeps this safe under gunicorn's threads without a pool; the server
+holds one more open for its whole life, so that the WAL's side files stay and reads go on when the disk
+fills. A write the data dir will not take raises StorageError (server/storage.py) and is counted in
+`writes`, which /health reads.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import NotFound
+from server.storage import WriteHealth, storage_fault
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -273,6 +277,8 @@ def _tighten(path: Path, mode: int) -> None:
 class Records:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.writes = WriteHealth(path.parent)
+        self._held: sqlite3.Connection | None = None
         private_dir(path.parent)
         private_file(path)
         schema = resources.files("server").joinpath("schema.sql").read_text(encoding="utf-8")
@@ -288,17 +294,33 @@ class Records:
             if side.exists():
                 _tighten(side, 0o600)
 
+    def hold(self) -> None:
+        """Keep one connection open: SQLite deletes the -wal and -shm files when its last connection
+        closes, and on a full disk could not make them again, so not even a token could be read."""
+        if self._held is None:
+            self._held = sqlite3.connect(self.path, check_same_thread=False)
+            self._held.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
     @contextmanager
     def _connect(self, busy_timeout_s: float = 10.0) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=busy_timeout_s)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA synchronous=NORMAL")
         try:
-            with db:
-                yield db
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path, timeout=busy_timeout_s)
+            try:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("PRAGMA synchronous=NORMAL")
+                with db:
+                    yield db
+                if db.total_changes:
+                    self.writes.succeeded()
+            finally:
+                db.close()
+        except (sqlite3.OperationalError, OSError) as exc:
+            fault = storage_fault(exc)
+            if fault is None:
+                raise
+            self.writes.failed(fault.cause)
+            raise fault from exc
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One connection and transaction for a module that keeps its own SQL (server/retention.py)."""
@@ -377,7 +399,7 @@ class Records:
         not written again.
 
         `busy_timeout_s`: how long to wait for another writer's lock before giving up with
-        sqlite3.OperationalError, which the caller retries (server/crisis_record.py)."""
+        StorageError, which the caller retries (server/crisis_record.py)."""
         with self._connect(busy_timeout_s) as db:
             said = _insert_turn(
                 db, turn.session_id, "user", turn.text, turn.heard_at, {}, None, turn.confidence, key=turn.key

@@ -29,8 +29,11 @@ def health() -> Response:
     status = dict(components.status)
     try:
         components.records.check()
+        problem = components.records.writes.problem()
     except Exception as exc:  # the answer must still come back, saying what is wrong
-        status["db"] = ComponentStatus("error", str(exc), "server.data_dir")
+        problem = str(exc)
+    if problem is not None:
+        status["db"] = ComponentStatus("error", problem, "server.data_dir")
     overall = "ok" if all(s.status == "ok" for s in status.values()) else "degraded"
     if not known_caller():
         return jsonify({"status": overall})
