@@ -25,7 +25,7 @@ _LOGGER = logging.getLogger(__name__)
 
 KINDS = {"device": "devices", "therapist": "therapists"}
 ROLES = ("therapist", "admin")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 """Pseudonyms and credential names: 1-64 letters, digits, or _ . @ -, starting with a letter or digit."""
 NAME_RULE = "1-64 letters, digits, or _ . @ -, starting with a letter or digit"
 CHECK_CLIENT = "tadbot-doctor"
@@ -55,7 +55,7 @@ class Caller:
 
 
 def check_name(name: str, what: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise BadRequest("bad_name", f"{what} {name!r} is not a valid name: use {NAME_RULE}")
     return name
 

@@ -46,6 +46,20 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _png_chunks_fit(data: bytes) -> bool:
+    """Whether each chunk of a PNG fits in the bytes sent, up to its IEND. OpenCV sizes its buffer by a
+    chunk's declared length before it reads the chunk: a 300-byte PNG declaring a 4 GB IDAT takes 4 GB."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if pos > len(data):
+            return False
+        if kind == b"IEND":
+            return True
+    return False
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from a PNG IHDR or a JPEG SOF header; None if the bytes are neither."""
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
@@ -82,6 +96,12 @@ def decode_image(data: bytes, *, max_bytes: int = 10 * 1024 * 1024, max_side: in
     if size is None or 0 in size:
         raise FerError("bad_image", "The frame is not a readable image: send a JPEG or PNG.", 415)
     _check_side(*size, max_side)
+    if data.startswith(_PNG_SIGNATURE) and not _png_chunks_fit(data):
+        raise FerError(
+            "bad_image",
+            "The PNG is truncated or damaged (a chunk runs past its end): send a complete one.",
+            415,
+        )
 
     import cv2
     import numpy as np

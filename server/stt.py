@@ -26,6 +26,8 @@ _MAX_RATE = 48000
 _SPHINX_RATE = 16000  # the PocketSphinx acoustic models are trained on 16 kHz audio
 _SAMPLE_WIDTH = 2
 _SEND_THIS = "send 16-bit PCM mono WAV at 8000 to 48000 Hz (16000 Hz is best)"
+_UNKNOWN_LENGTH = 1 << 30
+"""A data size this large (hours) is a streaming header's placeholder (0xFFFFFFFF), not a length."""
 ENGINES = ("faster_whisper", "sphinx")
 
 
@@ -52,6 +54,7 @@ def read_wav(data: bytes, *, max_seconds: float) -> WavAudio:
             # Read at most one frame past the limit: a bogus or streaming header (size 0xFFFFFFFF) must not
             # make us trust the declared length, and an oversized upload must not be decoded in full.
             max_frames = int(max_seconds * rate)
+            declared = wav.getnframes()
             pcm = wav.readframes(max_frames + 1)
     except wave.Error as exc:
         # The stdlib rejects float, A-law and other non-PCM encodings with this message; all else is damage.
@@ -64,6 +67,14 @@ def read_wav(data: bytes, *, max_seconds: float) -> WavAudio:
         raise SttError("bad_audio", f"The WAV file is truncated or damaged; {_SEND_THIS}.", 400) from exc
     pcm = pcm[: len(pcm) - len(pcm) % _SAMPLE_WIDTH]  # a truncated upload can end mid-sample
     frames = len(pcm) // _SAMPLE_WIDTH
+    if declared * _SAMPLE_WIDTH < _UNKNOWN_LENGTH and frames < min(declared, max_frames + 1):
+        # Less audio than the header promises: the recording was cut, and half a sentence would be answered.
+        raise SttError(
+            "bad_audio",
+            f"The WAV file is truncated: its header promises {declared / rate:.1f} s of audio and it holds "
+            f"{frames / rate:.1f} s; send the whole recording.",
+            400,
+        )
     if frames > max_frames:
         raise SttError(
             "audio_too_long",
