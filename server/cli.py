@@ -314,6 +314,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         stt = SttBenchOptions(Path(args.data), engines, repeats, settings.server.max_audio_s)
         print(json.dumps(run_stt_bench(stt, say)))
         return 0
+    if args.target in FAULT_BENCHES:
+        return _fault_bench(args, models[0] if models else None, threads, say)
     model = _bench_model(models[0] if models else None, say)
     if args.target == "safety":
         from server.bench.safety import SafetyBenchOptions, run_safety_bench
@@ -325,7 +327,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         options = BenchOptions(
             model=model,
-            turns=args.turns,
+            turns=args.turns or 20,
             n_threads=threads,
             n_ctx=args.n_ctx,
             max_tokens=args.max_tokens,
@@ -334,6 +336,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_llm_bench(options, say)
     print(json.dumps(report))
     return 0
+
+
+FAULT_BENCHES = ("crash", "load")
+"""Benches that pass or fail: their report's `passed` is their exit status."""
+
+
+def _fault_bench(
+    args: argparse.Namespace, chosen: str | None, threads: int, say: Callable[[str], None]
+) -> int:
+    """`bench crash` and `bench load`: the real server on the configured model, or a tiny random one (what
+    they measure is what the server does around the model, not its speed); exit 1 when anything failed."""
+    for flag in ("kills", "devices", "turns"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ConfigError("bad_args", f"--{flag} must be at least 1")
+    if args.soak < 0:
+        raise ConfigError("bad_args", "--soak must be 0 or more")
+    settings = _settings(args)
+    model = _model_or_tiny(chosen, settings, say)
+    if args.target == "crash":
+        from server.bench.crash import CrashOptions, run_crash_bench
+
+        crash = CrashOptions(
+            model, args.kills, args.seed, threads, args.n_ctx, args.max_tokens, settings.stt.model
+        )
+        report = run_crash_bench(crash, say)
+    else:
+        from server.bench.load import LoadOptions, run_load_bench
+
+        load = LoadOptions(
+            model,
+            devices=args.devices,
+            turns=args.turns or 50,
+            soak=args.soak,
+            n_threads=threads,
+            n_ctx=args.n_ctx,
+            max_tokens=args.max_tokens,
+            stt_model=settings.stt.model,
+            data=Path(args.data) if args.data else None,
+            seed=args.seed,
+        )
+        report = run_load_bench(load, say)
+    print(json.dumps(report))
+    return 0 if report["passed"] else 1
+
+
+def _model_or_tiny(chosen: str | None, settings: Settings, say: Callable[[str], None]) -> Path:
+    """--model, else llm.model_path where that file exists, else the tests' tiny random-weight Gemma-2,
+    built once under models/bench/."""
+    if chosen:
+        return _bench_model(chosen, say)
+    from server.models import models_dir, resolve_model_path
+
+    configured = resolve_model_path(settings.llm.model_path)
+    if settings.llm.backend == "llama_cpp" and configured.is_file():
+        return configured
+    from server.bench.gemma_gguf import TINY, ensure_bench_gemma
+
+    say(f"no model at {configured}: building (or reusing) a tiny random one under models/bench/")
+    return ensure_bench_gemma(models_dir(), _build_progress(say), spec=TINY, words=())
 
 
 DEVICE_BENCHES = ("tts", "spoken", "turn")
@@ -576,16 +637,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench = add("bench", cmd_bench, "measure speed; prints one JSON object on the last line of stdout")
     bench.add_argument(
         "target",
-        choices=("llm", "safety", "fer", "stt", "tts", "spoken", "turn"),
+        choices=("llm", "safety", "fer", "stt", "tts", "spoken", "turn", "crash", "load"),
         help="llm: reply speed; safety: how soon a crisis reply starts; fer: face reading per frame; "
         "stt: speech engines side by side (words wrong, speed, memory); tts: Piper against espeak-ng; "
         "spoken: write a labelled set of speech in both voices, for stt and safety; turn: the wait from "
-        "the end of speech to the first sound, stage by stage, per speech engine and voice",
+        "the end of speech to the first sound, stage by stage, per speech engine and voice; crash: the "
+        "server killed mid-turn, then every acknowledged turn checked in its record; load: several devices "
+        "at once, then a soak, counting lost and hung turns, memory and file descriptors, and what reached "
+        "the disk or the log (crash and load exit 1 when anything failed)",
     )
     bench.add_argument(
         "--model",
         action="append",
         help="llm, safety: a GGUF (default: a full-size random-weight Gemma-2-2B Q4_K_M, built once); "
+        "crash, load: a GGUF (default: llm.model_path, else a tiny random-weight Gemma-2, built once); "
         "turn: the loopback server's GGUF (default: llm.model_path, else that random-weight one); "
         "fer: an .onnx path or catalogue name (default: fer.model_path); stt: a Whisper model, a "
         "catalogue name or folder (default: stt.model; give it more than once to compare several)",
@@ -593,7 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--data",
         help="fer: a folder with images/ of faces; stt: a folder of WAVs with index.csv (file,text); "
-        "safety: such a folder whose label column says crisis or safe, to say its lines aloud",
+        "safety: such a folder whose label column says crisis or safe, to say its lines aloud; "
+        "load: such a folder, whose clips the devices say (default: lines espeak-ng says)",
     )
     bench.add_argument(
         "--engine",
@@ -615,7 +681,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stt: rounds over the clips (default 1); tts: (default 5); turn: (default 3)",
     )
     bench.add_argument("--out", help="spoken: the folder to write the WAVs and index.csv into")
-    bench.add_argument("--turns", type=int, default=20, help="turns in the measured conversation")
+    bench.add_argument(
+        "--turns",
+        type=int,
+        help="llm: turns in the measured conversation (default 20); load: per device (50)",
+    )
+    bench.add_argument("--kills", type=int, default=20, help="crash: times the server is killed")
+    bench.add_argument(
+        "--seed", type=int, default=1, help="crash, load: seeds where kills fall and what is said"
+    )
+    bench.add_argument("--devices", type=int, default=4, help="load: devices talking at once")
+    bench.add_argument(
+        "--soak", type=int, default=1000, help="load: turns sent one at a time after the load, memory sampled"
+    )
     bench.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: all cores)")
     bench.add_argument("--n-ctx", type=int, default=2048, help="context window, as llm.n_ctx")
     bench.add_argument("--max-tokens", type=int, default=120, help="longest reply, as llm.max_tokens")

@@ -96,7 +96,7 @@ class LlmSection:
     repeat_penalty: float = _opt(1.1, "Discourages the model from repeating itself.", lo=0.5, hi=2.0)
     queue_max: int = _opt(
         4,
-        "Turns that may wait for the model while it answers another; past it, 503 with Retry-After.",
+        "Turns that may wait for the model while it answers another; past it, the talk-down answers.",
         lo=0,
         hi=256,
     )
