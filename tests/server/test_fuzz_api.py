@@ -12,11 +12,9 @@ leaves nothing in the tree.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import random
 import time
-import wave
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import FACE_PHOTOS, ROOT, LiveServer, start_server, stop_server, tadbot
 from tests.server.survival import assert_unharmed, error_of, worker_pid
+from tests.speech import pcm16_wav
 
 SPEC: dict[str, Any] = json.loads((ROOT / "server" / "api" / "openapi.json").read_text(encoding="utf-8"))
 OPERATIONS = [f"{method.upper()} {path}" for path, ops in SPEC["paths"].items() for method in ops]
@@ -69,13 +68,8 @@ TALK, OTHER, DOOMED = "fuzz-talk", "fuzz-other", [f"fuzz-gone-{i}" for i in rang
 
 
 def _wav(seconds: float) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(np.zeros(int(16000 * seconds), dtype="<i2").tobytes())
-    return out.getvalue()
+    """Silence, a valid 16 kHz mono PCM16 WAV."""
+    return pcm16_wav(bytes(int(16000 * seconds) * 2), 16000)
 
 
 def _png() -> bytes:

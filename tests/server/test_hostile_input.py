@@ -7,13 +7,11 @@ still works afterwards."""
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import socket
 import struct
 import threading
 import time
-import wave
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import requests
 
 from tests.conftest import FACE_PHOTOS, ROOT, LiveServer, start_server, stop_server
 from tests.server.survival import assert_unharmed, error_of, worker_pid
+from tests.speech import pcm16_wav
 
 SPEC = json.loads((ROOT / "server" / "api" / "openapi.json").read_text(encoding="utf-8"))
 TURNS, FRAMES, START = "{turns}", "{frames}", "/api/v1/sessions"
@@ -82,13 +81,8 @@ def _riff(
 
 
 def _wav(seconds: float) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(bytes(int(16000 * seconds) * 2))
-    return out.getvalue()
+    """Silence, a valid 16 kHz mono PCM16 WAV."""
+    return pcm16_wav(bytes(int(16000 * seconds) * 2), 16000)
 
 
 # Images ----------------------------------------------------------------------------------------------
