@@ -7,7 +7,9 @@ function is the caller's offline embedder, so chromadb never fetches its default
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import logging
 import pathlib
 import time
@@ -41,6 +43,25 @@ class Recollection:
     distance: float
 
 
+M_PERTURB = -6
+"""glibc's mallopt option that fills memory as it is allocated and as it is freed."""
+
+
+@functools.cache
+def wipe_heap_reuse() -> bool:
+    """Have glibc overwrite memory when it is freed and when it is handed out again.
+
+    chromadb writes its HNSW index file (data_level0.bin) from a buffer of 100 slots that malloc does not
+    clear, whatever of it is still unused included. A privacy scan found a freed upload there: the bytes of
+    a multipart request with its WAV, on disk. With this, what lands in those slots is a fill pattern,
+    never an old buffer. Process-wide and once; False where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_PERTURB, 0xA5))
+
+
 class Memory:
     """The `memories` collection: one document per turn or summary, tagged with client and session."""
 
@@ -49,6 +70,7 @@ class Memory:
         from chromadb.config import Settings
         from chromadb.utils.embedding_functions import register_embedding_function
 
+        wipe_heap_reuse()
         try:
             # chromadb rebuilds the collection's embedding function from its persisted name on every
             # add, and warns where the name is unknown; its docs ask custom functions to register.

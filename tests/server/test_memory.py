@@ -192,3 +192,14 @@ def test_store_failures_become_memory_unavailable(tmp_path: Path, embedder: Mini
         Memory(not_a_dir, embedder)
     assert err.value.code == "memory_unavailable"
     assert err.value.status == 503
+
+
+def test_the_index_file_s_unused_slots_hold_a_fill_pattern_not_old_memory(
+    memory: Memory, tmp_path: Path
+) -> None:
+    """chromadb writes its HNSW file with 100 slots whatever it holds; malloc does not clear them, and a
+    freed upload was once found there. With the heap wiped, every unused slot is glibc's fill byte."""
+    fill(memory)
+    (index,) = (tmp_path / "memory").glob("*/data_level0.bin")
+    unused = index.read_bytes()[-100_000:]
+    assert set(unused) == {0xA5 ^ 0xFF}
