@@ -1,5 +1,5 @@
 """`python -m server` is the `tadbot` command line."""
 
-from server.cli import main
+from server.cli.main import main
 
 raise SystemExit(main())

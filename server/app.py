@@ -9,13 +9,13 @@ from typing import IO
 
 from flask import Flask, Request, redirect, url_for
 
-from server.access import Access
-from server.accounts import Accounts, LoginPolicy
-from server.care import Care
-from server.components import Components, ComponentStatus, build_components
+from server.access.accounts import Accounts, LoginPolicy
+from server.access.policy import Access
 from server.config import Settings, load_settings
-from server.engine import Companion
-from server.prompt import Prompts
+from server.conversation.components import Components, ComponentStatus, build_components
+from server.conversation.engine import Companion
+from server.conversation.prompt import Prompts
+from server.safety.care import Care
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -110,8 +110,8 @@ class LiveServer:
 
     def enroll(self, *clients: str) -> None:
         """Enrol the test device for these clients and assign them to the test therapist, as admins do."""
-        from server.access import Access
-        from server.records import Records
+        from server.access.policy import Access
+        from server.records.store import Records
 
         access = Access(Records(self.data_dir / "tadbot.sqlite3"))
         access.enroll("test-pi", list(clients), actor="test")

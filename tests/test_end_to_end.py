@@ -246,7 +246,7 @@ def test_a_typed_turn_is_answered_from_persona_face_and_memories(
         (timings,) = db.execute(
             "SELECT timings FROM turns WHERE role = 'assistant' AND session_id = ?", (sid,)
         ).fetchone()
-    from server.prompt import Prompts
+    from server.conversation.prompt import Prompts
 
     prompts = Prompts.load("Tad")
     assert "- the plane trip panic last spring was the worst" in prompt, prompt

@@ -122,7 +122,7 @@ def test_the_scan_finds_each_kind_of_media(tmp_path: Path, made: object, kind: s
 
 
 def test_the_log_check_finds_a_spoken_word_and_ignores_the_codes_own() -> None:
-    log = "INFO server.engine: session 1 ended\nDEBUG heard: the lighthouse keeper\n"
+    log = "INFO server.conversation.engine: session 1 ended\nDEBUG heard: the lighthouse keeper\n"
     found = leaked_words(log, [SAID], code_words())
     assert found == {"keeper": "DEBUG heard: the lighthouse keeper"}  # "lighthouse" is in a data file
     assert (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from device.crisis import load_crisis_reply
-from server.safety import CrisisReply
+from server.safety.crisis import CrisisReply
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from device import liveness
 from device.__main__ import build_parser as build_device_parser
 from device.settings import DeviceSettings
 from device.settings import load_settings as load_device_settings
-from server.cli import build_parser
+from server.cli.main import build_parser
 from server.config import Settings, load_settings
 from tests.conftest import ROOT, tadbot
 

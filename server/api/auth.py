@@ -14,7 +14,7 @@ def _bearer() -> str:
 
 
 def require(kind: str) -> None:
-    """Run before each request of a blueprint; puts the caller (a server.access.Caller) on `g.caller`."""
+    """Run before each request of a blueprint; puts the caller (an access.policy.Caller) on `g.caller`."""
     from server.app import access
 
     token = _bearer()

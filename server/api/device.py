@@ -12,12 +12,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from server.access import NAME_PATTERN, NAME_RULE, Forbidden
+from server.access.policy import NAME_PATTERN, NAME_RULE, Forbidden
 from server.api.auth import require
 from server.app import access, companion
-from server.engine import TurnInput
+from server.conversation.engine import TurnInput
 from server.errors import BadRequest, TadbotError
-from server.records import SessionRow
+from server.records.store import SessionRow
 
 bp = Blueprint("device", __name__, url_prefix="/api/v1/sessions")
 
@@ -112,7 +112,7 @@ def turn(session_id: str) -> Response:
     if audio_file is not None:
         if engine.components.transcriber is None:
             raise TadbotError("stt_unavailable", _unavailable("stt"), 503)
-        from server.stt import read_wav
+        from server.speech.stt import read_wav
 
         audio = read_wav(audio_file.read(), max_seconds=engine.settings.server.max_audio_s)
     elif text is not None and not text.strip():
@@ -212,7 +212,7 @@ def _frames(decode: bool) -> list[Any]:
         raise BadRequest("too_many_frames", f"send at most {MAX_FRAMES_PER_TURN} frames per turn")
     if not decode:
         return []
-    from server.images import decode_image, shrink
+    from server.face.images import decode_image, shrink
 
     return [shrink(decode_image(part.read())) for part in parts]
 

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 
 from server.api.auth import known_caller
 from server.app import companion
-from server.components import ComponentStatus
+from server.conversation.components import ComponentStatus
 
 bp = Blueprint("public", __name__, url_prefix="/api/v1")
 

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from server.api.auth import require
 from server.app import access, companion
 from server.errors import BadRequest, NotFound
-from server.export import EXPORTERS
+from server.records.export import EXPORTERS
 
 bp = Blueprint("therapist", __name__, url_prefix="/api/v1")
 

@@ -1,1 +1,4 @@
-"""Tools for `tadbot bench`: stand-in models with the real models' compute cost, built on this machine."""
+"""`tadbot bench`: measured speed, load, crash safety and privacy, with stand-in models built on this machine.
+
+May import: anything in the server (it drives the whole of it).
+"""

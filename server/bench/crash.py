@@ -322,8 +322,8 @@ _PROBE = (
 def memory_count(config: str) -> tuple[int | None, str]:
     """The items in the memory of the server configured by `config`, or why it would not open. Run in a
     process of its own: chromadb keeps an opened store for the life of the process."""
-    from server.components import open_memory
     from server.config import load_settings
+    from server.conversation.components import open_memory
 
     try:
         return int(open_memory(load_settings(Path(config))).count()), ""

@@ -26,12 +26,12 @@ class FerBenchOptions:
     data: Path
     model: Path
     pipeline: dict[str, Any]
-    """The keyword arguments of `server.fer.build_pipeline` besides the model: detector, policy, threads."""
+    """The keyword arguments of `face.fer.build_pipeline` besides the model: detector, policy, threads."""
 
 
 def run_fer_bench(options: FerBenchOptions) -> dict[str, Any]:
-    from server.fer import build_pipeline
-    from server.fer_smoothing import EmotionSmoother
+    from server.face.fer import build_pipeline
+    from server.face.smoothing import EmotionSmoother
 
     photos = sorted(
         p for p in (options.data / "images").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
@@ -67,7 +67,7 @@ def run_fer_bench(options: FerBenchOptions) -> dict[str, Any]:
 
 
 def _served(pipeline: Any, smoother: Any, data: bytes) -> None:
-    from server.images import decode_image, shrink
+    from server.face.images import decode_image, shrink
 
     reading = pipeline.read(shrink(decode_image(data)))
     if reading.faces:

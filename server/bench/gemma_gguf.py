@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.bench.quantize import Progress, llama_log, quantize_q4_k_m
 from server.errors import ModelError
+from server.models.quantize import Progress, llama_log, quantize_q4_k_m
 
 if TYPE_CHECKING:
     import gguf
@@ -270,7 +270,7 @@ def ensure_bench_gemma(
 
 def english_words(models_dir: Path) -> list[str]:
     """The WordPiece vocabulary of the installed all-MiniLM-L6-v2: 26,000 English words and word endings."""
-    from server.embedding import find_embedder_dir
+    from server.memory.embedding import find_embedder_dir
 
     found = find_embedder_dir("", models_dir)
     if found is None:

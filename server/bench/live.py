@@ -98,8 +98,8 @@ class LiveServer:
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         own_group: bool = False,
     ) -> None:
-        from server.access import Access
-        from server.records import Records
+        from server.access.policy import Access
+        from server.records.store import Records
 
         self._speaking_wpm = speaking_wpm
         self._own_group = own_group

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from server.bench.live import BENCH_CLIENT, LiveServer, Say
-from server.records import Conversation
+from server.records.store import Conversation
 
 REREAD_RATIO = 1.3
 """A turn that evaluated more than this many tokens per token it added re-read part of its prompt."""
@@ -132,9 +132,9 @@ def _eval_ratio(before: dict[str, float] | None, now: dict[str, float]) -> float
 
 def _memory(data: Path) -> Any:
     """The server's memory store under `data`, or None where no embedder is installed."""
-    from server.embedding import MiniLMEmbedder, find_embedder_dir
-    from server.memory import Memory
-    from server.models import models_dir
+    from server.memory.embedding import MiniLMEmbedder, find_embedder_dir
+    from server.memory.store import Memory
+    from server.models.catalogue import models_dir
 
     found = find_embedder_dir("", models_dir())
     return Memory(data / "memory", MiniLMEmbedder(found)) if found else None
@@ -152,7 +152,7 @@ def _seed_memory(data: Path, lines: list[str]) -> bool:
 
 def _conversation(database: Path) -> tuple[str, Conversation]:
     """The benchmark's session as the server left it: running summary and the turns after it."""
-    from server.records import Records
+    from server.records.store import Records
 
     records = Records(database)
     (last,) = [s["id"] for s in records.list_sessions([BENCH_CLIENT])][:1]
@@ -161,7 +161,7 @@ def _conversation(database: Path) -> tuple[str, Conversation]:
 
 def _last_prompts(conversation: Conversation, count: int) -> list[list[dict[str, str]]]:
     """The messages of the session's last `count` user turns, as the server laid them out."""
-    from server.prompt import Prompts, build_messages
+    from server.conversation.prompt import Prompts, build_messages
 
     prompts = Prompts.load("Tad")
     turns = conversation.turns
@@ -183,7 +183,7 @@ def _raw_decode_rate(options: BenchOptions, chats: list[list[dict[str, str]]]) -
     import llama_cpp
 
     from server.config import LlmSection
-    from server.llm import fold_system
+    from server.conversation.llm import fold_system
 
     sampling = LlmSection()
     llm = llama_cpp.Llama(
@@ -229,8 +229,8 @@ def _naive_prefix_eval_ratio(
     then evaluated again.
     """
     from server.config import load_settings
-    from server.llm import GenerationStats, LlamaCppChat
-    from server.prompt import Prompts, stage_for
+    from server.conversation.llm import GenerationStats, LlamaCppChat
+    from server.conversation.prompt import Prompts, stage_for
 
     session_id, conversation = session
     turns = conversation.turns

@@ -70,7 +70,7 @@ def run_safety_bench(options: SafetyBenchOptions, say: Say) -> dict[str, Any]:
         )
         with server:
             # Each utterance in a session of its own: after a crisis turn a concern is answered as a crisis
-            # too (server/care.py, across_turns), which would hide a line the check reads as less.
+            # too (server/safety/care.py, across_turns), which would hide a line the check reads as less.
             say(f"{len(lines)} crisis turns with the model idle")
             idle = [_crisis_turn(server, _session(server), text=line) for line in lines]
             if spoken:

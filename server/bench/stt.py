@@ -24,7 +24,7 @@ from typing import Any
 from server.config import SttSection
 from server.errors import TadbotError
 from server.eval.stt import Clip, read_clip_audio, read_clips, score
-from server.stt import read_wav
+from server.speech.stt import read_wav
 
 _TIMEOUT_S = 600.0
 """How long one engine may take to load, or to hear one clip, before the run gives up on it."""
@@ -161,7 +161,7 @@ class _Worker:
 
 def _serve(stt: SttSection, max_audio_s: float, pipe: Connection) -> None:
     """The child: load the engine, then hear each WAV sent until None; last, send the peak RSS in MB."""
-    from server.components import build_transcriber
+    from server.conversation.components import build_transcriber
 
     started = time.perf_counter()
     try:

@@ -45,7 +45,7 @@ def private_words(rng: random.Random, count: int) -> list[str]:
     """`count` English words that nothing under server/ contains."""
     from server.bench.gemma_gguf import english_words
     from server.bench.privacy import code_words
-    from server.models import models_dir
+    from server.models.catalogue import models_dir
 
     known = code_words()
     candidates = sorted(
@@ -87,8 +87,8 @@ def speak(text: str) -> bytes:
     """`text` said by espeak-ng, as the device sends an utterance: a 16 kHz mono PCM16 WAV, in memory."""
     import numpy as np
 
-    from server.stt import read_wav
-    from server.stt_whisper import SAMPLE_RATE, to_16k
+    from server.speech.stt import read_wav
+    from server.speech.whisper import SAMPLE_RATE, to_16k
 
     said = subprocess.run(
         ["espeak-ng", "--stdout", "-s", "150", text], capture_output=True, timeout=60, check=True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from server.records import Records
+from server.records.store import Records
 
 _FLAGS = (
     "(SELECT COUNT(*) FROM safety_events e WHERE e.session_id = s.id AND e.level = 'crisis') AS crisis, "

@@ -20,7 +20,7 @@ from server.dashboard.timeline import build_timeline, trend_row
 # The dashboard's one blueprint is made in web.py; the app registers it from here, with these pages on it.
 from server.dashboard.web import bp, current, page
 from server.errors import NotFound
-from server.export import EXPORTERS
+from server.records.export import EXPORTERS
 
 TREND_SESSIONS = 30
 """The newest sessions a client's trend charts draw."""

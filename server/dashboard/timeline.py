@@ -10,13 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from server.fer_manifest import VOCABULARY
+from server.face.manifest import VOCABULARY
 
 SHOWN = 3
 """How many emotions a timeline draws: more lines than this tangle on a tablet."""
 
 DEFAULT_ALPHA = 0.3
-"""The smoothing of the drawn line; the same formula as the server's own (server/fer_smoothing.py)."""
+"""The smoothing of the drawn line; the same formula as the server's own (server/face/smoothing.py)."""
 
 FLAG_LEVELS = ("crisis", "concern", "blocked")
 """The safety levels a therapist looks for first, in the order they are listed."""

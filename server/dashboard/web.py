@@ -2,7 +2,7 @@
 headers that keep its pages out of caches and frames.
 
 The cookie holds only a random id (HttpOnly, SameSite=Strict, Secure over HTTPS); the login behind it lives
-in the database (server/accounts.py), so logging out or revoking an account ends it at once.
+in the database (server/access/accounts.py), so logging out or revoking an account ends it at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 from werkzeug.wrappers.response import Response as BaseResponse
 
-from server.accounts import Accounts, WebLogin
+from server.access.accounts import Accounts, WebLogin
 from server.errors import TadbotError
 
 bp = Blueprint(

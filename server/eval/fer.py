@@ -25,7 +25,7 @@ class Photo:
 
 
 def read_photos(folder: Path) -> list[Photo]:
-    from server.fer_manifest import normalize_label
+    from server.face.manifest import normalize_label
 
     labels = folder / "labels.csv"
     rows = read_labelled_csv(labels, ("image", "emotion"), "--data needs images/ and labels.csv")
@@ -41,7 +41,7 @@ def read_photos(folder: Path) -> list[Photo]:
 
 def evaluate(photos: list[Photo], pipeline: Any) -> dict[str, Any]:
     """`pipeline` is the server's FerPipeline: read(image) -> FaceReading."""
-    from server.images import decode_image
+    from server.face.images import decode_image
 
     found = correct = 0
     unreadable: list[str] = []

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.conversation.sentences import SentenceSplitter, clean_for_speech
 from server.eval.labelled import read_labelled_csv
-from server.guard import OutputGuard, Verdict
-from server.sentences import SentenceSplitter, clean_for_speech
+from server.safety.guard import OutputGuard, Verdict
 
 LABELS = ("harmful", "kind")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from server.eval.labelled import read_labelled_csv
-from server.safety import Assessment, Level
+from server.safety.crisis import Assessment, Level
 
 LABELS = ("crisis", "concern", "safe")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from server.errors import TadbotError
 from server.eval.labelled import read_labelled_csv
-from server.stt import WavAudio, read_wav
+from server.speech.stt import WavAudio, read_wav
 
 _NOT_A_WORD = re.compile(r"[^a-z0-9' ]+")
 _SPELLED_OUT = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedding import MiniLMEmbedder, find_embedder_dir
+from server.memory.embedding import MiniLMEmbedder, find_embedder_dir
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from server.access import CHECK_CLIENT, Access
+from server.access.policy import CHECK_CLIENT, Access
 from server.errors import AuthError, BadRequest, NotFound
-from server.records import Records
+from server.records.store import Records
 
 
 @dataclass
@@ -34,8 +34,8 @@ def clinic(tmp_path: Path) -> Clinic:
     """Two devices and two therapists, each with their own client (ana, bob); an admin with none; an expired
     and a revoked token; one open session per client."""
     from server.app import create_app
-    from server.components import Components
     from server.config import load_settings
+    from server.conversation.components import Components
 
     records = Records(tmp_path / "db.sqlite3")
     access = Access(records)

@@ -15,7 +15,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from server.access import Access
+from server.access.policy import Access
 from tests.conftest import LiveServer, start_server, stop_server, tadbot
 from tests.speech import pcm16_wav, speak
 
@@ -241,9 +241,9 @@ def test_delete_client_erases_records_and_memory(live_server: LiveServer) -> Non
 
 def test_openapi_lists_exactly_the_served_routes(live_server: LiveServer, tmp_path: Path) -> None:
     from server.app import create_app
-    from server.components import Components
     from server.config import load_settings
-    from server.records import Records
+    from server.conversation.components import Components
+    from server.records.store import Records
 
     spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
     documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
@@ -381,8 +381,8 @@ def test_goodbye_ends_the_session_politely_not_as_a_crisis(live_server: LiveServ
 
 
 def test_openapi_documents_every_command_and_reply_source(live_server: LiveServer) -> None:
-    from server.commands import CommandName
-    from server.engine import Source
+    from server.conversation.engine import Source
+    from server.safety.commands import CommandName
 
     spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
     events = {
@@ -442,9 +442,9 @@ def test_a_bad_idempotency_key_is_a_400(live_server: LiveServer, key: str) -> No
 def _app(tmp_path: Path, idle_s: float) -> tuple[Flask, dict[str, str]]:
     """The real Flask app in-process, with no models: a test can hold a turn open inside it."""
     from server.app import create_app
-    from server.components import Components
     from server.config import load_settings
-    from server.records import Records
+    from server.conversation.components import Components
+    from server.records.store import Records
 
     config = tmp_path / "tadbot.toml"
     config.write_text(f"[server]\nsession_idle_s = {idle_s}\n", encoding="utf-8")
@@ -461,7 +461,7 @@ def _open(client: FlaskClient, headers: dict[str, str], name: str) -> str:
 
 
 def test_a_key_whose_first_attempt_still_streams_gets_409_with_retry_after(tmp_path: Path) -> None:
-    from server.engine import TurnInput
+    from server.conversation.engine import TurnInput
 
     app, headers = _app(tmp_path, 0)
     engine = app.extensions["tadbot"]
@@ -545,9 +545,9 @@ def test_openapi_documents_the_idempotency_key_and_its_answers(live_server: Live
 
 def test_listing_sessions_is_in_the_audit_log_with_who_and_when(tmp_path: Path) -> None:
     from server.app import create_app
-    from server.components import Components
     from server.config import load_settings
-    from server.records import Records
+    from server.conversation.components import Components
+    from server.records.store import Records
 
     records = Records(tmp_path / "db.sqlite3")
     access = Access(records)

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from server.bench.crash import Acknowledged, check_acknowledged
-from server.records import Records
+from server.records.store import Records
 from tests.conftest import tadbot
 
 

@@ -21,8 +21,8 @@ from server.bench.gemma_gguf import (
     ensure_bench_gemma,
     is_bench_gguf,
 )
-from server.bench.quantize import quantize_q4_k_m
 from server.errors import ModelError
+from server.models.quantize import quantize_q4_k_m
 from tests.conftest import ROOT
 
 # Gemma-2-2B's weight scales and padded vocab, at a size that builds in a fraction of a second. Widths are

@@ -38,7 +38,7 @@ def test_bench_safety_times_crisis_replies_typed_and_spoken(
     flagged = [row["crisis"] for row in report["spoken"]]
     caught = sum(f for f, c in zip(flagged, clips, strict=True) if c.label == "crisis")
     alarms = sum(f for f, c in zip(flagged, clips, strict=True) if c.label == "safe")
-    # Every crisis line, in both voices, even those heard with "bills" or "love" (server/soundalikes.py).
+    # Every crisis line, in both voices, even those heard with "bills" or "love" (safety/soundalikes.py).
     assert rates["crisis_recall"] == round(caught / len(crisis), 3) == 1.0, report["spoken"]
     assert rates["false_alarms"] == round(alarms / rates["safe_lines"], 3)
     assert set(report["spoken_rates_by_voice"]) == {c.voice for c in clips}

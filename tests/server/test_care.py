@@ -14,16 +14,16 @@ from typing import Any, ClassVar
 
 import pytest
 
-from server.care import Care
-from server.components import Components
 from server.config import SafetySection, load_settings
-from server.engine import Companion, TurnInput
+from server.conversation.components import Components
+from server.conversation.engine import Companion, TurnInput
+from server.conversation.llm import LlamaCppChat
+from server.conversation.prompt import Prompts
 from server.errors import LlmError
-from server.export import to_csv, to_text
-from server.llm import LlamaCppChat
-from server.prompt import Prompts
-from server.records import Records
-from server.safety import Assessment, Level
+from server.records.export import to_csv, to_text
+from server.records.store import Records
+from server.safety.care import Care
+from server.safety.crisis import Assessment, Level
 from tests.server.chats import RecordingChat, ScriptedChat
 
 
@@ -119,7 +119,7 @@ def test_a_dead_webhook_never_delays_or_breaks_the_reply(
     tmp_path: Path, chat: RecordingChat, caplog: pytest.LogCaptureFixture
 ) -> None:
     companion = _companion(tmp_path, chat, 'alert_url = "http://127.0.0.1:9/nothing-listens"')
-    with caplog.at_level(logging.ERROR, logger="server.alerts"):
+    with caplog.at_level(logging.ERROR, logger="server.safety.alerts"):
         _, (events,) = _turns(companion, "di", ["I want to die"])
         assert events[-1]["source"] == "crisis"
         assert companion.care.alerts.wait(10)
@@ -227,8 +227,8 @@ def test_without_a_model_no_offer_is_left_waiting_for_a_yes(tmp_path: Path) -> N
 
 
 def _fer_companion(tmp_path: Path, chat: RecordingChat, tiny_fer: Path) -> Companion:
-    from server.faces import HaarDetector
-    from server.fer import EmotionClassifier, FerPipeline
+    from server.face.detect import HaarDetector
+    from server.face.fer import EmotionClassifier, FerPipeline
 
     companion = _companion(tmp_path, chat)
     fer = FerPipeline(HaarDetector(), EmotionClassifier(tiny_fer))
@@ -267,7 +267,7 @@ def test_a_locked_database_never_holds_up_the_helpline_and_the_record_lands_afte
     blocker.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="server.crisis_record"):
+        with caplog.at_level(logging.WARNING, logger="server.conversation.crisis_record"):
             given = TurnInput(text="I want to end my life", frames=[frame])
             events = list(companion.turn(session, given))
         took = time.monotonic() - started

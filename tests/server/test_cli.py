@@ -107,7 +107,7 @@ dest = "fer.onnx"
 def test_a_missing_extra_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from server import cli
+    from server.cli import main as cli
 
     monkeypatch.setitem(cli.EXTRAS, "device", ("numpy", "no_such_module_for_tadbot"))
     assert cli.main(["device", "--help"]) == 1
@@ -192,7 +192,7 @@ class _FakeChild:
 def test_run_hands_the_device_its_token_in_the_environment_never_argv(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server import cli
+    from server.cli import main as cli
 
     monkeypatch.setattr(cli, "_require", lambda extra: None)
     monkeypatch.setattr(cli, "_wait_healthy", lambda url, server, timeout_s: None)

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from server.commands import CommandName, Commands
 from server.errors import ConfigError
-from server.safety import CrisisDetector, Level
+from server.safety.commands import CommandName, Commands
+from server.safety.crisis import CrisisDetector, Level
 
 
 @pytest.fixture(scope="module")

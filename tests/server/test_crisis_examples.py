@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from server.care import Care
 from server.config import SafetySection
-from server.crisis_examples import CrisisExamples
-from server.embedding import MiniLMEmbedder
-from server.safety import Level
+from server.memory.embedding import MiniLMEmbedder
+from server.safety.care import Care
+from server.safety.crisis import Level
+from server.safety.examples import CrisisExamples
 from tests.conftest import ROOT
 from tests.server.test_safety import FOUND_IN_THE_LANDED_CODE, dressed
 

@@ -15,10 +15,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from server.access import Access
-from server.accounts import Accounts, LoginPolicy
+from server.access.accounts import Accounts, LoginPolicy
+from server.access.policy import Access
 from server.errors import AuthError, BadRequest
-from server.records import EmotionSample, Records
+from server.records.store import EmotionSample, Records
 
 PASSWORD = "a calm harbour at dusk"
 
@@ -38,8 +38,8 @@ class Board:
 @pytest.fixture
 def board(tmp_path: Path) -> Iterator[Board]:
     from server.app import create_app
-    from server.components import Components
     from server.config import load_settings
+    from server.conversation.components import Components
 
     records = Records(tmp_path / "db.sqlite3")
     access = Access(records)
@@ -136,7 +136,7 @@ def test_repeated_failures_lock_the_name_until_an_admin_unlocks_it(board: Board)
 
 
 def test_one_address_trying_many_names_is_slowed_down(board: Board) -> None:
-    from server.accounts import ADDRESS_FAILURES
+    from server.access.accounts import ADDRESS_FAILURES
 
     for i in range(ADDRESS_FAILURES):
         with pytest.raises(AuthError):

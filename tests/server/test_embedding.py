@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import embedding
-from server.embedding import REQUIRED_FILES, MiniLMEmbedder, find_embedder_dir, read_safetensors
 from server.errors import ModelError
+from server.memory import embedding
+from server.memory.embedding import REQUIRED_FILES, MiniLMEmbedder, find_embedder_dir, read_safetensors
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:

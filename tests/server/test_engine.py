@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from server.components import Components
 from server.config import load_settings
-from server.engine import Companion, TurnInput
+from server.conversation.components import Components
+from server.conversation.engine import Companion, TurnInput
+from server.conversation.llm import LlamaCppChat
+from server.conversation.prompt import Prompts
 from server.errors import LlmError
-from server.faces import HaarDetector
-from server.fer import EmotionClassifier, FerPipeline
-from server.llm import LlamaCppChat
-from server.memory import Memory
-from server.prompt import Prompts
-from server.records import Records
+from server.face.detect import HaarDetector
+from server.face.fer import EmotionClassifier, FerPipeline
+from server.memory.store import Memory
+from server.records.store import Records
 from tests.server.chats import RecordingChat, ScriptedChat
 from tests.tiny_gguf import build_tiny_gemma2_gguf
 
@@ -130,7 +130,7 @@ def test_a_hang_up_mid_reply_records_what_was_said_and_frees_the_model(
         ("assistant", "You are safe here. Breathe in slowly."),
     ]
     assert turns[1]["timings"] == {"interrupted": True}
-    from server.export import to_text
+    from server.records.export import to_text
 
     assert "Breathe in slowly. [cut off]" in to_text(companion.records.session_log(session_id))[0]
 
@@ -240,8 +240,8 @@ def test_a_long_conversation_folds_into_a_summary_and_never_overflows(
 
 
 def test_the_fallback_summary_keeps_their_newest_words_within_budget(tmp_path: Path, tiny_gguf: Path) -> None:
-    from server.records import Turn
-    from server.summary import fallback_summary
+    from server.conversation.summary import fallback_summary
+    from server.records.store import Turn
 
     prompts = Prompts.load("Tad")
     folded = [Turn(i, "user" if i % 2 else "assistant", f"words of turn {i}", "") for i in range(1, 41)]
@@ -387,7 +387,7 @@ def test_crisis_and_concern_stay_out_of_later_prompts_and_whole_in_the_record(co
     assert "- I baked bread with my sister" in prompt, "recall works, so what is missing was left out"
     assert "end my life" not in prompt and "hopeless" not in prompt, prompt
 
-    from server.export import to_csv, to_text
+    from server.records.export import to_csv, to_text
 
     log = companion.records.session_log(first)
     assert [(e["level"], e["turn_id"]) for e in log["safety_events"]] == [
@@ -497,7 +497,7 @@ def test_a_broken_first_answer_is_answered_again_without_a_second_person_turn(
 
 
 def test_a_key_still_streaming_is_refused_until_its_stream_ends(companion: Companion) -> None:
-    from server.in_flight import TurnInProgress
+    from server.conversation.in_flight import TurnInProgress
 
     session_id = companion.start_session("max", None)["session_id"]
     session = companion.records.session(session_id)

@@ -11,7 +11,7 @@ import pytest
 
 from server.errors import TadbotError
 from server.eval.guard import Row, evaluate, read_rows, spoken_sentences, verdict
-from server.guard import CATEGORIES, OutputGuard
+from server.safety.guard import CATEGORIES, OutputGuard
 from tests.conftest import ROOT, tadbot
 from tests.server.test_guard import ALLOWED, BLOCKED
 

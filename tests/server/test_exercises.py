@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from server.conversation.sentences import SentenceSplitter, clean_for_speech
 from server.errors import ConfigError, NotFound
-from server.exercises import Exercise, Exercises
-from server.sentences import SentenceSplitter, clean_for_speech
+from server.safety.exercises import Exercise, Exercises
 
 IDS = ("box_breathing", "breathing_478", "grounding_54321", "muscle_relaxation", "orientation")
 # espeak-ng's default rate (the device's tts_rate) is 165 words a minute.

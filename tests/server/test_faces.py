@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from server.errors import ModelError
-from server.face_align import align_face, similarity_transform
-from server.faces import Box, Face, HaarDetector, YuNetDetector, open_detector, order_faces
-from server.fer import EmotionClassifier, FerPipeline, build_pipeline
+from server.face.align import align_face, similarity_transform
+from server.face.detect import Box, Face, HaarDetector, YuNetDetector, open_detector, order_faces
+from server.face.fer import EmotionClassifier, FerPipeline, build_pipeline
 from tests.tiny_onnx import (
     ALIGN_TEMPLATE_112,
     YUNET_FACE_SIDE,
@@ -199,7 +199,7 @@ def test_box_crop_when_the_model_is_not_aligned(tiny_fer: Path, yunet_path: Path
 def test_aligned_model_with_haar_warns_and_reads_the_box(
     aligned_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="server.fer"):
+    with caplog.at_level(logging.WARNING, logger="server.face.fer"):
         pipeline = FerPipeline(HaarDetector(), EmotionClassifier(aligned_model))
     assert "expects landmark-aligned faces" in caplog.text
     frame = np.full((200, 200, 3), 90, np.uint8)

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from server import fer
 from server.errors import ModelError
-from server.faces import HaarDetector
-from server.fer_manifest import VOCABULARY, load_manifest
-from server.images import decode_image
+from server.face import fer
+from server.face.detect import HaarDetector
+from server.face.images import decode_image
+from server.face.manifest import VOCABULARY, load_manifest
 from tests.conftest import FACE_PHOTOS, FACES
 from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx, rewrite_manifest
 

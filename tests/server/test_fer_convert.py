@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server import fer_convert
 from server.errors import ModelError
+from server.models import fer_convert
 from tests.conftest import ROOT
 
 h5py = pytest.importorskip("h5py")

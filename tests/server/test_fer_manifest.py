@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server import fer_manifest
 from server.errors import ModelError
+from server.face import manifest as fer_manifest
 from tests.tiny_onnx import FER2013_LABELS, build_tiny_fer_onnx, rewrite_manifest
 
 

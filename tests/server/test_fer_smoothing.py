@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from server.components import Components
 from server.config import load_settings
-from server.engine import Companion, TurnInput
-from server.faces import HaarDetector
-from server.fer import EmotionClassifier, FerPipeline
-from server.fer_smoothing import EmotionSmoother
-from server.images import decode_image
-from server.prompt import Prompts
-from server.records import Records
+from server.conversation.components import Components
+from server.conversation.engine import Companion, TurnInput
+from server.conversation.prompt import Prompts
+from server.face.detect import HaarDetector
+from server.face.fer import EmotionClassifier, FerPipeline
+from server.face.images import decode_image
+from server.face.smoothing import EmotionSmoother
+from server.records.store import Records
 
 
 def test_the_first_face_is_taken_as_it_is_and_later_ones_move_it_by_alpha() -> None:

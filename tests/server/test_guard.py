@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from server.errors import ConfigError
-from server.guard import CATEGORIES, OutputGuard, Verdict
+from server.safety.guard import CATEGORIES, OutputGuard, Verdict
 
 GUARD = OutputGuard.load()
 DATA = tomllib.loads(resources.files("server").joinpath("data", "guard.toml").read_text(encoding="utf-8"))

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from server.components import Components
 from server.config import load_settings
-from server.engine import Companion, TurnInput
-from server.faces import HaarDetector
-from server.fer import EmotionClassifier, FerPipeline
-from server.images import decode_image
-from server.memory import Memory
-from server.prompt import Prompts
-from server.records import Records
+from server.conversation.components import Components
+from server.conversation.engine import Companion, TurnInput
+from server.conversation.prompt import Prompts
+from server.face.detect import HaarDetector
+from server.face.fer import EmotionClassifier, FerPipeline
+from server.face.images import decode_image
+from server.memory.store import Memory
+from server.records.store import Records
 
 
 def _companion(tmp_path: Path, idle_s: float, **components: Any) -> Companion:

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from server import images
 from server.errors import FerError
+from server.face import images
 
 
 def encode(image: np.ndarray, ext: str) -> bytes:

@@ -13,8 +13,7 @@ from typing import Any
 import gguf
 import pytest
 
-from server.errors import ConfigError, LlmError, ModelError
-from server.llm import (
+from server.conversation.llm import (
     GenerationStats,
     LlamaCppChat,
     OpenAICompatChat,
@@ -22,6 +21,7 @@ from server.llm import (
     get_chat_model,
     token_budget,
 )
+from server.errors import ConfigError, LlmError, ModelError
 from tests.llama_server import llama_cpp_server
 from tests.tiny_gguf import END_OF_TURN_ID, GEMMA2_CHAT_TEMPLATE, START_OF_TURN_ID, build_tiny_gemma2_gguf
 
@@ -401,11 +401,11 @@ def test_openai_backend_against_llama_cpp_server(llama_server: str) -> None:
 
 
 def test_a_whole_turn_through_the_openai_backend(llama_server: str, tmp_path: pathlib.Path) -> None:
-    from server.components import Components
     from server.config import load_settings
-    from server.engine import Companion, TurnInput
-    from server.prompt import Prompts
-    from server.records import Records
+    from server.conversation.components import Components
+    from server.conversation.engine import Companion, TurnInput
+    from server.conversation.prompt import Prompts
+    from server.records.store import Records
 
     config = tmp_path / "tadbot.toml"
     config.write_text('[llm]\nbackend = "openai"\nmax_tokens = 16\n', encoding="utf-8")

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from server.conversation.llm_check import (
+    KEPT_VERDICTS,
+    Outcome,
+    check_decode,
+    cpu_identity,
+    ensure_decodes,
+    remember,
+)
 from server.errors import ModelError
-from server.llm_check import KEPT_VERDICTS, Outcome, check_decode, cpu_identity, ensure_decodes, remember
 from tests.conftest import LiveServer, start_server, stop_server, tadbot
 from tests.tiny_gguf import build_untokenizable_gguf
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from server.embedding import REQUIRED_FILES, MiniLMEmbedder
 from server.errors import MemoryStoreError
-from server.memory import Memory, Recollection
+from server.memory.embedding import REQUIRED_FILES, MiniLMEmbedder
+from server.memory.store import Memory, Recollection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,8 +145,8 @@ def test_a_new_process_remembers_and_can_add(tmp_path: Path, embedder: MiniLMEmb
     script = textwrap.dedent(
         f"""
         import pathlib
-        from server.embedding import MiniLMEmbedder
-        from server.memory import Memory
+        from server.memory.embedding import MiniLMEmbedder
+        from server.memory.store import Memory
         embedder = MiniLMEmbedder(pathlib.Path({str(embedder.model_dir)!r}))
         memory = Memory(pathlib.Path({str(tmp_path / "memory")!r}), embedder)
         memory.add(client="ana", session_id="s3", role="user", text="Still nervous about planes", ts=6.0)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from server.errors import ModelError
-from server.fer_manifest import load_manifest
-from server.models import VerifyState, list_models, load_catalogue, pull, verify
+from server.face.manifest import load_manifest
+from server.models.catalogue import VerifyState, list_models, load_catalogue, pull, verify
 
 REPO = Path(__file__).resolve().parents[2]
 BLOB = bytes(range(256)) * 4000 + b"tail"  # ~1 MB: several read chunks
@@ -322,7 +322,7 @@ def test_default_models_land_where_the_config_looks() -> None:
 
 
 def test_default_model_paths_follow_the_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from server.models import resolve_model_path
+    from server.models.catalogue import resolve_model_path
 
     monkeypatch.delenv("TADBOT_MODELS_DIR", raising=False)
     assert resolve_model_path("models/llm.gguf") == Path("models/llm.gguf")

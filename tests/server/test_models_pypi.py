@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server import models
 from server.errors import ModelError
+from server.models import catalogue as models
 from tests.server.test_fer_convert import TINY_LAYERS, write_keras_hdf5
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]

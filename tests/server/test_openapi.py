@@ -20,7 +20,7 @@ from schemathesis.core.result import Ok
 from urllib3.filepost import encode_multipart_formdata
 from werkzeug.test import TestResponse
 
-from server.access import Access
+from server.access.policy import Access
 from tests.conftest import ROOT
 
 DEVICE_ROUTES = (
@@ -74,11 +74,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_fer: Path) -> Iterator[
     the same app with real speech recognition (PocketSphinx) and face reading (a tiny ONNX model), so that
     audio and frames are read and their refusals reached."""
     from server.app import create_app
-    from server.components import Components, fer_options
     from server.config import load_settings
-    from server.fer import build_pipeline
-    from server.records import Records
-    from server.stt import SphinxTranscriber
+    from server.conversation.components import Components, fer_options
+    from server.face.fer import build_pipeline
+    from server.records.store import Records
+    from server.speech.stt import SphinxTranscriber
 
     root = tmp_path_factory.mktemp("openapi")
     config = root / "tadbot.toml"
@@ -427,7 +427,7 @@ def test_an_erasure_the_memory_cannot_do_is_503_with_retry_after(world: dict[str
 def test_every_operation_on_the_database_documents_storage_unavailable(world: dict[str, Any]) -> None:
     """Any request past the token reads the database, so a data dir that will not be read or written is a
     503 on every authenticated operation (test_storage_faults.py provokes it live)."""
-    from server.storage import StorageError
+    from server.records.storage import StorageError
 
     refused = StorageError("database is locked")
     assert (refused.code, refused.status, refused.retry_after_s) == ("storage_unavailable", 503, 30.0)
@@ -445,12 +445,12 @@ REQUEST_PATH: dict[str, tuple[str, ...]] = {
     "server/api/device.py": (),
     "server/api/therapist.py": (),
     "server/api/auth.py": (),
-    "server/access.py": ("Access.caller", "Access.session_client", "Access.require_session"),
-    "server/records.py": ("Records.session", "Records.require_client", "Records.delete_client"),
-    "server/engine.py": ("Companion.forget_client",),
-    "server/in_flight.py": ("TurnsInFlight.begin",),
-    "server/stt.py": ("read_wav",),
-    "server/images.py": ("decode_image", "_check_side"),
+    "server/access/policy.py": ("Access.caller", "Access.session_client", "Access.require_session"),
+    "server/records/store.py": ("Records.session", "Records.require_client", "Records.delete_client"),
+    "server/conversation/engine.py": ("Companion.forget_client",),
+    "server/conversation/in_flight.py": ("TurnsInFlight.begin",),
+    "server/speech/stt.py": ("read_wav",),
+    "server/face/images.py": ("decode_image", "_check_side"),
 }
 
 

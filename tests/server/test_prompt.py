@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jinja2
 
-from server.llm import fold_system
-from server.prompt import Prompts, build_messages, stage_for, turn_content
+from server.conversation.llm import fold_system
+from server.conversation.prompt import Prompts, build_messages, stage_for, turn_content
 from tests.tiny_gguf import GEMMA2_CHAT_TEMPLATE
 
 PROMPTS = Prompts.load("Tad")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.records import Records
+from server.records.store import Records
 
 # The turns table as versions before idempotency keys made it.
 OLD_TURNS = """
@@ -133,7 +133,7 @@ def test_a_loose_existing_data_dir_is_tightened_with_one_log_line(
     db_path = data / "tadbot.sqlite3"
     sqlite3.connect(db_path).close()
     db_path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="server.records"):
+    with caplog.at_level(logging.WARNING, logger="server.records.store"):
         Records(db_path)
     assert (_mode(data), _mode(db_path)) == (0o700, 0o600)
     assert [r.getMessage() for r in caplog.records if str(data) + " was" in r.getMessage()] == [

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from server.access import Access
+from server.access.policy import Access
 from server.config import RetentionSection, describe, load_settings
-from server.embedding import MiniLMEmbedder
-from server.memory import Memory
-from server.records import Records
-from server.retention import PurgeReport, cutoff_for, purge
+from server.memory.embedding import MiniLMEmbedder
+from server.memory.store import Memory
+from server.records.retention import PurgeReport, cutoff_for, purge
+from server.records.store import Records
 from tests.conftest import tadbot
 
 DAY = 86400.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import ConfigError
-from server.safety import CrisisDetector, CrisisReply, Level
+from server.safety.crisis import CrisisDetector, CrisisReply, Level
 from tests.conftest import ROOT, tadbot
 
 EVAL_SET = ROOT / "tests" / "data" / "safety_eval.csv"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.sentences import SentenceSplitter, clean_for_speech
+from server.conversation.sentences import SentenceSplitter, clean_for_speech
 
 
 def split_stream(pieces: list[str]) -> tuple[list[str], str | None]:

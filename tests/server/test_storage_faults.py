@@ -158,8 +158,8 @@ def _check_after_restart(live: LiveServer) -> None:
         assert replies == []
         crisis = db.execute("SELECT level FROM safety_events").fetchall()
         assert ("crisis",) in crisis
-    from server.components import open_memory
     from server.config import load_settings
+    from server.conversation.components import open_memory
 
     memory = open_memory(load_settings(Path(live.env["TADBOT_CONFIG"])))
     assert memory.count(CLIENT) >= 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import ConfigError, SttError
-from server.stt import SphinxTranscriber, Transcriber, WavAudio, get_transcriber, read_wav
+from server.speech.stt import SphinxTranscriber, Transcriber, WavAudio, get_transcriber, read_wav
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import stt_whisper
-from server.care import Care
 from server.config import Settings
 from server.datafiles import parse_data_file
 from server.errors import ConfigError, ModelError, SttError
 from server.eval.stt import word_errors, words
-from server.models import load_catalogue
-from server.safety import Level
-from server.soundalikes import Soundalikes
-from server.stt import Transcript, WavAudio, Word, read_wav
-from server.stt_whisper import WhisperTranscriber, find_model
+from server.models.catalogue import load_catalogue
+from server.safety.care import Care
+from server.safety.crisis import Level
+from server.safety.soundalikes import Soundalikes
+from server.speech import whisper as stt_whisper
+from server.speech.stt import Transcript, WavAudio, Word, read_wav
+from server.speech.whisper import WhisperTranscriber, find_model
 from tests.speech import pcm16_wav, speak
 
 SENTENCES = [
@@ -267,7 +267,7 @@ def test_a_damaged_utterance_is_stt_failed(whisper: WhisperTranscriber) -> None:
 
 
 def test_the_export_marks_the_words_recognition_was_unsure_of() -> None:
-    from server.export import to_text
+    from server.records.export import to_text
 
     turn = {
         "id": 1,

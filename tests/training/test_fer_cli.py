@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server import cli
+from server.cli import main as cli
 from tests.conftest import ROOT, tadbot
 from tests.training.conftest import TrainedRun, write_csv_dataset, write_labels
 from training.__main__ import main as train_main
@@ -107,7 +107,7 @@ def test_tadbot_train_help_lists_the_flags() -> None:
 def test_the_cli_starts_without_torch() -> None:
     """`tadbot` builds its parser, train command included, without importing torch or the training package."""
     code = (
-        "import sys, server.cli as c; c.build_parser(); "
+        "import sys, server.cli.main as c; c.build_parser(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training')))"
     )
     done = subprocess.run(

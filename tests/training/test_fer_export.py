@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from server.errors import ModelError
-from server.fer import EmotionClassifier
-from server.fer_manifest import load_manifest
+from server.face.fer import EmotionClassifier
+from server.face.manifest import load_manifest
 from tests.training.conftest import COLOURS, TrainedRun, draw_face
 from training.fer.export import OPSET, export_onnx, verify_onnx
 from training.fer.model import build_model

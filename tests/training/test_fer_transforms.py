@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.fer import EmotionClassifier
+from server.face.fer import EmotionClassifier
 from tests.training.conftest import TrainedRun, draw_face
 from training.fer.transforms import InputSpec, augment, preprocess
 

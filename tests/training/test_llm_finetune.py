@@ -358,12 +358,12 @@ def test_export_writes_a_q4_k_m_gguf_with_the_models_chat_template(chain: Chain)
 
 
 def test_the_exported_model_answers_a_turn_in_the_server(chain: Chain, tmp_path: Path) -> None:
-    from server.components import Components
     from server.config import load_settings
-    from server.engine import Companion, TurnInput
-    from server.llm import LlamaCppChat
-    from server.prompt import Prompts
-    from server.records import Records
+    from server.conversation.components import Components
+    from server.conversation.engine import Companion, TurnInput
+    from server.conversation.llm import LlamaCppChat
+    from server.conversation.prompt import Prompts
+    from server.records.store import Records
 
     chat = LlamaCppChat(chain.export["gguf"], n_ctx=2048, n_threads=1, seed=1)
     # llama-cpp-python renders the GGUF's own template, not a built-in format.
@@ -426,8 +426,8 @@ def test_eval_reports_perplexity_for_both_models_and_the_fine_tune_is_lower(chai
 
 
 def test_eval_shows_the_safety_layer_intercepts_every_crisis_prompt(chain: Chain) -> None:
-    from server.care import Care
     from server.config import SafetySection
+    from server.safety.care import Care
 
     crisis = chain.eval["crisis"]
     assert crisis["prompts"] == len(load_prompts()["crisis"]) == crisis["intercepted"]

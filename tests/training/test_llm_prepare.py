@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from server.llm import fold_system
-from server.prompt import Prompts
+from server.conversation.llm import fold_system
+from server.conversation.prompt import Prompts
 from tests.conftest import ROOT, SHARED_DATA, tadbot
 from training.__main__ import main
 from training.llm.clean import clean_answer, clean_question, first_sentences, looks_english, signer_names

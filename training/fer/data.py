@@ -4,7 +4,7 @@ Layouts, detected from what the folder holds:
 - rafdb: RAF-DB's basic set, EmoLabel/list_patition_label.txt with Image/aligned/ (or Image/original/);
 - csv: images/ + labels.csv (image,emotion; optional identity or subject, and split), as `tadbot eval fer`;
 - folder: <emotion>/ folders of images, optionally inside train/, val/ and test/.
-Every label goes through server.fer_manifest.normalize_label, so "Happiness" in a dataset is "happy" here.
+Every label goes through server.face.manifest.normalize_label, so "Happiness" in a dataset is "happy" here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.errors import ConfigError
-from server.fer_manifest import VOCABULARY, normalize_label
+from server.face.manifest import VOCABULARY, normalize_label
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,7 +65,7 @@ class DatasetError(ConfigError):
 class Sample:
     path: Path
     label: str
-    """Already normalised to server.fer_manifest.VOCABULARY."""
+    """Already normalised to server.face.manifest.VOCABULARY."""
     identity: str | None = None
     """The person shown, where the dataset says: validation then holds out whole people."""
     split: str | None = None

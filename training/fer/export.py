@@ -78,7 +78,7 @@ def write_manifest(
     source: str,
     license: str,
 ) -> dict[str, Any]:
-    """The manifest server.fer_manifest.load_manifest reads, saved at `path` (the model's stem, .json).
+    """The manifest server.face.manifest.load_manifest reads, saved at `path` (the model's stem, .json).
 
     `aligned` is false: the server then feeds the detector's box crop, as the trainer fed its images. A
     model trained on RAF-DB's aligned images still reads box crops well, as those are tight face crops;

@@ -1,6 +1,6 @@
 """Face crop to model input, the same way the server does it, plus the augmentation used on training images.
 
-`preprocess` mirrors server.fer.EmotionClassifier.preprocess step for step (colour, resize, normalise,
+`preprocess` mirrors server.face.fer.EmotionClassifier.preprocess step for step (colour, resize, normalise,
 layout), and a test holds the two equal: a model works as well in the server as in training only if it is
 fed alike.
 """

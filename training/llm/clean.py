@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
-from server.sentences import SentenceSplitter
+from server.conversation.sentences import SentenceSplitter
 
 _MARK = "\x00"
 """Stands where a link or address was taken out, until its sentence is judged."""

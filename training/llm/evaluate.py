@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from server.conversation.llm import fold_system
+from server.conversation.prompt import Prompts
 from server.errors import ConfigError, TadbotError
-from server.llm import fold_system
-from server.prompt import Prompts
 from training.llm.chat_tokens import IGNORE, encode_chat, read_chats
 from training.llm.libraries import require, unloadable
 
@@ -190,11 +190,11 @@ def _told(persona: str, text: str) -> list[dict[str, str]]:
 
 def _crisis(gguf: Path, texts: list[str], prompts: Prompts, max_new: int) -> dict[str, Any]:
     """Each text through the server's engine with `gguf` as its model, and through the model alone."""
-    from server.components import Components
     from server.config import load_settings
-    from server.engine import Companion, TurnInput
-    from server.llm import LlamaCppChat
-    from server.records import Records
+    from server.conversation.components import Components
+    from server.conversation.engine import Companion, TurnInput
+    from server.conversation.llm import LlamaCppChat
+    from server.records.store import Records
 
     chat = LlamaCppChat(gguf, n_ctx=2048, seed=1)
     rows: list[dict[str, Any]] = []

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.bench.quantize import QUANT_TYPES
+from server.models.quantize import QUANT_TYPES
 
 
 def add_parsers(subparsers: Any) -> None:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.access import Access
-from server.accounts import Accounts
+from server.access.accounts import Accounts
+from server.access.policy import Access
 from server.config import Settings, load_settings
 from server.errors import BadRequest, TadbotError
-from server.records import Records
+from server.records.store import Records
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -204,7 +204,7 @@ def _days(text: str) -> float:
 
 
 def add_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `tadbot admin` actions, beside `purge` (which server/cli.py adds)."""
+    """The `tadbot admin` actions, beside `purge` (which server/cli/main.py adds)."""
     for action, who, clients_help in (
         (
             "add-device",

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from server.config import Settings, describe, load_settings
 from server.errors import ConfigError, TadbotError, exit_code
@@ -92,9 +93,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _doctor_llm(settings: Settings) -> dict[str, str]:
     """The doctor's `llm` line: the configured GGUF loaded and decoded in a child, as the server would."""
-    from server.components import LLM_VERDICTS
-    from server.llm_check import check_decode, remember
-    from server.models import resolve_model_path
+    from server.conversation.components import LLM_VERDICTS
+    from server.conversation.llm_check import check_decode, remember
+    from server.models.catalogue import resolve_model_path
 
     llm = settings.llm
     if llm.backend != "llama_cpp":
@@ -112,10 +113,11 @@ SECOND_OPINION_PROBE = "tonight is the night I finally end it"
 
 def _doctor_second_opinion(settings: Settings) -> dict[str, str]:
     """The doctor's `second_opinion` line: the crisis check's nearest labelled examples, loaded as the server
-    loads them (the text embedder apart from the memory, server/components.py) and asked once. Without them
-    the server still runs, and the crisis rules alone read every turn, catching fewer crises (README)."""
-    from server.components import build_embedder
-    from server.crisis_examples import CrisisExamples
+    loads them (the text embedder apart from the memory, conversation/components.py) and asked once.
+    Without them the server still runs, and the crisis rules alone read every turn, catching fewer crises
+    (README)."""
+    from server.conversation.components import build_embedder
+    from server.safety.examples import CrisisExamples
 
     try:
         embedder = build_embedder(settings)
@@ -154,8 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     _require("server")
     _require("device")
-    from server.access import Access
-    from server.records import Records
+    from server.access.policy import Access
+    from server.records.store import Records
 
     # This box's own device, enrolled for the client it names (--client) or the default one.
     access = Access(Records(settings.data_path / "tadbot.sqlite3"))
@@ -214,14 +216,23 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float) -
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    from server import admin
+    from server.cli import admin
 
     return admin.run(args)
 
 
+def _existing_memory(settings: Settings) -> Any:
+    """The server's own memory store; None where none was ever made (the server can run without one)."""
+    if not (settings.data_path / "memory").exists():
+        return None
+    from server.conversation.components import open_memory
+
+    return open_memory(settings)
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
-    """`tadbot admin purge`: the retention pass in server/retention.py; memories it could not reach exit 1."""
-    from server import retention
+    """`tadbot admin purge`: the retention pass (records/retention.py); unreached memories exit 1."""
+    from server.records import retention
 
     days = None if args.older_than_config else retention.parse_days("--older-than", args.older_than)
     settings = _settings(args)
@@ -230,7 +241,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
         if days == 0:
             print("retention is off (retention.days = 0); nothing purged")
             return 0
-    report = retention.purge_data_dir(settings, days, dry_run=args.dry_run)
+    report = retention.purge_data_dir(
+        settings, days, lambda: _existing_memory(settings), dry_run=args.dry_run
+    )
     print(report.line())
     if report.memory_error:
         raise TadbotError("memory_unavailable", report.memory_error)
@@ -253,7 +266,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from server import models
+    from server.models import catalogue as models
 
     catalogue = models.load_catalogue()
     directory = models.models_dir()
@@ -294,7 +307,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         if not args.data:
             raise TadbotError("bad_data", "bench fer needs --data DIR, a folder with images/ of faces")
-        from server.components import fer_options
+        from server.conversation.components import fer_options
 
         settings = _settings(args)
         model = _fer_model(models[0] if models else settings.fer.model_path)
@@ -386,7 +399,7 @@ def _model_or_tiny(chosen: str | None, settings: Settings, say: Callable[[str], 
     built once under models/bench/."""
     if chosen:
         return _bench_model(chosen, say)
-    from server.models import models_dir, resolve_model_path
+    from server.models.catalogue import models_dir, resolve_model_path
 
     configured = resolve_model_path(settings.llm.model_path)
     if settings.llm.backend == "llama_cpp" and configured.is_file():
@@ -426,7 +439,7 @@ def _turn_args(args: argparse.Namespace) -> list[str]:
         return flags
     if args.model:
         return [*flags, "--model", args.model[0]]
-    from server.models import resolve_model_path
+    from server.models.catalogue import resolve_model_path
 
     llm = _settings(args).llm
     if llm.backend == "llama_cpp" and not resolve_model_path(llm.model_path).is_file():
@@ -442,7 +455,7 @@ def _bench_model(chosen: str | None, say: Callable[[str], None]) -> Path:
             raise TadbotError("model_missing", f"--model {model}: no such file")
         return model
     from server.bench.gemma_gguf import ensure_bench_gemma
-    from server.models import models_dir
+    from server.models.catalogue import models_dir
 
     say("building (or reusing) a full-size random-weight Gemma-2-2B Q4_K_M under models/bench/")
     return ensure_bench_gemma(models_dir(), _build_progress(say))
@@ -460,9 +473,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_fer(args: argparse.Namespace) -> dict[str, object]:
-    from server.components import fer_options
+    from server.conversation.components import fer_options
     from server.eval.fer import evaluate, read_photos
-    from server.fer import build_pipeline
+    from server.face.fer import build_pipeline
 
     settings = _settings(args)
     model = _fer_model(args.model or settings.fer.model_path)
@@ -484,7 +497,7 @@ def _eval_fer(args: argparse.Namespace) -> dict[str, object]:
 def _eval_stt(args: argparse.Namespace) -> dict[str, object]:
     """The configured speech engine (stt.*) on labelled speech: the words it got wrong."""
     from server.bench.stt import engine_label
-    from server.components import build_transcriber
+    from server.conversation.components import build_transcriber
     from server.eval.stt import read_clip_audio, read_clips, score
 
     settings = _settings(args)
@@ -501,7 +514,7 @@ def _eval_stt(args: argparse.Namespace) -> dict[str, object]:
 
 def _fer_model(chosen: str) -> Path:
     """An .onnx path, or a catalogue name or role whose .onnx has been pulled into the models dir."""
-    from server.models import load_catalogue, models_dir, resolve_model_path
+    from server.models.catalogue import load_catalogue, models_dir, resolve_model_path
 
     if chosen.endswith(".onnx") or Path(chosen).is_file():
         return resolve_model_path(chosen)
@@ -520,11 +533,11 @@ def _fer_model(chosen: str) -> Path:
 
 
 def _eval_safety(args: argparse.Namespace) -> dict[str, object]:
-    from server.care import Care
     from server.config import SafetySection
-    from server.embedding import MiniLMEmbedder, find_embedder_dir
     from server.eval.safety import evaluate, read_rows
-    from server.models import models_dir
+    from server.memory.embedding import MiniLMEmbedder, find_embedder_dir
+    from server.models.catalogue import models_dir
+    from server.safety.care import Care
 
     rows = read_rows(Path(args.data))
     found = find_embedder_dir("", models_dir())
@@ -543,7 +556,7 @@ def _eval_safety(args: argparse.Namespace) -> dict[str, object]:
 
 def _eval_guard(args: argparse.Namespace) -> dict[str, object]:
     from server.eval.guard import evaluate, read_rows
-    from server.guard import OutputGuard
+    from server.safety.guard import OutputGuard
 
     report = evaluate(read_rows(Path(args.data)), OutputGuard.load())
     alone = report["sentence_only"]
@@ -604,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         "admin", cmd_admin, "devices, accounts and who may reach which client; logins; audit log; purge"
     )
     actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
-    from server.admin import add_actions
+    from server.cli.admin import add_actions
 
     add_actions(actions)
     purge = actions.add_parser(

@@ -1,7 +1,7 @@
 """Facial emotion recognition: find the face in a frame, classify its expression, keep the top three.
 
-Frames arrive decoded in memory (server.images) and nothing here writes to disk: raw images are never kept.
-The classifier is fed as the manifest beside it says (server.fer_manifest), so models swap without code.
+Frames arrive decoded in memory (face.images) and nothing here writes to disk: raw images are never kept.
+The classifier is fed as the manifest beside it says (server.face.manifest), so models swap without code.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.errors import ModelError
-from server.face_align import align_face
-from server.faces import Detector, Face, open_detector
-from server.fer_manifest import VOCABULARY, Manifest, bad_manifest, load_manifest
+from server.face.align import align_face
+from server.face.detect import Detector, Face, open_detector
+from server.face.manifest import VOCABULARY, Manifest, bad_manifest, load_manifest
 
 if TYPE_CHECKING:
     import numpy as np

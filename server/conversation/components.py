@@ -9,14 +9,14 @@ from typing import Any, TypeVar
 
 from server.config import Settings, SttSection
 from server.errors import ConfigError, TadbotError
-from server.records import Records
+from server.records.store import Records
 
 _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 LLM_VERDICTS = "llm-checks.json"
-"""In the data dir: whether each model file decoded on this CPU (server.llm_check)."""
+"""In the data dir: whether each model file decoded on this CPU (server.conversation.llm_check)."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,11 @@ def _llm_key(settings: Settings) -> str:
 
 def build_transcriber(stt: SttSection) -> Any:
     """The engine `stt` names, with its model; the benches build theirs the same way."""
-    from server.stt import get_transcriber
+    from server.speech.stt import get_transcriber
 
     if stt.engine != "faster_whisper":
         return get_transcriber(stt.engine, language=stt.language)
-    from server.stt_whisper import find_model
+    from server.speech.whisper import find_model
 
     whisper = {
         "model_dir": find_model(stt.model),
@@ -117,15 +117,15 @@ def build_transcriber(stt: SttSection) -> Any:
 
 
 def _build_fer(settings: Settings) -> Any:
-    from server.fer import build_pipeline
-    from server.models import resolve_model_path
+    from server.face.fer import build_pipeline
+    from server.models.catalogue import resolve_model_path
 
     return build_pipeline(resolve_model_path(settings.fer.model_path), **fer_options(settings))
 
 
 def fer_options(settings: Settings) -> dict[str, Any]:
     """How the configured face pipeline is built, less the model: `eval fer` and `bench fer` swap that."""
-    from server.models import resolve_model_path
+    from server.models.catalogue import resolve_model_path
 
     return {
         "detector": settings.fer.detector,
@@ -136,9 +136,9 @@ def fer_options(settings: Settings) -> dict[str, Any]:
 
 
 def _build_llm(settings: Settings) -> Any:
-    from server.llm import get_chat_model
-    from server.llm_check import ensure_decodes
-    from server.models import resolve_model_path
+    from server.conversation.llm import get_chat_model
+    from server.conversation.llm_check import ensure_decodes
+    from server.models.catalogue import resolve_model_path
 
     llm = settings.llm
     if llm.backend == "openai":
@@ -151,9 +151,9 @@ def _build_llm(settings: Settings) -> Any:
 
 def build_embedder(settings: Settings) -> Any:
     """all-MiniLM-L6-v2 from memory.embedder_path, the models dir or its PyPI package."""
-    from server.embedding import MiniLMEmbedder, find_embedder_dir
     from server.errors import ModelError
-    from server.models import models_dir
+    from server.memory.embedding import MiniLMEmbedder, find_embedder_dir
+    from server.models.catalogue import models_dir
 
     found = find_embedder_dir(settings.memory.embedder_path, models_dir())
     if found is None:
@@ -166,6 +166,6 @@ def build_embedder(settings: Settings) -> Any:
 
 def open_memory(settings: Settings, embedder: Any = None) -> Any:
     """The chromadb memory under the data dir, with `embedder` (built here when not given)."""
-    from server.memory import Memory
+    from server.memory.store import Memory
 
     return Memory(settings.data_path / "memory", build_embedder(settings) if embedder is None else embedder)

@@ -13,13 +13,11 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
-from server.components import Components
 from server.config import Settings
-from server.errors import LlmError
-from server.model_queue import ModelQueue
-from server.prompt import Prompts, build_messages
-from server.records import Conversation, Turn
-from server.summary import (
+from server.conversation.components import Components
+from server.conversation.model_queue import ModelQueue
+from server.conversation.prompt import Prompts, build_messages
+from server.conversation.summary import (
     TURN_OVERHEAD_TOKENS,
     Summariser,
     fallback_summary,
@@ -27,6 +25,8 @@ from server.summary import (
     summarisable,
     summarise_prompt,
 )
+from server.errors import LlmError
+from server.records.store import Conversation, Turn
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class History:
         except LlmError as exc:
             _LOGGER.warning("the model could not summarise: %s", exc.message)
             return None
-        from server.sentences import clean_for_speech
+        from server.conversation.sentences import clean_for_speech
 
         summary = clean_for_speech("".join(pieces))
         return summary if summary and self.count(summary) <= limit else None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import ModelError, SttError
-from server.stt import Transcript, WavAudio, Word
+from server.speech.stt import Transcript, WavAudio, Word
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _MAX_THREADS = 4  # CTranslate2's own default; more threads gain little on one u
 def find_model(configured: str) -> Path:
     """`stt.model`: a catalogue name (pulled under the models dir, else the copy a package installed) or
     the path of a CTranslate2 Whisper folder."""
-    from server.models import load_catalogue, models_dir, resolve_model_path
+    from server.models.catalogue import load_catalogue, models_dir, resolve_model_path
 
     entries = {e.name: e for e in load_catalogue().entries if e.role == "stt"}
     entry = entries.get(configured)

@@ -1,7 +1,7 @@
 """Speech-to-text: read the uploaded WAV in memory, then turn it into words with an offline engine.
 
 Audio is never written to disk: the privacy promise is that nothing raw is kept, not even in a temp file.
-Whisper (`server/stt_whisper.py`) is the default engine; PocketSphinx, here, is the small fallback.
+Whisper (`server/speech/whisper.py`) is the default engine; PocketSphinx, here, is the small fallback.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def get_transcriber(engine: str, *, language: str, whisper: dict[str, Any] | Non
     if engine == "sphinx":
         return SphinxTranscriber(language=language)
     if engine == "faster_whisper":
-        from server.stt_whisper import WhisperTranscriber
+        from server.speech.whisper import WhisperTranscriber
 
         options = dict(whisper or {})
         model_dir = Path(options.pop("model_dir"))

@@ -2,7 +2,7 @@
 
 One short-lived connection per call keeps this safe under gunicorn's threads without a pool; the server
 holds one more open for its whole life, so that the WAL's side files stay and reads go on when the disk
-fills. A write the data dir will not take raises StorageError (server/storage.py) and is counted in
+fills. A write the data dir will not take raises StorageError (server/records/storage.py) and is counted in
 `writes`, which /health reads.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import NotFound
-from server.storage import WriteHealth, storage_fault
+from server.records.storage import WriteHealth, storage_fault
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Records:
         self._held: sqlite3.Connection | None = None
         private_dir(path.parent)
         private_file(path)
-        schema = resources.files("server").joinpath("schema.sql").read_text(encoding="utf-8")
+        schema = resources.files("server.records").joinpath("schema.sql").read_text(encoding="utf-8")
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             scoped = _has_table(db, "enrollments")
@@ -323,7 +323,7 @@ class Records:
             raise fault from exc
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One connection and transaction for a module that keeps its own SQL (server/retention.py)."""
+        """One connection and transaction for a module that keeps its own SQL (records/retention.py)."""
         return self._connect()
 
     def check(self) -> None:
@@ -399,7 +399,7 @@ class Records:
         not written again.
 
         `busy_timeout_s`: how long to wait for another writer's lock before giving up with
-        StorageError, which the caller retries (server/crisis_record.py)."""
+        StorageError, which the caller retries (server/conversation/crisis_record.py)."""
         with self._connect(busy_timeout_s) as db:
             said = _insert_turn(
                 db, turn.session_id, "user", turn.text, turn.heard_at, {}, None, turn.confidence, key=turn.key

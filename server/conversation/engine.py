@@ -6,7 +6,7 @@ guided exercise the person asked for or accepted, the language model, or, when t
 busy or failing, a steady talk-down and an exercise. The engine receives ready components and never builds
 its own. Every turn stream ends with `done` or `error`; the turn is committed to the record before `done`
 is sent. A crisis turn is the exception: nothing is written before its helpline is spoken, and a database
-too locked to take its record within a second gets it from a background retry (server/crisis_record.py),
+too locked to take its record within a second gets it from a background retry (conversation/crisis_record.py),
 with `done` carrying no turn id. A data dir that will not take a write at all (a full disk, a card remounted
 read-only) costs the person nothing either: each such write is logged and skipped, the reply still comes,
 and `done` carries no turn id, so the device knows the turn is not in the record.
@@ -30,24 +30,24 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from server.care import Care, Line
-from server.commands import Command, Commands
-from server.components import Components
 from server.config import Settings
-from server.crisis_record import CrisisRecorder
+from server.conversation.components import Components
+from server.conversation.crisis_record import CrisisRecorder
+from server.conversation.history import History
+from server.conversation.idle import IdleSweep
+from server.conversation.in_flight import TurnsInFlight, TurnStream
+from server.conversation.llm import GenerationStats
+from server.conversation.model_queue import ModelQueue
+from server.conversation.prompt import Prompts, build_messages, stage_for, turn_content
+from server.conversation.summary import Summariser
 from server.errors import LlmError, MemoryStoreError, TadbotError
-from server.fer_smoothing import EmotionSmoother
-from server.history import History
-from server.idle import IdleSweep
-from server.in_flight import TurnsInFlight, TurnStream
-from server.llm import GenerationStats
-from server.model_queue import ModelQueue
-from server.prompt import Prompts, build_messages, stage_for, turn_content
-from server.records import Conversation, CrisisTurn, EmotionSample, KeptTurn, SessionRow
-from server.safety import Assessment, Level
-from server.storage import StorageError
-from server.stt import Transcript
-from server.summary import Summariser
+from server.face.smoothing import EmotionSmoother
+from server.records.storage import StorageError
+from server.records.store import Conversation, CrisisTurn, EmotionSample, KeptTurn, SessionRow
+from server.safety.care import Care, Line
+from server.safety.commands import Command, Commands
+from server.safety.crisis import Assessment, Level
+from server.speech.stt import Transcript
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -634,7 +634,7 @@ class Companion:
         self, messages: list[dict[str, str]], raw: list[str], stats: GenerationStats
     ) -> Generator[str]:
         """Spoken sentences; `raw` collects the model's own text, which later prompts replay exactly."""
-        from server.sentences import SentenceSplitter, clean_for_speech
+        from server.conversation.sentences import SentenceSplitter, clean_for_speech
 
         splitter = SentenceSplitter()
         llm = self.settings.llm
@@ -668,7 +668,7 @@ class Companion:
 
         A face that cannot be read must not cost the person their reply: the turn goes on without emotions.
         """
-        from server.fer import rank_top3
+        from server.face.fer import rank_top3
 
         faces = 0
         smoothed: dict[str, float] = {}

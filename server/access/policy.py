@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.errors import AuthError, BadRequest, NotFound, TadbotError
-from server.records import Records, hash_token, new_token
-from server.storage import StorageError
+from server.records.storage import StorageError
+from server.records.store import Records, hash_token, new_token
 
 _LOGGER = logging.getLogger(__name__)
 

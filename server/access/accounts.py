@@ -13,9 +13,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from server.access import Caller, check_name
+from server.access.policy import Caller, check_name
 from server.errors import AuthError, BadRequest, NotFound, TadbotError
-from server.records import Records
+from server.records.store import Records
 
 _LOGGER = logging.getLogger(__name__)
 

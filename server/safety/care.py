@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.alerts import CrisisAlerts
 from server.config import SafetySection
-from server.crisis_examples import CrisisExamples
-from server.exercises import Exercise, Exercises
-from server.guard import OutputGuard
-from server.safety import Assessment, CrisisDetector, CrisisReply, Level
-from server.soundalikes import Soundalikes
+from server.safety.alerts import CrisisAlerts
+from server.safety.crisis import Assessment, CrisisDetector, CrisisReply, Level
+from server.safety.examples import CrisisExamples
+from server.safety.exercises import Exercise, Exercises
+from server.safety.guard import OutputGuard
+from server.safety.soundalikes import Soundalikes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Care:
         """Every hypothesis the speech engine weighed, best first: the best one's reading, unless another
         reads as a crisis. A misheard word ("bills" for "pills") must not decide whether a person in crisis
         is given the helpline, so when `spoken`, each hypothesis is also read by the rules with its known
-        mishearings put back (server/soundalikes.py). Returns the reading, the index of the hypothesis it
+        mishearings put back (safety/soundalikes.py). Returns the reading, the index of the hypothesis it
         came from, and the words that read as a crisis when they are not the transcript ("" otherwise)."""
         best = self.assess(hypotheses[0], second_opinion=second_opinion)
         if best.level == Level.CRISIS:

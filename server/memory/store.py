@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from server.errors import MemoryStoreError, TadbotError
 
 if TYPE_CHECKING:
-    from server.embedding import MiniLMEmbedder
+    from server.memory.embedding import MiniLMEmbedder
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from server.errors import ModelError
-from server.models_pypi import PypiSource, build_from_pypi
+from server.models.pypi import PypiSource, build_from_pypi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def pull(
 
 
 def _pull_file(entry: ModelEntry, f: ModelFile, target: Path, progress: bool, timeout: float) -> PullResult:
-    from tqdm import tqdm  # comes with the server extra; imported here so `import server.models` stays light
+    from tqdm import tqdm  # comes with the server extra; imported here so `import server.models.catalogue` stays light
 
     if _size(target) == f.size and (not f.sha256 or _sha256(target) == f.sha256):
         return PullResult(entry.name, target, "present")

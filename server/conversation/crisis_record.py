@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.records import CrisisTurn, Records
-from server.storage import StorageError
+from server.records.storage import StorageError
+from server.records.store import CrisisTurn, Records
 
 _LOGGER = logging.getLogger(__name__)
 

