@@ -10,7 +10,8 @@ tests/test_layering.py checks this):
 - `speech/` (audio becomes words), `face/` (a frame becomes emotions), `safety/` (crisis, guard, exercises,
   commands), `memory/` (past sessions), `records/` (where a turn is written: SQLite).
 - `models/`: model files, their catalogue, pulling, quantising and converting.
-- `config.py`, `datafiles.py`, `errors.py`: settings, the shipped data files, the error hierarchy.
+- `config.py` (its sections in `sections.py`), `datafiles.py`, `errors.py`: settings, the shipped data
+  files, the error hierarchy.
 
 May import: nothing of its own; the packages above carry their own rules.
 """

@@ -49,7 +49,7 @@ def _loaded_after_import(module: str) -> list[str]:
         "server.face.fer",
         "server.face.manifest",
         "server.face.images",
-        "server.conversation.llm",
+        "server.conversation.llm.chat",
         "server.speech.stt",
         "server.memory.store",
         "server.config",

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import pathlib
 
-from server.bench.gemma_gguf import (
+from server.bench.gemma_gguf import TINY, write_gemma2_gguf
+from server.bench.gemma_vocab import (
     BOS_ID,
     END_OF_TURN_ID,
     EOS_ID,
     GEMMA2_CHAT_TEMPLATE,
     PAD_ID,
     START_OF_TURN_ID,
-    TINY,
     UNK_ID,
-    write_gemma2_gguf,
 )
 
 __all__ = [

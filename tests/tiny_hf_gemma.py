@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from server.bench.gemma_gguf import GEMMA2_CHAT_TEMPLATE
+from server.bench.gemma_vocab import GEMMA2_CHAT_TEMPLATE
 
 
 def build_tiny_hf_gemma2(

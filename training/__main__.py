@@ -10,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from server.errors import exit_code
+from server.for_training import exit_code
 from training.fer import cli as fer_cli
 from training.llm import cli as llm_cli
 from training.llm import finetune_cli

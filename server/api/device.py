@@ -15,9 +15,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from server.access.policy import NAME_PATTERN, NAME_RULE, Forbidden
 from server.api.auth import require
 from server.app import access, companion
-from server.conversation.engine import TurnInput
+from server.conversation.turns import TurnInput
 from server.errors import BadRequest, TadbotError
-from server.records.store import SessionRow
+from server.records.rows import SessionRow
 
 bp = Blueprint("device", __name__, url_prefix="/api/v1/sessions")
 

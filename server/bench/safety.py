@@ -17,14 +17,14 @@ import subprocess
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from server.bench.live import BENCH_CLIENT, LiveServer, Say, TurnMeasure
+from server.bench.llm import CONVERSATION, CONVERSATION_VERSION
+from server.datafiles import DataFile
 from server.errors import TadbotError
 from server.eval.stt import read_clips
 
@@ -53,7 +53,10 @@ class SpokenClip:
 
 def crisis_lines() -> tuple[list[str], str]:
     """The crisis utterances to time, and a line that keeps the model busy meanwhile."""
-    data = tomllib.loads(resources.files("server.bench").joinpath("conversation.toml").read_text("utf-8"))
+    return DataFile(CONVERSATION, CONVERSATION_VERSION, "bench_invalid", _crisis_lines).load()
+
+
+def _crisis_lines(data: dict[str, Any]) -> tuple[list[str], str]:
     return list(data["crisis"]), str(data["turns"][0])
 
 

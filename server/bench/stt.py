@@ -21,9 +21,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from server.config import SttSection
 from server.errors import TadbotError
 from server.eval.stt import Clip, read_clip_audio, read_clips, score
+from server.sections import SttSection
 from server.speech.stt import read_wav
 
 _TIMEOUT_S = 600.0

@@ -43,7 +43,7 @@ class Utterance:
 
 def private_words(rng: random.Random, count: int) -> list[str]:
     """`count` English words that nothing under server/ contains."""
-    from server.bench.gemma_gguf import english_words
+    from server.bench.gemma_vocab import english_words
     from server.bench.privacy import code_words
     from server.models.catalogue import models_dir
 

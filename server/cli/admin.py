@@ -204,7 +204,7 @@ def _days(text: str) -> float:
 
 
 def add_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `tadbot admin` actions, beside `purge` (which server/cli/main.py adds)."""
+    """The `tadbot admin` actions, beside `purge` (which server/cli/purge.py adds)."""
     for action, who, clients_help in (
         (
             "add-device",

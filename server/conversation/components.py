@@ -7,16 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from server.config import Settings, SttSection
+from server.config import Settings
 from server.errors import ConfigError, TadbotError
 from server.records.store import Records
+from server.sections import SttSection
 
 _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 LLM_VERDICTS = "llm-checks.json"
-"""In the data dir: whether each model file decoded on this CPU (server.conversation.llm_check)."""
+"""In the data dir: whether each model file decoded on this CPU (server.conversation.llm.check)."""
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ def fer_options(settings: Settings) -> dict[str, Any]:
 
 
 def _build_llm(settings: Settings) -> Any:
-    from server.conversation.llm import get_chat_model
-    from server.conversation.llm_check import ensure_decodes
+    from server.conversation.llm.chat import get_chat_model
+    from server.conversation.llm.check import ensure_decodes
     from server.models.catalogue import resolve_model_path
 
     llm = settings.llm

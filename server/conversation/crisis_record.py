@@ -16,8 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from server.records.rows import CrisisTurn
 from server.records.storage import StorageError
-from server.records.store import CrisisTurn, Records
+from server.records.store import Records
 
 _LOGGER = logging.getLogger(__name__)
 

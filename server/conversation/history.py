@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from server.config import Settings
 from server.conversation.components import Components
-from server.conversation.model_queue import ModelQueue
+from server.conversation.llm.queue import ModelQueue
 from server.conversation.prompt import Prompts, build_messages
 from server.conversation.summary import (
     TURN_OVERHEAD_TOKENS,
@@ -26,7 +26,7 @@ from server.conversation.summary import (
     summarise_prompt,
 )
 from server.errors import LlmError
-from server.records.store import Conversation, Turn
+from server.records.rows import Conversation, Turn
 
 _LOGGER = logging.getLogger(__name__)
 

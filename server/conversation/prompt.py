@@ -8,15 +8,19 @@ newest turn. So each prompt starts with the previous one, and llama.cpp only eva
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from server.datafiles import DataFile
 from server.errors import ConfigError
 
 STAGES = ("opening", "building", "established")
+LINES_VERSION = 2
+"""The layout of lines.toml this code reads; a file of another version is refused, not half-read."""
+_LINES = ("greeting", "emotion_note", "memory_note", "summary_note", "summary", "fold_fallback")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Prompts:
                 ) from exc
         else:
             system = shipped.joinpath("system.txt").read_text(encoding="utf-8")
-        lines = tomllib.loads(shipped.joinpath("lines.toml").read_text(encoding="utf-8"))
+        lines, stages = _LINES_FILE.load()
         return cls(
             system=system.strip().replace("{name}", name),
             summarise=shipped.joinpath("summarise.txt")
@@ -56,8 +60,16 @@ class Prompts:
             summary_note=lines["summary_note"],
             summary=lines["summary"],
             fold_fallback=lines["fold_fallback"],
-            stages={stage: lines["stages"][stage] for stage in STAGES},
+            stages=stages,
         )
+
+
+def _lines(document: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """lines.toml's sentences, and its note for each rapport stage."""
+    return {key: document[key] for key in _LINES}, {stage: document["stages"][stage] for stage in STAGES}
+
+
+_LINES_FILE = DataFile("server/prompts/lines.toml", LINES_VERSION, "prompts_invalid", _lines)
 
 
 def emotions_text(top3: Sequence[dict[str, object]]) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from server.conversation.prompt import Prompts
-from server.records.store import Turn
+from server.records.rows import Turn
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from server.errors import ModelError
 
 VOCABULARY = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
 
-_LABELS_FILE = Path(__file__).with_name("data") / "emotion_labels.json"
+_LABELS_FILE = Path(__file__).parents[1] / "data" / "emotion_labels.json"
 _MANIFEST_KEYS = (
     "labels",
     "input_size",

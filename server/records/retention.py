@@ -19,9 +19,10 @@ from datetime import date, datetime, timedelta
 from datetime import time as clock
 from typing import Protocol
 
-from server.config import MAX_RETENTION_DAYS, Settings
+from server.config import Settings
 from server.errors import ConfigError, TadbotError
 from server.records.store import Records
+from server.sections import MAX_RETENTION_DAYS
 
 
 class Memory(Protocol):

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.config import SafetySection
 from server.safety.alerts import CrisisAlerts
 from server.safety.crisis import Assessment, CrisisDetector, CrisisReply, Level
 from server.safety.examples import CrisisExamples
 from server.safety.exercises import Exercise, Exercises
 from server.safety.guard import OutputGuard
 from server.safety.soundalikes import Soundalikes
+from server.sections import SafetySection
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.datafiles import Invalid, load_data_file, parse_data_file
+from server.datafiles import DataFile, Invalid
 
 # The one normaliser for matching speech against data-file patterns; exercises.toml and commands.toml are
 # written for the same plain text.
-from server.safety.exercises import plain_text
+from server.safety.plain import patterns, plain_words
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,12 +69,7 @@ class Commands:
     @classmethod
     def load(cls) -> Commands:
         """The packaged commands.toml, checked."""
-        return load_data_file("commands.toml", "commands_invalid", _parse)
-
-    @classmethod
-    def from_text(cls, text: str, source: str) -> Commands:
-        """Parse and check the TOML `text`; `source` names it in the error a bad file raises."""
-        return parse_data_file(text, source, "commands_invalid", _parse)
+        return COMMANDS_FILE.load()
 
     def match(self, text: str) -> Command | None:
         """The command the recognised `text` is, or None when it is anything more than a command.
@@ -83,7 +78,7 @@ class Commands:
         appear, and what is left must match one of a command's patterns in full. Nothing left is no command:
         "okay, thank you" is talk, not a request.
         """
-        left = self.core(plain_text(text))
+        left = self.core(plain_words(text))
         if not left:
             return None
         for command in self.by_name.values():
@@ -103,9 +98,6 @@ class Commands:
 
 
 def _parse(document: dict[str, Any]) -> Commands:
-    version = document.get("version")
-    if type(version) is not int or version != VERSION:
-        raise Invalid(f"version is {version!r}; expected {VERSION}")
     known = {str(name) for name in CommandName}
     allowed = ", ".join(sorted(_TOP_KEYS | known))
     for key in document:
@@ -114,7 +106,7 @@ def _parse(document: dict[str, Any]) -> Commands:
     for key in ("fillers", *CommandName):
         if key not in document:
             raise Invalid(f"missing key {str(key)!r}")
-    fillers = "|".join(p.pattern for p in _patterns(document["fillers"], "fillers"))
+    fillers = "|".join(p.pattern for p in patterns(document["fillers"], "fillers", grouped=True))
     by_name = {
         CommandName(key): _command(CommandName(key), value) for key, value in document.items() if key in known
     }
@@ -138,7 +130,7 @@ def _command(name: CommandName, table: object) -> Command:
     return Command(
         name=name,
         reply=_reply(table["reply"], f"{where} reply"),
-        patterns=_patterns(table["patterns"], f"{where} patterns"),
+        patterns=patterns(table["patterns"], f"{where} patterns", grouped=True),
     )
 
 
@@ -155,16 +147,4 @@ def _reply(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _patterns(value: object, where: str) -> tuple[re.Pattern[str], ...]:
-    if not isinstance(value, list) or not value:
-        raise Invalid(f"{where}: expected a non-empty list of regular expressions")
-    patterns = []
-    for index, pattern in enumerate(value):
-        if not isinstance(pattern, str) or not pattern:
-            raise Invalid(f"{where}[{index}] = {pattern!r}; expected a regular expression")
-        try:
-            # Grouped, so a top-level alternation ('quiet|hush') still has to match the whole text.
-            patterns.append(re.compile(f"(?:{pattern})", re.IGNORECASE))
-        except re.error as exc:
-            raise Invalid(f"{where}[{index}] = {pattern!r} is not a regular expression ({exc})") from None
-    return tuple(patterns)
+COMMANDS_FILE = DataFile("server/data/commands.toml", VERSION, "commands_invalid", _parse)

@@ -17,14 +17,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from server.errors import ConfigError
+from server.datafiles import DataFile, Invalid
+from server.safety.plain import lowered
 
-_SOURCE = "server/data/crisis.toml"
+RULES_VERSION = 1
+"""The layout of crisis.toml this code reads; a file of another version is refused, not half-read."""
+REPLY_VERSION = 1
+"""The layout of crisis_reply.toml this code reads."""
+_CODE = "safety_rules_invalid"
 
 
 class Level(enum.StrEnum):
@@ -62,52 +65,42 @@ class _Rule:
 
 
 class CrisisDetector:
-    def __init__(self, data: dict[str, Any], source: str) -> None:
-        try:
-            self._rewrites = [(_compile(r["pattern"]), str(r["with"])) for r in data["rewrite"]]
-            self._idioms = [_compile(r["pattern"]) for r in data["idiom"]]
-            self._rules = [
-                _Rule(
-                    name=str(r["name"]),
-                    level=Level(r["level"]),
-                    negatable=bool(r["negatable"]),
-                    first_person=bool(r["first_person"]),
-                    past_is_concern=bool(r["past_is_concern"]),
-                    settled=bool(r.get("settled", False)),
-                    patterns=tuple(_compile(p) for p in r["patterns"]),
-                )
-                for r in data["rule"]
-            ]
-            self._panic = [_compile(p) for p in data["panic"]["patterns"]]
-            self._negation = _compile(data["negation"]["pattern"])
-            self._negation_over = _compile(data["negation_over"]["pattern"])
-            self._subject = _compile(data["subject"]["pattern"])
-            self._affirm = _compile(data["affirm"]["pattern"])
-            self._present = _compile(data["present"]["pattern"])
-            self._again = [_compile(p) for p in data["again"]["patterns"]]
-            self._negation_after = _compile(data["negation_after"]["pattern"])
-            self._others = _compile(data["others"]["pattern"])
-            self._past = _compile(data["past"]["pattern"])
-            self._clauses = _compile(data["clauses"]["pattern"])
-            self._joins = _compile(data["joins"]["pattern"])
-            self._benign = _compile(data["benign"]["pattern"])
-        except (KeyError, TypeError, ValueError, re.error) as exc:
-            raise ConfigError("safety_rules_invalid", f"{source}: {type(exc).__name__}: {exc}") from exc
+    def __init__(self, data: dict[str, Any]) -> None:
+        """The rules in `data` (crisis.toml's document); a missing or malformed one raises KeyError,
+        TypeError, ValueError or re.error, which the loader turns into one error naming the file."""
+        self._rewrites = [(_compile(r["pattern"]), str(r["with"])) for r in data["rewrite"]]
+        self._idioms = [_compile(r["pattern"]) for r in data["idiom"]]
+        self._rules = [
+            _Rule(
+                name=str(r["name"]),
+                level=Level(r["level"]),
+                negatable=bool(r["negatable"]),
+                first_person=bool(r["first_person"]),
+                past_is_concern=bool(r["past_is_concern"]),
+                settled=bool(r.get("settled", False)),
+                patterns=tuple(_compile(p) for p in r["patterns"]),
+            )
+            for r in data["rule"]
+        ]
+        self._panic = [_compile(p) for p in data["panic"]["patterns"]]
+        self._negation = _compile(data["negation"]["pattern"])
+        self._negation_over = _compile(data["negation_over"]["pattern"])
+        self._subject = _compile(data["subject"]["pattern"])
+        self._affirm = _compile(data["affirm"]["pattern"])
+        self._present = _compile(data["present"]["pattern"])
+        self._again = [_compile(p) for p in data["again"]["patterns"]]
+        self._negation_after = _compile(data["negation_after"]["pattern"])
+        self._others = _compile(data["others"]["pattern"])
+        self._past = _compile(data["past"]["pattern"])
+        self._clauses = _compile(data["clauses"]["pattern"])
+        self._joins = _compile(data["joins"]["pattern"])
+        self._benign = _compile(data["benign"]["pattern"])
         # Crisis rules first: the first crisis match decides, and concern is read only when none matched.
         self._rules.sort(key=lambda rule: -_RANK[rule.level])
 
     @classmethod
     def load(cls) -> CrisisDetector:
-        text = resources.files("server").joinpath("data", "crisis.toml").read_text(encoding="utf-8")
-        return cls.from_text(text, _SOURCE)
-
-    @classmethod
-    def from_text(cls, text: str, source: str) -> CrisisDetector:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("safety_rules_invalid", f"{source}: {exc}") from exc
-        return cls(data, source)
+        return RULES_FILE.load()
 
     def assess(self, text: str) -> Assessment:
         said = self.normalise(text)
@@ -147,7 +140,7 @@ class CrisisDetector:
         return dataclasses.replace(best, ruled_out=ruled_out and best.level != Level.CRISIS)
 
     def normalise(self, text: str) -> str:
-        said = text.lower()
+        said = lowered(text)
         for pattern, replacement in self._rewrites:
             said = pattern.sub(replacement, said)
         return said.strip()
@@ -232,23 +225,27 @@ class CrisisReply:
 
     @classmethod
     def load(cls, locale: str) -> CrisisReply:
-        text = resources.files("server").joinpath("data", "crisis_reply.toml").read_text(encoding="utf-8")
-        return cls.from_text(text, "server/data/crisis_reply.toml", locale)
+        return reply_file(locale).load()
 
     @classmethod
-    def from_text(cls, text: str, source: str, locale: str) -> CrisisReply:
-        try:
-            data = tomllib.loads(text)
-            locales = data["locales"]
-            chosen = locales.get(locale.upper(), locales["default"])
-            helpline, emergency = str(chosen["helpline"]), str(chosen["emergency"])
-            lines = tuple(
-                str(line).replace("{helpline}", helpline).replace("{emergency}", emergency)
-                for line in data["lines"]
-            )
-            concern_note = str(data["concern_note"])
-        except (KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError("safety_rules_invalid", f"{source}: {type(exc).__name__}: {exc}") from exc
+    def parse(cls, data: dict[str, Any], locale: str) -> CrisisReply:
+        """The reply for `locale` (the default one's numbers when it has none of its own)."""
+        locales = data["locales"]
+        chosen = locales.get(locale.upper(), locales["default"])
+        helpline, emergency = str(chosen["helpline"]), str(chosen["emergency"])
+        lines = tuple(
+            str(line).replace("{helpline}", helpline).replace("{emergency}", emergency)
+            for line in data["lines"]
+        )
         if not lines or helpline not in lines:
-            raise ConfigError("safety_rules_invalid", f"{source}: `lines` must hold the {{helpline}} line")
-        return cls(lines=lines, helpline=helpline, concern_note=concern_note)
+            raise Invalid("`lines` must hold the {helpline} line")
+        return cls(lines=lines, helpline=helpline, concern_note=str(data["concern_note"]))
+
+
+RULES_FILE = DataFile("server/data/crisis.toml", RULES_VERSION, _CODE, CrisisDetector)
+
+
+def reply_file(locale: str) -> DataFile[CrisisReply]:
+    return DataFile(
+        "server/data/crisis_reply.toml", REPLY_VERSION, _CODE, lambda data: CrisisReply.parse(data, locale)
+    )

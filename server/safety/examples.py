@@ -4,7 +4,7 @@ Rules catch the ways of saying it that someone wrote down; people find others ("
 "my last night on earth"). The nearest labelled examples, by all-MiniLM-L6-v2 embeddings, catch many of
 those. They only ever add a crisis the rules missed, and never overrule a reading the rules made (an
 idiom, a negation, someone else's story, the past). The examples and their thresholds are data
-(`data/crisis_examples.csv`, `[neighbours]` in `data/crisis.toml`).
+(`data/crisis_examples.csv`, versioned by its first line, and `[neighbours]` in `data/crisis.toml`).
 
 Both the examples and what was said are embedded in one plain form (`canonical`): lower case, no
 punctuation at the ends, no fillers or openers (`[neighbours]` in `data/crisis.toml`). The same words
@@ -17,24 +17,26 @@ other server data, keyed by the plain texts and the model.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import threading
-import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from server.datafiles import DataFile
 from server.errors import ConfigError
+from server.safety.crisis import RULES_VERSION
+from server.safety.plain import lowered
 
 _LOGGER = logging.getLogger(__name__)
 _SOURCE = "server/data/crisis_examples.csv"
+VERSION = 1
+"""The layout of crisis_examples.csv this code reads (its first line, `# version: 1`)."""
+_CODE = "safety_rules_invalid"
 _RECENT = 256
 """Plain forms whose embeddings are kept: a turn's n-best hypotheses, read again for sound-alikes, often
 differ only in what the plain form drops."""
@@ -77,20 +79,9 @@ class CrisisExamples:
 
     @classmethod
     def load(cls, embedder: Any, cache_dir: Path | None = None) -> CrisisExamples:
-        shipped = resources.files("server").joinpath("data")
-        settings = tomllib.loads(shipped.joinpath("crisis.toml").read_text(encoding="utf-8"))["neighbours"]
-        rows = list(csv.DictReader(io.StringIO(shipped.joinpath("crisis_examples.csv").read_text("utf-8"))))
-        return cls(
-            embedder,
-            [r["label"] for r in rows],
-            [r["text"] for r in rows],
-            k=int(settings["k"]),
-            share=float(settings["share"]),
-            min_similarity=float(settings["min_similarity"]),
-            fillers=tuple(str(word) for word in settings.get("fillers", [])),
-            openers=tuple(str(word) for word in settings.get("openers", [])),
-            cache_dir=cache_dir,
-        )
+        settings = DataFile("server/data/crisis.toml", RULES_VERSION, _CODE, _neighbours).load()
+        labels, texts = DataFile(_SOURCE, VERSION, _CODE, _examples).load()
+        return cls(embedder, labels, texts, cache_dir=cache_dir, **settings)
 
     def __len__(self) -> int:
         """How many labelled examples there are (`tadbot doctor` reports it)."""
@@ -100,8 +91,7 @@ class CrisisExamples:
         """`text` as it is embedded: lower case, straight quotes, no fillers, no words that only open the
         utterance ("honestly", "so" before the rest), and no punctuation at its ends. Commas inside stay:
         the examples' readings were measured with them, and they mark where a thought turns."""
-        plain = text.lower().replace("\u2019", "'").replace("\u2018", "'")
-        words = [w for w in plain.split() if w.strip(_EDGES) not in self._fillers]
+        words = [w for w in lowered(text).split() if w.strip(_EDGES) not in self._fillers]
         while words[1:] and words[0].strip(_EDGES) in self._openers:
             words.pop(0)
         return " ".join(words).strip(_EDGES)
@@ -161,3 +151,21 @@ class CrisisExamples:
 
 _EDGES = " .,;:!?…\"'-"
 """Punctuation that only dresses an utterance or a filler word, stripped where it does."""
+
+
+def _neighbours(document: dict[str, Any]) -> dict[str, Any]:
+    """crisis.toml's [neighbours], as CrisisExamples' keyword arguments."""
+    settings = document["neighbours"]
+    return {
+        "k": int(settings["k"]),
+        "share": float(settings["share"]),
+        "min_similarity": float(settings["min_similarity"]),
+        "fillers": tuple(str(word) for word in settings.get("fillers", [])),
+        "openers": tuple(str(word) for word in settings.get("openers", [])),
+    }
+
+
+def _examples(document: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The labels and texts of crisis_examples.csv's rows."""
+    rows = document["rows"]
+    return [r["label"] for r in rows], [r["text"] for r in rows]

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.datafiles import Invalid, load_data_file, parse_data_file
+from server.datafiles import DataFile, Invalid
 from server.errors import NotFound
+from server.safety.plain import patterns, plain_words
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ _TOP_KEYS = frozenset({"version", "default", "asks", "declines", "accepts", "tal
 _EXERCISE_KEYS = frozenset({"title", "offer", "asks", "intro", "steps", "rounds", "closing"})
 _STEP_KEYS = frozenset({"text", "pause_ms"})
 _ID = re.compile(r"[a-z][a-z0-9_]*")
-_APOSTROPHES = re.compile("['`\u2018\u2019]")
-_NOT_WORD = re.compile(r"[\W_]+")
 
 
 @dataclass(frozen=True)
@@ -78,12 +77,7 @@ class Exercises:
     @classmethod
     def load(cls) -> Exercises:
         """The packaged exercises.toml, checked."""
-        return load_data_file("exercises.toml", "exercises_invalid", _parse)
-
-    @classmethod
-    def from_text(cls, text: str, source: str) -> Exercises:
-        """Parse and check the TOML `text`; `source` names it in the error a bad file raises."""
-        return parse_data_file(text, source, "exercises_invalid", _parse)
+        return EXERCISES_FILE.load()
 
     def asked_for(self, text: str) -> Exercise | None:
         """The exercise the recognised `text` asks for, or None when it asks for none.
@@ -92,7 +86,7 @@ class Exercises:
         A decline wins over everything; then the first exercise, in file order, whose asks match; then a
         general ask, which means the default exercise.
         """
-        plain = plain_text(text)
+        plain = plain_words(text)
         if _first_match(self.declines, plain) is not None:
             return None
         for exercise in self.by_id.values():
@@ -108,7 +102,7 @@ class Exercises:
 
     def accepted(self, text: str) -> bool:
         """Whether `text` says yes to an exercise just offered; a decline wins here too."""
-        plain = plain_text(text)
+        plain = plain_words(text)
         return _first_match(self.declines, plain) is None and _first_match(self.accepts, plain) is not None
 
     def get(self, exercise_id: str) -> Exercise:
@@ -120,18 +114,11 @@ class Exercises:
             raise NotFound("unknown_exercise", f"no exercise {exercise_id!r}; known: {known}") from None
 
 
-def plain_text(text: str) -> str:
-    return _NOT_WORD.sub(" ", _APOSTROPHES.sub("", text.lower())).strip()
-
-
 def _first_match(patterns: Iterable[re.Pattern[str]], text: str) -> re.Pattern[str] | None:
     return next((pattern for pattern in patterns if pattern.search(text)), None)
 
 
 def _parse(document: dict[str, Any]) -> Exercises:
-    version = document.get("version")
-    if type(version) is not int or version != VERSION:
-        raise Invalid(f"version is {version!r}; expected {VERSION}")
     # Every table that is not one of the top-level keys is an exercise.
     settings = {key for key, value in document.items() if key in _TOP_KEYS or not isinstance(value, dict)}
     _check_keys(settings, _TOP_KEYS, "the top level", optional=set())
@@ -145,9 +132,9 @@ def _parse(document: dict[str, Any]) -> Exercises:
     return Exercises(
         default=default,
         by_id=by_id,
-        asks=_patterns(document["asks"], "asks"),
-        declines=_patterns(document["declines"], "declines"),
-        accepts=_patterns(document["accepts"], "accepts"),
+        asks=patterns(document["asks"], "asks"),
+        declines=patterns(document["declines"], "declines"),
+        accepts=patterns(document["accepts"], "accepts"),
         talk_down=tuple(_steps(document["talk_down"], "talk_down")),
     )
 
@@ -179,7 +166,7 @@ def _exercise(exercise_id: str, table: dict[str, Any]) -> Exercise:
             *_steps(table["steps"], f"{where} steps") * rounds,
             *_steps(table["closing"], f"{where} closing"),
         ),
-        asks=_patterns(table["asks"], f"{where} asks"),
+        asks=patterns(table["asks"], f"{where} asks"),
     )
 
 
@@ -208,15 +195,4 @@ def _steps(value: object, where: str) -> list[Step]:
     return steps
 
 
-def _patterns(value: object, where: str) -> tuple[re.Pattern[str], ...]:
-    if not isinstance(value, list) or not value:
-        raise Invalid(f"{where}: expected a non-empty list of regular expressions")
-    patterns = []
-    for index, pattern in enumerate(value):
-        if not isinstance(pattern, str) or not pattern:
-            raise Invalid(f"{where}[{index}] = {pattern!r}; expected a regular expression")
-        try:
-            patterns.append(re.compile(pattern, re.IGNORECASE))
-        except re.error as exc:
-            raise Invalid(f"{where}[{index}] = {pattern!r} is not a regular expression ({exc})") from None
-    return tuple(patterns)
+EXERCISES_FILE = DataFile("server/data/exercises.toml", VERSION, "exercises_invalid", _parse)

@@ -19,12 +19,12 @@ medication, skip therapy" the second instruction is still caught.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
+from typing import Any
 
-from server.errors import ConfigError
+from server.datafiles import DataFile, Invalid
+from server.safety.plain import lowered
 
 CATEGORIES = (
     "self_harm_method",
@@ -39,11 +39,9 @@ CATEGORIES = (
 )
 """Every category the data must define, in the order they are checked: the first that matches decides."""
 
-_SOURCE = "server/data/guard.toml"
-_VERSION = 1
+VERSION = 1
+"""The layout of guard.toml this code reads; a file of another version is refused, not half-read."""
 _CATEGORY_KEYS = frozenset({"patterns", "allow", "fallback"})
-# Curly single quotes, the modifier apostrophe and the prime become ', the double ones become ".
-_QUOTES = str.maketrans("‘’‚‛ʼ′“”„‟″", "''''''\"\"\"\"\"")
 _WHITESPACE = re.compile(r"\s+")
 _LIST_NAME = re.compile(r"[a-z_]+")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -99,30 +97,7 @@ class OutputGuard:
     @classmethod
     def load(cls) -> OutputGuard:
         """The guard shipped with the package (server/data/guard.toml)."""
-        text = resources.files("server").joinpath("data", "guard.toml").read_text(encoding="utf-8")
-        return cls.from_text(text, _SOURCE)
-
-    @classmethod
-    def from_text(cls, text: str, source: str) -> OutputGuard:
-        """Read guard data; raises ConfigError('guard_invalid') naming `source` and what is wrong."""
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise _invalid(source, f"not valid TOML ({exc})") from exc
-        if raw.get("version") != _VERSION:
-            raise _invalid(source, f"version must be {_VERSION}, not {raw.get('version')!r}")
-        unknown = sorted(set(raw) - {"version", "lists", *CATEGORIES})
-        if unknown:
-            known = ", ".join(CATEGORIES)
-            raise _invalid(source, f"unknown key(s) {', '.join(unknown)}; the categories are {known}")
-        lists = _lists(source, raw.get("lists", {}))
-        guard = cls(tuple(_rule(source, category, raw.get(category), lists) for category in CATEGORIES))
-        for rule in guard._rules:
-            verdict = guard.check(rule.fallback)
-            if verdict.blocked:
-                why = f"{verdict.category} ({verdict.matched!r})"
-                raise _invalid(source, f"[{rule.category}] fallback is itself blocked as {why}")
-        return guard
+        return GUARD_FILE.load()
 
     def check(self, sentence: str, before: Sequence[str] = ()) -> Verdict:
         """Whether `sentence` may be spoken after `before` (the reply's sentences already spoken), and if
@@ -144,11 +119,22 @@ class OutputGuard:
 
 def _normal(sentence: str) -> str:
     """Lower case, straight quotes, single spaces: one line of the text the patterns read."""
-    return _WHITESPACE.sub(" ", sentence.translate(_QUOTES).lower()).strip()
+    return _WHITESPACE.sub(" ", lowered(sentence)).strip()
 
 
-def _invalid(source: str, what: str) -> ConfigError:
-    return ConfigError("guard_invalid", f"{source}: {what}")
+def _parse(raw: dict[str, Any]) -> OutputGuard:
+    unknown = sorted(set(raw) - {"version", "lists", *CATEGORIES})
+    if unknown:
+        known = ", ".join(CATEGORIES)
+        raise Invalid(f"unknown key(s) {', '.join(unknown)}; the categories are {known}")
+    lists = _lists(raw.get("lists", {}))
+    guard = OutputGuard(tuple(_rule(category, raw.get(category), lists) for category in CATEGORIES))
+    for rule in guard._rules:
+        verdict = guard.check(rule.fallback)
+        if verdict.blocked:
+            why = f"{verdict.category} ({verdict.matched!r})"
+            raise Invalid(f"[{rule.category}] fallback is itself blocked as {why}")
+    return guard
 
 
 def _strings(value: object) -> list[str] | None:
@@ -158,49 +144,52 @@ def _strings(value: object) -> list[str] | None:
     return None
 
 
-def _lists(source: str, table: object) -> dict[str, str]:
+def _lists(table: object) -> dict[str, str]:
     """The [lists] table: each name becomes one non-capturing alternation that patterns use as {name}."""
     if not isinstance(table, dict):
-        raise _invalid(source, "[lists] must be a table")
+        raise Invalid("[lists] must be a table")
     alternations: dict[str, str] = {}
     for name, items in table.items():
         words = _strings(items)
         if not _LIST_NAME.fullmatch(name) or not words:
-            raise _invalid(source, f"lists.{name} must be a lower_case name for a list of non-empty strings")
+            raise Invalid(f"lists.{name} must be a lower_case name for a list of non-empty strings")
         alternations[name] = f"(?:{'|'.join(words)})"
     return alternations
 
 
-def _rule(source: str, category: str, table: object, lists: dict[str, str]) -> _Rule:
+def _rule(category: str, table: object, lists: dict[str, str]) -> _Rule:
     if not isinstance(table, dict):
-        raise _invalid(source, f"[{category}] is missing")
+        raise Invalid(f"[{category}] is missing")
     unknown = sorted(set(table) - _CATEGORY_KEYS)
     if unknown:
-        raise _invalid(source, f"[{category}] unknown key(s) {', '.join(unknown)}")
+        raise Invalid(f"[{category}] unknown key(s) {', '.join(unknown)}")
     fallback = table.get("fallback")
     if not isinstance(fallback, str) or not fallback.strip():
-        raise _invalid(source, f"[{category}] fallback must be a non-empty sentence")
+        raise Invalid(f"[{category}] fallback must be a non-empty sentence")
     patterns, allow = _strings(table.get("patterns")), _strings(table.get("allow", []))
     if not patterns:
-        raise _invalid(source, f"[{category}] patterns must be a non-empty list of regexes")
+        raise Invalid(f"[{category}] patterns must be a non-empty list of regexes")
     if allow is None:
-        raise _invalid(source, f"[{category}] allow must be a list of regexes")
+        raise Invalid(f"[{category}] allow must be a list of regexes")
     return _Rule(
         category,
-        tuple(_compile(source, f"[{category}] patterns", p, lists) for p in patterns),
-        tuple(_compile(source, f"[{category}] allow", p, lists) for p in allow),
+        tuple(_compile(f"[{category}] patterns", p, lists) for p in patterns),
+        tuple(_compile(f"[{category}] allow", p, lists) for p in allow),
         fallback.strip(),
     )
 
 
-def _compile(source: str, where: str, pattern: str, lists: dict[str, str]) -> re.Pattern[str]:
+def _compile(where: str, pattern: str, lists: dict[str, str]) -> re.Pattern[str]:
     def expand(found: re.Match[str]) -> str:
         name = found.group(1)
         if name not in lists:
-            raise _invalid(source, f"{where}: {pattern!r} uses {{{name}}} but [lists] has no {name}")
+            raise Invalid(f"{where}: {pattern!r} uses {{{name}}} but [lists] has no {name}")
         return lists[name]
 
     try:
         return re.compile(_PLACEHOLDER.sub(expand, pattern), re.IGNORECASE | re.MULTILINE)
     except re.error as exc:
-        raise _invalid(source, f"{where}: {pattern!r} is not a valid regex ({exc})") from exc
+        raise Invalid(f"{where}: {pattern!r} is not a valid regex ({exc})") from exc
+
+
+GUARD_FILE = DataFile("server/data/guard.toml", VERSION, "guard_invalid", _parse)

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from server.datafiles import Invalid, load_data_file
+from server.datafiles import DataFile, Invalid
+
+VERSION = 1
+"""The layout of soundalikes.toml this code reads; a file of another version is refused, not half-read."""
 
 
 @dataclass(frozen=True)
@@ -20,12 +23,10 @@ class Soundalikes:
 
     @classmethod
     def load(cls) -> Soundalikes:
-        return load_data_file("soundalikes.toml", "soundalikes_invalid", cls.parse)
+        return SOUNDALIKES_FILE.load()
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Soundalikes:
-        if data.get("version") != 1:
-            raise Invalid(f"version {data.get('version')!r}; expected 1")
         patterns = []
         for number, entry in enumerate(data.get("soundalike", []), start=1):
             meant, heard = entry.get("meant"), entry.get("heard")
@@ -42,3 +43,6 @@ class Soundalikes:
         for pattern, meant in self.patterns:
             text = pattern.sub(meant, text)
         return text
+
+
+SOUNDALIKES_FILE = DataFile("server/data/soundalikes.toml", VERSION, "soundalikes_invalid", Soundalikes.parse)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from server.conversation.llm import LlamaCppChat
+from server.conversation.llm.llama import LlamaCppChat
 
 
 class RecordingChat:

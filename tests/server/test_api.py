@@ -381,7 +381,7 @@ def test_goodbye_ends_the_session_politely_not_as_a_crisis(live_server: LiveServ
 
 
 def test_openapi_documents_every_command_and_reply_source(live_server: LiveServer) -> None:
-    from server.conversation.engine import Source
+    from server.conversation.turns import Source
     from server.safety.commands import CommandName
 
     spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
@@ -461,7 +461,7 @@ def _open(client: FlaskClient, headers: dict[str, str], name: str) -> str:
 
 
 def test_a_key_whose_first_attempt_still_streams_gets_409_with_retry_after(tmp_path: Path) -> None:
-    from server.conversation.engine import TurnInput
+    from server.conversation.turns import TurnInput
 
     app, headers = _app(tmp_path, 0)
     engine = app.extensions["tadbot"]

@@ -8,7 +8,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from server.bench.crash import Acknowledged, check_acknowledged
+from server.bench.crash_checks import check_acknowledged
+from server.bench.crash_turns import Acknowledged
 from server.records.store import Records
 from tests.conftest import tadbot
 

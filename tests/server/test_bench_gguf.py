@@ -14,13 +14,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from server.bench.gemma_gguf import (
-    GEMMA2_2B,
-    bench_gguf_path,
-    dictionary_pieces,
-    ensure_bench_gemma,
-    is_bench_gguf,
-)
+from server.bench.gemma_gguf import GEMMA2_2B, bench_gguf_path, ensure_bench_gemma, is_bench_gguf
+from server.bench.gemma_vocab import dictionary_pieces
 from server.errors import ModelError
 from server.models.quantize import quantize_q4_k_m
 from tests.conftest import ROOT

@@ -14,16 +14,18 @@ from typing import Any, ClassVar
 
 import pytest
 
-from server.config import SafetySection, load_settings
+from server.config import load_settings
 from server.conversation.components import Components
-from server.conversation.engine import Companion, TurnInput
-from server.conversation.llm import LlamaCppChat
+from server.conversation.engine import Companion
+from server.conversation.llm.llama import LlamaCppChat
 from server.conversation.prompt import Prompts
+from server.conversation.turns import TurnInput
 from server.errors import LlmError
 from server.records.export import to_csv, to_text
 from server.records.store import Records
 from server.safety.care import Care
 from server.safety.crisis import Assessment, Level
+from server.sections import SafetySection
 from tests.server.chats import RecordingChat, ScriptedChat
 
 

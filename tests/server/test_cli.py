@@ -107,9 +107,10 @@ dest = "fer.onnx"
 def test_a_missing_extra_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from server.cli import extras
     from server.cli import main as cli
 
-    monkeypatch.setitem(cli.EXTRAS, "device", ("numpy", "no_such_module_for_tadbot"))
+    monkeypatch.setitem(extras.EXTRAS, "device", ("numpy", "no_such_module_for_tadbot"))
     assert cli.main(["device", "--help"]) == 1
     line = _one_line_error(capsys.readouterr().err)
     assert "no_such_module_for_tadbot" in line and "pip install 'tadbot[device]'" in line
@@ -146,7 +147,7 @@ def test_doctor_reports_the_crisis_second_opinion(env: dict[str, str], model_dir
     assert order[:2] == ["llm", "second_opinion"], "the server-side checks come first"
     second = checks["second_opinion"]
     shipped = ROOT / "server" / "data" / "crisis_examples.csv"
-    examples = len(shipped.read_text(encoding="utf-8").strip().splitlines()) - 1  # less the header
+    examples = len(shipped.read_text(encoding="utf-8").strip().splitlines()) - 2  # less version, header
     assert (second["state"], second["required"]) == ("pass", True)
     assert second["detail"] == f"all-MiniLM-L6-v2 from {model_dir}, {examples} labelled examples"
     assert code == 1, "the server is not running, so the models check fails"
@@ -193,10 +194,11 @@ def test_run_hands_the_device_its_token_in_the_environment_never_argv(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from server.cli import main as cli
+    from server.cli import run
 
-    monkeypatch.setattr(cli, "_require", lambda extra: None)
-    monkeypatch.setattr(cli, "_wait_healthy", lambda url, server, timeout_s: None)
-    monkeypatch.setattr(cli.subprocess, "Popen", _FakeChild)
+    monkeypatch.setattr(run, "require", lambda extra: None)
+    monkeypatch.setattr(run, "_wait_healthy", lambda url, server, timeout_s: None)
+    monkeypatch.setattr(run.subprocess, "Popen", _FakeChild)
     monkeypatch.setattr(_FakeChild, "started", [])
     assert cli.main(["--config", env["TADBOT_CONFIG"], "run", "--port", "8799"]) == 0
     (server_argv, _), (device_argv, device_env) = _FakeChild.started

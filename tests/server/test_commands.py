@@ -7,7 +7,7 @@ import re
 import pytest
 
 from server.errors import ConfigError
-from server.safety.commands import CommandName, Commands
+from server.safety.commands import COMMANDS_FILE, CommandName, Commands
 from server.safety.crisis import CrisisDetector, Level
 
 
@@ -157,7 +157,7 @@ reply = []
 
 
 def test_a_small_valid_file_matches_by_its_own_patterns() -> None:
-    commands = Commands.from_text(_VALID, "mine.toml")
+    commands = COMMANDS_FILE.parse_text(_VALID, "mine.toml")
     hush = commands.match("Okay, hush please.")
     assert hush is not None and hush.name == CommandName.PAUSE
     # A top-level alternation still has to match the whole utterance.
@@ -200,5 +200,5 @@ def test_a_small_valid_file_matches_by_its_own_patterns() -> None:
 def test_a_bad_file_is_refused_naming_the_file_and_the_key(old: str, new: str, problem: str) -> None:
     assert old in _VALID
     with pytest.raises(ConfigError, match=rf"^mine\.toml: .*{problem}") as raised:
-        Commands.from_text(_VALID.replace(old, new, 1), "mine.toml")
+        COMMANDS_FILE.parse_text(_VALID.replace(old, new, 1), "mine.toml")
     assert raised.value.code == "commands_invalid"

@@ -11,8 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from server.config import DashboardSection, describe, load_settings, resolve_data_dir
+from server.config import describe, load_settings, resolve_data_dir
 from server.errors import ConfigError
+from server.sections import DashboardSection
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from server.config import SafetySection
 from server.memory.embedding import MiniLMEmbedder
 from server.safety.care import Care
 from server.safety.crisis import Level
 from server.safety.examples import CrisisExamples
+from server.sections import SafetySection
 from tests.conftest import ROOT
 from tests.server.test_safety import FOUND_IN_THE_LANDED_CODE, dressed
 
@@ -114,7 +114,8 @@ def test_skip_identical_leaves_the_example_itself_out(care: Care) -> None:
 
 
 def _rows(text: str) -> list[tuple[str, str]]:
-    return [(r["label"], r["text"]) for r in csv.DictReader(io.StringIO(text))]
+    lines = [line for line in io.StringIO(text) if not line.startswith("# version:")]
+    return [(r["label"], r["text"]) for r in csv.DictReader(lines)]
 
 
 def test_the_unseen_set_stays_out_of_the_examples() -> None:

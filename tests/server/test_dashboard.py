@@ -18,7 +18,8 @@ from flask.testing import FlaskClient
 from server.access.accounts import Accounts, LoginPolicy
 from server.access.policy import Access
 from server.errors import AuthError, BadRequest
-from server.records.store import EmotionSample, Records
+from server.records.rows import EmotionSample
+from server.records.store import Records
 
 PASSWORD = "a calm harbour at dusk"
 

@@ -10,9 +10,10 @@ import pytest
 
 from server.config import load_settings
 from server.conversation.components import Components
-from server.conversation.engine import Companion, TurnInput
-from server.conversation.llm import LlamaCppChat
+from server.conversation.engine import Companion
+from server.conversation.llm.llama import LlamaCppChat
 from server.conversation.prompt import Prompts
+from server.conversation.turns import TurnInput
 from server.errors import LlmError
 from server.face.detect import HaarDetector
 from server.face.fer import EmotionClassifier, FerPipeline
@@ -241,7 +242,7 @@ def test_a_long_conversation_folds_into_a_summary_and_never_overflows(
 
 def test_the_fallback_summary_keeps_their_newest_words_within_budget(tmp_path: Path, tiny_gguf: Path) -> None:
     from server.conversation.summary import fallback_summary
-    from server.records.store import Turn
+    from server.records.rows import Turn
 
     prompts = Prompts.load("Tad")
     folded = [Turn(i, "user" if i % 2 else "assistant", f"words of turn {i}", "") for i in range(1, 41)]

@@ -11,7 +11,7 @@ import pytest
 
 from server.conversation.sentences import SentenceSplitter, clean_for_speech
 from server.errors import ConfigError, NotFound
-from server.safety.exercises import Exercise, Exercises
+from server.safety.exercises import EXERCISES_FILE, Exercise, Exercises
 
 IDS = ("box_breathing", "breathing_478", "grounding_54321", "muscle_relaxation", "orientation")
 # espeak-ng's default rate (the device's tts_rate) is 165 words a minute.
@@ -225,7 +225,7 @@ closing = [{ text = "How do you feel now?", pause_ms = 0 }]
 
 
 def test_rounds_repeat_the_body_between_intro_and_closing() -> None:
-    exercise = Exercises.from_text(_VALID, "mine.toml").get("calm")
+    exercise = EXERCISES_FILE.parse_text(_VALID, "mine.toml").get("calm")
     texts = [step.text for step in exercise.steps]
     assert texts == ["Let's start.", *["Breathe in.", "Breathe out."] * 2, "How do you feel now?"]
 
@@ -254,7 +254,7 @@ def test_rounds_repeat_the_body_between_intro_and_closing() -> None:
 def test_a_bad_file_is_refused_naming_the_file_and_the_problem(old: str, new: str, problem: str) -> None:
     assert old in _VALID
     with pytest.raises(ConfigError, match=rf"^mine\.toml: .*{problem}") as raised:
-        Exercises.from_text(_VALID.replace(old, new, 1), "mine.toml")
+        EXERCISES_FILE.parse_text(_VALID.replace(old, new, 1), "mine.toml")
     assert raised.value.code == "exercises_invalid"
 
 
@@ -262,4 +262,4 @@ def test_a_file_with_no_exercises_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "exercises.toml"
     path.write_text(_VALID.split("[calm]")[0], encoding="utf-8")
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: no exercises"):
-        Exercises.from_text(path.read_text(encoding="utf-8"), str(path))
+        EXERCISES_FILE.parse_text(path.read_text(encoding="utf-8"), str(path))

@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from server.errors import ConfigError
-from server.safety.guard import CATEGORIES, OutputGuard, Verdict
+from server.safety.guard import CATEGORIES, GUARD_FILE, OutputGuard, Verdict
 
 GUARD = OutputGuard.load()
 DATA = tomllib.loads(resources.files("server").joinpath("data", "guard.toml").read_text(encoding="utf-8"))
@@ -368,7 +368,7 @@ def _data(**categories: str) -> str:
 
 
 def test_minimal_data_loads_and_blocks() -> None:
-    guard = OutputGuard.from_text(_data(), "mini.toml")
+    guard = GUARD_FILE.parse_text(_data(), "mini.toml")
     assert guard.check("That is a forbidden romance.").category == "romance"
     assert not guard.check("Breathe.").blocked
 
@@ -377,7 +377,7 @@ def test_minimal_data_loads_and_blocks() -> None:
     ("text", "why"),
     [
         ("version = 1\n[romance\n", "not valid TOML"),
-        (_data().replace("version = 1", "version = 2"), "version must be 1"),
+        (_data().replace("version = 1", "version = 2"), "version is 2; expected 1"),
         (_data() + "\n[flirting]\npatterns = ['x']\nfallback = 'Hi.'\n", "unknown key(s) flirting"),
         (_data(romance="patterns = ['''\\bkiss\\b''']"), "[romance] fallback must be a non-empty sentence"),
         (_data(diagnosis="patterns = ['(unclosed']\nfallback = 'Hi.'"), "'(unclosed' is not a valid regex"),
@@ -392,7 +392,7 @@ def test_minimal_data_loads_and_blocks() -> None:
 )
 def test_invalid_data_raises_config_error_naming_the_source(text: str, why: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        OutputGuard.from_text(text, "bad-guard.toml")
+        GUARD_FILE.parse_text(text, "bad-guard.toml")
     assert caught.value.code == "guard_invalid"
     assert caught.value.message.startswith("bad-guard.toml: ")
     assert why in caught.value.message

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from server.cli.main import _wait_healthy
+from server.cli.run import _wait_healthy
 from server.config import describe, load_settings
 from server.errors import ConfigError
 from server.notify import HealthWatchdog

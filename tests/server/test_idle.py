@@ -12,8 +12,9 @@ import pytest
 
 from server.config import load_settings
 from server.conversation.components import Components
-from server.conversation.engine import Companion, TurnInput
+from server.conversation.engine import Companion
 from server.conversation.prompt import Prompts
+from server.conversation.turns import TurnInput
 from server.face.detect import HaarDetector
 from server.face.fer import EmotionClassifier, FerPipeline
 from server.face.images import decode_image

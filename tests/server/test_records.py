@@ -133,7 +133,7 @@ def test_a_loose_existing_data_dir_is_tightened_with_one_log_line(
     db_path = data / "tadbot.sqlite3"
     sqlite3.connect(db_path).close()
     db_path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="server.records.store"):
+    with caplog.at_level(logging.WARNING, logger="server.records.database"):
         Records(db_path)
     assert (_mode(data), _mode(db_path)) == (0o700, 0o600)
     assert [r.getMessage() for r in caplog.records if str(data) + " was" in r.getMessage()] == [

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from server.access.policy import Access
-from server.config import RetentionSection, describe, load_settings
+from server.config import describe, load_settings
 from server.memory.embedding import MiniLMEmbedder
 from server.memory.store import Memory
 from server.records.retention import PurgeReport, cutoff_for, purge
 from server.records.store import Records
+from server.sections import RetentionSection
 from tests.conftest import tadbot
 
 DAY = 86400.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import ConfigError
-from server.safety.crisis import CrisisDetector, CrisisReply, Level
+from server.safety.crisis import RULES_FILE, CrisisDetector, CrisisReply, Level, reply_file
 from tests.conftest import ROOT, tadbot
 
 EVAL_SET = ROOT / "tests" / "data" / "safety_eval.csv"
@@ -228,13 +228,11 @@ def test_panic_in_the_words_is_noticed(detector: CrisisDetector, text: str, pani
 def test_bad_rules_are_a_config_error_naming_the_file() -> None:
     good = (ROOT / "server" / "data" / "crisis.toml").read_text(encoding="utf-8")
     with pytest.raises(ConfigError, match=r"^mine.toml: error: "):
-        CrisisDetector.from_text(
-            good.replace('"\\\\bkill(ed|ing|s)? myself\\\\b"', '"(unclosed"'), "mine.toml"
-        )
+        RULES_FILE.parse_text(good.replace('"\\\\bkill(ed|ing|s)? myself\\\\b"', '"(unclosed"'), "mine.toml")
     with pytest.raises(ConfigError, match=r"^mine.toml: KeyError: 'negation'"):
-        CrisisDetector.from_text(good.replace("[negation]", "[negations]"), "mine.toml")
+        RULES_FILE.parse_text(good.replace("[negation]", "[negations]"), "mine.toml")
     with pytest.raises(ConfigError, match=r"^mine.toml: "):
-        CrisisDetector.from_text("rule = [", "mine.toml")
+        RULES_FILE.parse_text("rule = [", "mine.toml")
 
 
 def test_eval_safety_meets_the_goals_on_the_labelled_set(tmp_path: Path) -> None:
@@ -302,4 +300,4 @@ def test_the_crisis_reply_gives_the_locale_s_helpline(locale: str, helpline: str
 def test_a_crisis_reply_without_the_helpline_line_is_refused() -> None:
     text = (ROOT / "server" / "data" / "crisis_reply.toml").read_text(encoding="utf-8")
     with pytest.raises(ConfigError, match=r"must hold the \{helpline\} line"):
-        CrisisReply.from_text(text.replace('  "{helpline}",\n', ""), "mine.toml", "US")
+        reply_file("US").parse_text(text.replace('  "{helpline}",\n', ""), "mine.toml")

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 from server.config import Settings
-from server.datafiles import parse_data_file
 from server.errors import ConfigError, ModelError, SttError
 from server.eval.stt import word_errors, words
 from server.models.catalogue import load_catalogue
 from server.safety.care import Care
 from server.safety.crisis import Level
-from server.safety.soundalikes import Soundalikes
+from server.safety.soundalikes import SOUNDALIKES_FILE
 from server.speech import whisper as stt_whisper
 from server.speech.stt import Transcript, WavAudio, Word, read_wav
 from server.speech.whisper import WhisperTranscriber, find_model
@@ -204,14 +203,14 @@ def test_a_sound_alike_that_is_no_crisis_when_put_back_stays_what_it_was(heard: 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ("version = 2\n", "version 2; expected 1"),
+        ("version = 2\n", "version is 2; expected 1"),
         ('version = 1\n[[soundalike]]\nmeant = "pills"\n', "[[soundalike]] 1 needs meant"),
         ('version = 1\n[[soundalike]]\nmeant = "pills"\nheard = ["b ills"]\n', "heard must be single"),
     ],
 )
 def test_a_bad_soundalikes_file_is_refused_naming_the_entry(data: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_data_file(data, "soundalikes.toml", "soundalikes_invalid", Soundalikes.parse)
+        SOUNDALIKES_FILE.parse_text(data, "soundalikes.toml")
 
 
 def test_the_transcript_s_confidence_is_what_the_record_keeps() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from server.bench.gemma_gguf import GEMMA2_CHAT_TEMPLATE
+from server.bench.gemma_vocab import GEMMA2_CHAT_TEMPLATE
 from server.errors import ConfigError, TadbotError
 from tests.conftest import ROOT, SHARED_DATA, tadbot
 from tests.tiny_hf_gemma import build_tiny_hf_gemma2
@@ -360,9 +360,10 @@ def test_export_writes_a_q4_k_m_gguf_with_the_models_chat_template(chain: Chain)
 def test_the_exported_model_answers_a_turn_in_the_server(chain: Chain, tmp_path: Path) -> None:
     from server.config import load_settings
     from server.conversation.components import Components
-    from server.conversation.engine import Companion, TurnInput
-    from server.conversation.llm import LlamaCppChat
+    from server.conversation.engine import Companion
+    from server.conversation.llm.llama import LlamaCppChat
     from server.conversation.prompt import Prompts
+    from server.conversation.turns import TurnInput
     from server.records.store import Records
 
     chat = LlamaCppChat(chain.export["gguf"], n_ctx=2048, n_threads=1, seed=1)
@@ -426,8 +427,8 @@ def test_eval_reports_perplexity_for_both_models_and_the_fine_tune_is_lower(chai
 
 
 def test_eval_shows_the_safety_layer_intercepts_every_crisis_prompt(chain: Chain) -> None:
-    from server.config import SafetySection
     from server.safety.care import Care
+    from server.sections import SafetySection
 
     crisis = chain.eval["crisis"]
     assert crisis["prompts"] == len(load_prompts()["crisis"]) == crisis["intercepted"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from server.conversation.llm import fold_system
+from server.conversation.llm.chat import fold_system
 from server.conversation.prompt import Prompts
 from tests.conftest import ROOT, SHARED_DATA, tadbot
 from training.__main__ import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.errors import ConfigError
+from server.for_training import ConfigError
 
 ARCHITECTURES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 DEVICES = ("auto", "cpu", "cuda")

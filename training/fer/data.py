@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.errors import ConfigError
-from server.face.manifest import VOCABULARY, normalize_label
+from server.for_training import VOCABULARY, ConfigError, normalize_label
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.errors import ModelError
+from server.for_training import ModelError
 from training.fer.transforms import InputSpec
 
 OPSET = 17

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from server.errors import ModelError
+from server.for_training import ModelError
 from training.fer.config import ARCHITECTURES
 
 BN_MOMENTUM = 0.1

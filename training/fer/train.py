@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from server.errors import ConfigError
+from server.for_training import ConfigError
 from training.fer.config import TrainConfig
 from training.fer.data import Sample, Splits, decode_face, read_dataset, split_dataset
 from training.fer.export import export_onnx, write_manifest

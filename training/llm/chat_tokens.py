@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError, TadbotError
+from server.for_training import ConfigError, TadbotError
 
 IGNORE = -100
 """The label PyTorch's cross-entropy skips: prompt tokens carry it."""

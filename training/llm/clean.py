@@ -11,11 +11,10 @@ from __future__ import annotations
 import functools
 import html
 import re
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
+from typing import Any
 
-from server.conversation.sentences import SentenceSplitter
+from server.for_training import DataFile, SentenceSplitter
 
 _MARK = "\x00"
 """Stands where a link or address was taken out, until its sentence is judged."""
@@ -58,11 +57,16 @@ class _Rules:
     spanish: frozenset[str]
 
 
+RULES_VERSION = 1
+"""The layout of cleaning.toml this code reads; a file of another version is refused, not half-read."""
+
+
 @functools.cache
 def _rules() -> _Rules:
-    data = tomllib.loads(
-        resources.files("training.llm").joinpath("cleaning.toml").read_text(encoding="utf-8")
-    )
+    return DataFile("training/llm/cleaning.toml", RULES_VERSION, "bad_cleaning_rules", _parse_rules).load()
+
+
+def _parse_rules(data: dict[str, Any]) -> _Rules:
     credentials = "|".join(re.escape(c) for c in sorted(data["credentials"], key=len, reverse=True))
     credential = rf"(?<![A-Za-z])(?:{credentials})(?![A-Za-z])"
     closings = "|".join(re.escape(c) for c in sorted(data["closings"], key=len, reverse=True))

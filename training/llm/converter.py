@@ -20,7 +20,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from server.errors import ConfigError, TadbotError
+from server.for_training import ConfigError, TadbotError
 
 _LOGGER = logging.getLogger(__name__)
 SCRIPT = "convert_hf_to_gguf.py"

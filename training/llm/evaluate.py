@@ -15,19 +15,29 @@ import logging
 import math
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.conversation.llm import fold_system
-from server.conversation.prompt import Prompts
-from server.errors import ConfigError, TadbotError
+from server.for_training import (
+    Companion,
+    Components,
+    ConfigError,
+    DataFile,
+    LlamaCppChat,
+    Prompts,
+    Records,
+    TadbotError,
+    TurnInput,
+    fold_system,
+    load_settings,
+    read_rows,
+)
 from training.llm.chat_tokens import IGNORE, encode_chat, read_chats
 from training.llm.libraries import require, unloadable
 
 _LOGGER = logging.getLogger(__name__)
+PROMPTS = "training/llm/eval_prompts.toml"
 PROMPTS_VERSION = 1
 PERSONA_NAME = "Tad"
 
@@ -46,19 +56,17 @@ class EvalRun:
 
 
 def load_prompts() -> dict[str, list[str]]:
-    text = resources.files("training.llm").joinpath("eval_prompts.toml").read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    if data.get("version") != PROMPTS_VERSION:
-        raise ConfigError("bad_prompts", f"eval_prompts.toml: version {data.get('version')!r}, expected 1")
+    return DataFile(PROMPTS, PROMPTS_VERSION, "bad_prompts", _prompts).load()
+
+
+def _prompts(data: dict[str, Any]) -> dict[str, list[str]]:
     return {key: [str(p) for p in data[key]] for key in ("talk_down", "crisis")}
 
 
 def crisis_prompts(path: Path | None) -> tuple[list[str], str]:
     """The crisis rows of a label,text CSV (the safety eval's format), else the shipped list."""
     if path is None:
-        return load_prompts()["crisis"], "training/llm/eval_prompts.toml"
-    from server.eval.safety import read_rows
-
+        return load_prompts()["crisis"], PROMPTS
     try:
         rows = read_rows(path)
     except TadbotError as exc:  # the file is the user's input: a bad one is exit 2, as elsewhere here
@@ -190,12 +198,6 @@ def _told(persona: str, text: str) -> list[dict[str, str]]:
 
 def _crisis(gguf: Path, texts: list[str], prompts: Prompts, max_new: int) -> dict[str, Any]:
     """Each text through the server's engine with `gguf` as its model, and through the model alone."""
-    from server.config import load_settings
-    from server.conversation.components import Components
-    from server.conversation.engine import Companion, TurnInput
-    from server.conversation.llm import LlamaCppChat
-    from server.records.store import Records
-
     chat = LlamaCppChat(gguf, n_ctx=2048, seed=1)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tadbot-eval-") as tmp:

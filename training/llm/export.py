@@ -11,8 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError, TadbotError
-from server.models.quantize import QUANT_TYPES, llama_log, quantize
+from server.for_training import (
+    QUANT_TYPES,
+    ConfigError,
+    LlamaCppChat,
+    Outcome,
+    TadbotError,
+    check_decode,
+    llama_log,
+    quantize,
+)
 from training.llm.converter import convert, find_converter
 
 _LOGGER = logging.getLogger(__name__)
@@ -92,9 +100,6 @@ def smoke_test(gguf: Path, template: str) -> dict[str, Any]:
 
     A child process decodes it first, as the server's start-up does: a kernel that crashes on this CPU
     is then one line, not the export dying with a signal."""
-    from server.conversation.llm import LlamaCppChat
-    from server.conversation.llm_check import Outcome, check_decode
-
     threads = os.cpu_count() or 1
     found = check_decode(gguf, n_ctx=512, n_threads=threads, n_batch=256, timeout_s=600)
     if found.outcome in (Outcome.CRASH, Outcome.TIMEOUT):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.models.quantize import QUANT_TYPES
+from server.for_training import QUANT_TYPES
 
 
 def add_parsers(subparsers: Any) -> None:

@@ -17,17 +17,15 @@ import random
 import re
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import requests
 from tqdm import tqdm
 
-from server.errors import ConfigError, TadbotError
+from server.for_training import ConfigError, DataFile, Invalid, TadbotError
 from training.llm.readers import PERSON_LINE, DataError, Turn, normalise_turns, read_person_dialogs
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,14 +99,15 @@ class Prompts:
     @classmethod
     def load(cls) -> Prompts:
         """generate_prompts.toml, shipped beside this module; a file that strays from its layout is a bug."""
-        data = tomllib.loads(
-            resources.files("training.llm").joinpath("generate_prompts.toml").read_text(encoding="utf-8")
-        )
+        return DataFile("training/llm/generate_prompts.toml", 1, "bad_prompts", cls.parse).load()
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Prompts:
         prompts = cls(data["instruction"].strip(), data["scenarios"], data["techniques"], data["lengths"])
-        if data.get("version") != 1 or not all((prompts.scenarios, prompts.techniques, prompts.lengths)):
-            raise ValueError("generate_prompts.toml: expected version 1 and scenarios, techniques, lengths")
+        if not all((prompts.scenarios, prompts.techniques, prompts.lengths)):
+            raise Invalid("expected scenarios, techniques, lengths")
         if not all(isinstance(n, int) and 2 <= n <= 12 for n in prompts.lengths.values()):
-            raise ValueError("generate_prompts.toml: each length is 2 to 12 exchanges")
+            raise Invalid("each length is 2 to 12 exchanges")
         return prompts
 
     def combinations(self) -> list[tuple[str, str, str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from server.errors import ConfigError, TadbotError
+from server.for_training import ConfigError, TadbotError
 
 TRAINING = ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError
+from server.for_training import ConfigError
 from training.llm.libraries import require, unloadable
 
 _LOGGER = logging.getLogger(__name__)

@@ -17,9 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from server.config import PersonaSection
-from server.conversation.llm import fold_system
-from server.errors import ConfigError
+from server.for_training import ConfigError, PersonaSection, fold_system
 from training.llm import card
 from training.llm.clean import clean_answer, clean_question, first_sentences, looks_english, word_count
 from training.llm.readers import DataError, Dialog, Source, read_source

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError, TadbotError
+from server.for_training import ConfigError, TadbotError
 
 COUNSEL_COLUMNS = ("questionID", "questionTitle", "questionText", "answerText", "upvotes")
 """The columns prepare needs; topic, therapistInfo and split are used when present."""

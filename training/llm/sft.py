@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError
+from server.for_training import ConfigError
 from training.llm.chat_tokens import Encoded, encode_chat, read_chats
 from training.llm.libraries import require, unloadable
 from training.llm.sft_config import SftConfig

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError
+from server.for_training import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).with_name("sft.yaml")
 VERSION = 1

@@ -88,7 +88,7 @@ def check_decode(
     command = [
         sys.executable,
         "-m",
-        "server.conversation.llm_check",
+        "server.conversation.llm.check",
         str(model_path),
         f"--n-ctx={n_ctx}",
         f"--n-threads={n_threads}",
@@ -266,13 +266,14 @@ def _write_verdict(path: Path, key: str, *, ok: bool, detail: str, model: Path) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The child: load, decode, print one JSON line. A crash here is what the parent is looking for."""
-    parser = argparse.ArgumentParser(prog="python -m server.conversation.llm_check")
+    parser = argparse.ArgumentParser(prog="python -m server.conversation.llm.check")
     parser.add_argument("model", type=Path)
     parser.add_argument("--n-ctx", type=int, required=True)
     parser.add_argument("--n-threads", type=int, required=True)
     parser.add_argument("--n-batch", type=int, required=True)
     args = parser.parse_args(argv)
-    from server.conversation.llm import GenerationStats, LlamaCppChat
+    from server.conversation.llm.chat import GenerationStats
+    from server.conversation.llm.llama import LlamaCppChat
     from server.errors import TadbotError
 
     stats = GenerationStats()
