@@ -114,3 +114,13 @@ def test_the_rule_tells_a_breach_from_an_allowed_import(module: str, imported: s
     their_level, their_unit = _unit(imported)
     allowed = their_level < level or their_unit == unit or level == len(LAYERS) - 1
     assert allowed is not breach
+
+
+def test_no_server_module_is_over_400_lines() -> None:
+    """A module past 400 lines is asking to be split along a seam (STYLE.md)."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in _modules().values()
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}

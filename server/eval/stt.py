@@ -17,6 +17,7 @@ from typing import Any
 
 from server.errors import TadbotError
 from server.eval.labelled import read_labelled_csv
+from server.safety.plain import lowered
 from server.speech.stt import WavAudio, read_wav
 
 _NOT_A_WORD = re.compile(r"[^a-z0-9' ]+")
@@ -71,7 +72,7 @@ def read_clip_audio(clip: Clip, data: bytes, max_seconds: float) -> WavAudio:
 
 def words(text: str) -> list[str]:
     """`text` as the words that are compared."""
-    plain = _NOT_A_WORD.sub(" ", text.lower().replace("\u2019", "'").replace("-", " "))
+    plain = _NOT_A_WORD.sub(" ", lowered(text).replace("-", " "))
     found = (_SPELLED_OUT.get(word, word) for word in (w.strip("'") for w in plain.split()) if word)
     return " ".join(found).split()
 

@@ -1,7 +1,7 @@
 """The FER model manifest and the emotion vocabulary its labels are normalised into.
 
 Any ONNX classifier can be swapped in: the manifest JSON beside it says how to feed it and what it outputs.
-Its label names are mapped onto one vocabulary (the map lives in data/emotion_labels.json), so records compare
+Its label names are mapped onto one vocabulary (the map lives in data/emotion_labels.toml), so records compare
 across models and data sets.
 """
 
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.datafiles import DataFile, Invalid
 from server.errors import ModelError
 
 VOCABULARY = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise", "contempt")
 
-_LABELS_FILE = Path(__file__).parents[1] / "data" / "emotion_labels.json"
 _MANIFEST_KEYS = (
     "labels",
     "input_size",
@@ -42,11 +42,23 @@ def _label_key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+def _parse_aliases(document: dict[str, Any]) -> dict[str, str]:
+    aliases = document["aliases"]
+    if not isinstance(aliases, dict):
+        raise Invalid("[aliases] must be a table of name = label")
+    for name, label in aliases.items():
+        if label not in VOCABULARY:
+            raise Invalid(f"aliases.{name} = {label!r}; expected one of {VOCABULARY}")
+    return {_label_key(name): label for name, label in aliases.items()}
+
+
+LABELS_FILE = DataFile("server/data/emotion_labels.toml", 1, "bad_labels", _parse_aliases, error=ModelError)
+"""The label map: how each model's and data set's names read in TADBot's vocabulary."""
+
+
 @functools.cache
 def _aliases() -> dict[str, str]:
-    with _LABELS_FILE.open(encoding="utf-8") as fh:
-        aliases: dict[str, str] = json.load(fh)["aliases"]
-    return {_label_key(name): label for name, label in aliases.items()}
+    return LABELS_FILE.load()
 
 
 def normalize_label(name: str) -> str:
@@ -58,7 +70,7 @@ def normalize_label(name: str) -> str:
     label = _aliases().get(_label_key(name))
     if label is None:
         raise ValueError(
-            f"unknown emotion label {name!r}: use one of {VOCABULARY} or map it in {_LABELS_FILE}"
+            f"unknown emotion label {name!r}: use one of {VOCABULARY} or map it in {LABELS_FILE.shipped}"
         )
     return label
 

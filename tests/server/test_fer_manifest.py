@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -39,9 +38,9 @@ def test_labels_normalise_into_the_vocabulary(name: str, label: str) -> None:
 
 
 def test_label_map_targets_only_the_vocabulary_and_covers_it() -> None:
-    labels_file = Path(fer_manifest.__file__).parent / "data" / "emotion_labels.json"
-    aliases = json.loads(labels_file.read_text())["aliases"]
+    aliases = fer_manifest.LABELS_FILE.load()
     assert set(aliases.values()) == set(fer_manifest.VOCABULARY)
+    assert aliases["anger"] == "angry"
 
 
 def test_unknown_label_is_refused() -> None:
