@@ -3,7 +3,8 @@
 Where things are, top down (each package may import only the layers below it, and its own modules;
 tests/test_layering.py checks this):
 
-- `cli/`, `serve.py`, `bench/`, `eval/`, `for_training.py`: the tools that start or measure the server.
+- `cli/`, `serve.py` (with `notify.py`), `bench/`, `eval/`: the tools that start or measure the server;
+  `for_training.py`: all that `training/` may use of it.
 - `app.py`, `api/`, `dashboard/`: the HTTP layer. A turn enters at `api/device.py`.
 - `conversation/`: where a reply is decided (`conversation/router.py`) and a session lives and ends.
   `access/`: who may reach which client.

@@ -6,7 +6,7 @@ CREATE TABLE IF NOT EXISTS clients (
 );
 
 -- Devices and therapists hold one bearer token each (its SHA-256; rotating replaces it). A revoked or
--- expired one is refused; columns after created_at are added by records.py to older data dirs too.
+-- expired one is refused; columns after created_at are added by database.py to older data dirs too.
 CREATE TABLE IF NOT EXISTS devices (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS turns (
     sentences TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, id);
--- turns_by_key, UNIQUE (session_id, idempotency_key), is made in records.py once a data dir from an
+-- turns_by_key, UNIQUE (session_id, idempotency_key), is made in database.py once a data dir from an
 -- earlier version has the column.
 
 CREATE TABLE IF NOT EXISTS emotion_samples (
