@@ -197,7 +197,11 @@ class Access:
                 (hash_token(token),),
             ).fetchone()
             if row is None:
-                raise AuthError("bad_token", f"this token is not a valid {kind} token")
+                raise AuthError(
+                    "bad_token",
+                    f"this token is not a valid {kind} token; send the one `tadbot admin add-{kind} NAME` "
+                    f"printed, or ask the admin for a new one (`tadbot admin rotate {kind} NAME`)",
+                )
             if row["revoked_at"] is not None:
                 raise AuthError(
                     "revoked_token",

@@ -219,6 +219,7 @@ def test_rotating_a_token_retires_the_old_one_and_revoking_ends_it(clinic: Clini
     with pytest.raises(AuthError) as refused:
         clinic.access.caller("therapist", old)
     assert refused.value.code == "bad_token"
+    assert "`tadbot admin rotate therapist NAME`" in refused.value.message
     assert clinic.access.caller("therapist", new).name == "dr-ana"
     clinic.access.revoke("therapist", "dr-ana", actor="test")
     with pytest.raises(AuthError) as revoked:
