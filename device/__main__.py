@@ -275,8 +275,11 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-class _Terminated(Exception):
-    """SIGTERM (systemd stopping the unit) turned into an exception, so the session is still ended cleanly."""
+class _Terminated(BaseException):
+    """SIGTERM (systemd stopping the unit) turned into an exception, so the session is still ended cleanly.
+
+    A BaseException, as KeyboardInterrupt is: an `except Exception` on the way (a voice that will not load, a
+    driver fault) must not take the stop for an error and carry on."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ from typing import IO
 import numpy as np
 import pytest
 
-from device.__main__ import main
+from device.__main__ import _on_sigterm, _Terminated, main
 from device.backoff import Backoff
 from device.lines import load_lines
 from tests.device import fake_pyaudio
@@ -338,6 +338,30 @@ def test_sigterm_stops_the_daemon_mid_turn_ends_the_session_and_exits_0(
     assert loopback.ended == ["s1"]
     assert mic_log.read_text(encoding="utf-8").split() == ["open", "close"], "the microphone was released"
     assert "stopped by SIGTERM" in errors and "Traceback" not in errors
+
+
+def test_a_sigterm_while_the_voice_loads_is_a_stop_not_a_broken_voice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """systemd may stop the unit while Piper loads its voice, a second or two at every start. The stop must
+    not read as a broken voice file: that falls back to espeak-ng and runs on, with SIGTERM then ignored
+    until systemd kills the daemon. A real SIGTERM reaches the daemon's handler inside the load."""
+    import piper
+
+    from device.synth import PiperSynth
+
+    def load(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("the SIGTERM handler did not run")
+
+    monkeypatch.setattr(piper.PiperVoice, "load", staticmethod(load))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with pytest.raises(_Terminated):
+            PiperSynth(tmp_path / "voice.onnx", 160, 1.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def conversation_wav(*parts: str | float) -> bytes:
